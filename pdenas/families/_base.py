@@ -1,0 +1,216 @@
+"""The interface every PDE family implements, and the reversible backward pass they share.
+
+Lifecycle of a unit:
+
+1. ``build_unit`` looks the family up in the registry and constructs it with a width, a depth
+   (number of time steps) and a step size h. The weights are drawn before h is known and do not
+   depend on it; ``unit.step_size`` may be changed later (a search over h reuses one init).
+2. ``forward(x)`` turns the input into the scheme's state (``init_state``), applies ``step`` once
+   per time step with that step's own weights, and maps the last state back to feature maps
+   (``output``). A family writes only these three methods (plus ``inverse_step`` when its
+   scheme is reversible, and ``step_bound`` for its stability bound).
+3. In reversible mode (training only), the time loop runs without storing intermediate states;
+   the backward pass rebuilds them from the last state with ``inverse_step``, one step at a
+   time, and back-propagates through that step alone. Activation memory then does not grow with
+   the depth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["PDEUnit", "State"]
+
+State = tuple[torch.Tensor, ...]
+
+
+class PDEUnit(nn.Module):
+    """One PDE unit: ``depth`` time steps of size ``step_size`` at fixed width.
+
+    Subclasses set ``reversible_scheme`` and implement ``init_state``, ``step``, ``output``,
+    ``step_bound`` and, for reversible schemes, ``inverse_step``.
+
+    Args:
+        width: Channels in and out.
+        depth: Number of time steps, each with its own weights.
+        step_size: The time step h (> 0).
+        norm: Normalisation inside the layer: "tv", "batch" or "none".
+        activation: Activation name.
+        reversible: Recompute states in the backward pass instead of storing them.
+    """
+
+    reversible_scheme: bool = False
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        step_size: float,
+        *,
+        norm: str = "tv",
+        activation: str = "relu",
+        reversible: bool = False,
+    ) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width: must be >= 1, got {width}")
+        if depth < 1:
+            raise ValueError(f"depth: must be >= 1, got {depth}")
+        if reversible and not self.reversible_scheme:
+            raise ValueError(
+                f"reversible: the {type(self).__name__} scheme is not reversible; "
+                "allowed with: hamiltonian, second_order"
+            )
+        if reversible and norm == "batch":
+            raise ValueError(
+                "reversible: batch norm breaks exact recomputation; use norm 'tv' or 'none'"
+            )
+        self.width = width
+        self.depth = depth
+        self.norm_name = norm
+        self.activation_name = activation
+        self.reversible = reversible
+        self.step_size = step_size
+
+    @property
+    def step_size(self) -> float:
+        """The time step h; may be changed after construction."""
+        return self._step_size
+
+    @step_size.setter
+    def step_size(self, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"step_size: must be a finite number > 0, got {value}")
+        self._step_size = value
+
+    def extra_repr(self) -> str:
+        return (
+            f"width={self.width}, depth={self.depth}, step_size={self.step_size:g}, "
+            f"norm={self.norm_name!r}, reversible={self.reversible}"
+        )
+
+    # --- the scheme: what a family writes -------------------------------------------------
+    def init_state(self, x: torch.Tensor) -> State:
+        """Maps the unit's input to the scheme's state."""
+        raise NotImplementedError
+
+    def step(self, j: int, state: State) -> State:
+        """Advances the state by one time step with the weights of step j."""
+        raise NotImplementedError
+
+    def inverse_step(self, j: int, state: State) -> State:
+        """Undoes ``step(j, ·)`` exactly (in exact arithmetic); reversible schemes only."""
+        raise NotImplementedError(f"{type(self).__name__} is not reversible")
+
+    def output(self, state: State) -> torch.Tensor:
+        """Maps the last state back to feature maps."""
+        return state[0]
+
+    def step_layers(self, j: int) -> Sequence[nn.Module]:
+        """The modules whose weights step j uses."""
+        raise NotImplementedError
+
+    def step_bound(self, norms: Sequence[float]) -> float:
+        """The largest stable h for one step, given the ``jacobian_bound`` of its layers."""
+        raise NotImplementedError
+
+    # --- shared machinery ------------------------------------------------------------------
+    def integrate(self, x: torch.Tensor) -> torch.Tensor:
+        """Runs all time steps with ordinary autograd."""
+        state = self.init_state(x)
+        for j in range(self.depth):
+            state = self.step(j, state)
+        return self.output(state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reversible and self.training and torch.is_grad_enabled():
+            params = tuple(p for p in self.parameters() if p.requires_grad)
+            return _ReversibleIntegration.apply(self, x, *params)
+        return self.integrate(x)
+
+    def reverse(self, y: torch.Tensor, last_state: State | None = None) -> State:
+        """Runs the scheme backwards from a last state to the first; reversible schemes only."""
+        state = last_state if last_state is not None else self.init_state(y)
+        for j in reversed(range(self.depth)):
+            state = self.inverse_step(j, state)
+        return state
+
+    def spectral_norms(self) -> list[list[float]]:
+        """Power-iteration estimates of ``||K||₂`` for each layer of each time step."""
+        return [[layer.spectral_norm() for layer in self.step_layers(j)] for j in range(self.depth)]
+
+    def max_stable_step(self) -> float:
+        """The linearised bound on h for this unit's scheme (the smallest over its steps)."""
+        bounds = []
+        for j in range(self.depth):
+            norms = [layer.jacobian_bound() for layer in self.step_layers(j)]
+            bounds.append(self.step_bound(norms))
+        return min(bounds)
+
+
+class _ReversibleIntegration(torch.autograd.Function):
+    """Integrates a unit without storing its states; rebuilds them backwards in ``backward``."""
+
+    @staticmethod
+    def forward(ctx, unit: PDEUnit, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            state = unit.init_state(x)
+            for j in range(unit.depth):
+                state = unit.step(j, state)
+            out = unit.output(state).clone()
+        ctx.unit = unit
+        ctx.params = params
+        ctx.input_like = torch.zeros((), dtype=x.dtype, device=x.device).expand_as(x)
+        ctx.save_for_backward(*state)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        unit: PDEUnit = ctx.unit
+        params: tuple[torch.Tensor, ...] = ctx.params
+        index = {id(p): i for i, p in enumerate(params)}
+        grad_params: list[torch.Tensor | None] = [None] * len(params)
+        state = tuple(s.detach() for s in ctx.saved_tensors)
+
+        grad_state = _grad_through(lambda s: (unit.output(s),), state, (grad_out,), ())[0]
+        for j in reversed(range(unit.depth)):
+            with torch.no_grad():
+                previous = unit.inverse_step(j, state)
+            step_params = [
+                p for layer in unit.step_layers(j) for p in layer.parameters() if p.requires_grad
+            ]
+            grad_state, grads = _grad_through(
+                lambda s, j=j: unit.step(j, s), previous, grad_state, step_params
+            )
+            for p, g in zip(step_params, grads):
+                i = index[id(p)]
+                grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+            state = previous
+
+        # init_state only splits or copies its input, so its gradient does not depend on x.
+        grad_x = _grad_through(lambda s: unit.init_state(s[0]), (ctx.input_like,), grad_state, ())
+        return (None, grad_x[0][0], *grad_params)
+
+
+def _grad_through(fn, inputs: State, grad_outputs: State, params: Sequence[torch.Tensor]):
+    """Back-propagates ``grad_outputs`` through ``fn(inputs)``; returns input and param grads."""
+    with torch.enable_grad():
+        leaves = tuple(t.detach().requires_grad_(True) for t in inputs)
+        outputs = fn(leaves)
+        # An output that is an input passed through unchanged still needs a graph node.
+        outputs = tuple(o.view_as(o) for o in outputs)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs],
+            list(leaves) + list(params),
+            [g for _, g in pairs],
+            allow_unused=True,
+        )
+    targets = list(leaves) + list(params)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+    return tuple(grads[: len(leaves)]), grads[len(leaves) :]

@@ -1,0 +1,153 @@
+"""The symmetric layer of the paper and the named normalisations and activations it uses.
+
+``F(θ, Y) = -Kᵀ σ(N(K Y; θ))``: K is a 3x3 convolution without bias, Kᵀ the transposed
+convolution with the same weight tensor, N a normalisation followed by a per-channel affine
+(its shift is the layer's only bias) and σ an activation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "SymmetricLayer",
+    "TVNorm",
+    "AffineOnly",
+    "make_activation",
+    "make_norm",
+    "conv_spectral_norm",
+]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+}
+"""Activations by name. relu, leaky_relu, tanh and softplus are non-decreasing, which the
+paper's stability argument needs; silu and gelu are not (offered because searches use them)."""
+
+NORMS = ("tv", "batch", "none")
+
+
+class AffineOnly(nn.Module):
+    """No normalisation: only the per-channel scale and shift, ``s ⊙ y + b``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self._affine(y)
+
+
+class TVNorm(AffineOnly):
+    """Total-variation normalisation (Meganet's tvNormLayer) and a per-channel affine.
+
+    ``N(y) = s ⊙ y / sqrt(Σ_c y_c² + eps) + b``, per pixel and per example: no batch statistics,
+    so recomputing it during a reversible backward pass is exact.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-3) -> None:
+        super().__init__(channels)
+        self.eps = eps
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(y.pow(2).sum(dim=1, keepdim=True) + self.eps)
+        return self._affine(y * scale)
+
+
+def make_norm(name: str, channels: int) -> nn.Module:
+    """Builds a normalisation by name ("tv", "batch" or "none"), each with a per-channel affine."""
+    if name == "tv":
+        return TVNorm(channels)
+    if name == "batch":
+        return nn.BatchNorm2d(channels)
+    if name == "none":
+        return AffineOnly(channels)
+    raise ValueError(f"norm: unknown {name!r}; allowed: {', '.join(NORMS)}")
+
+
+def make_activation(name: str) -> nn.Module:
+    """Builds an activation by name (see ``ACTIVATIONS``)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"activation: unknown {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+def conv_spectral_norm(
+    weight: torch.Tensor, size: int = 16, iterations: int = 30, seed: int = 0
+) -> float:
+    """Estimates the spectral norm of a stride-1, padding-1 convolution by power iteration.
+
+    Args:
+        weight: The (out, in, k, k) kernel.
+        size: Side of the square image on which the operator acts.
+        iterations: Power iterations on KᵀK.
+        seed: Seed of the starting vector, so the estimate is reproducible.
+
+    Returns:
+        The estimate of ``||K||₂`` (a lower bound that converges from below).
+    """
+    w = weight.detach()
+    pad = w.shape[-1] // 2
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(1, w.shape[1], size, size, generator=gen, dtype=w.dtype).to(w.device)
+    v = v / v.norm()
+    sigma = 0.0
+    with torch.no_grad():
+        for _ in range(iterations):
+            u = F.conv_transpose2d(F.conv2d(v, w, padding=pad), w, padding=pad)
+            norm = u.norm()
+            if norm == 0:
+                return 0.0
+            sigma = math.sqrt(norm.item())
+            v = u / norm
+    return sigma
+
+
+class SymmetricLayer(nn.Module):
+    """The paper's symmetric layer ``F(θ, Y) = -Kᵀ σ(N(K Y))``.
+
+    K and Kᵀ share ``self.weight`` (no bias); the normalisation's shift is the only bias.
+    """
+
+    def __init__(self, channels: int, *, norm: str = "tv", activation: str = "relu") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
+        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+        self.norm = make_norm(norm, channels)
+        self.activation = make_activation(activation)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        a = self.activation(self.norm(F.conv2d(y, self.weight, padding=1)))
+        return -F.conv_transpose2d(a, self.weight, padding=1)
+
+    def spectral_norm(self) -> float:
+        """Power-iteration estimate of ``||K||₂``."""
+        return conv_spectral_norm(self.weight)
+
+    def jacobian_bound(self) -> float:
+        """Bound on the spectrum of the linearised layer ``Kᵀ D S K``: ``||K||² max|s|``.
+
+        D is σ' (at most 1 for the activations offered), S the affine scale of N; the
+        normalisation's own Jacobian is left out, as in the paper's linear stability argument.
+        """
+        gain = float(self.norm.weight.detach().abs().max())
+        return self.spectral_norm() ** 2 * gain

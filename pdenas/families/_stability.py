@@ -1,0 +1,63 @@
+"""Stability helpers the trainer calls: weight clipping, time smoothness, the h bound per unit."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pdenas.families._base import PDEUnit
+
+__all__ = ["clip_weights_", "time_smoothness", "stability_report"]
+
+
+def clip_weights_(model: nn.Module, bound: float = 1.0) -> None:
+    """Box-clips every parameter of ``model`` to ``[-bound, bound]`` in place (the paper's rule,
+    applied after each optimiser step)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.clamp_(-bound, bound)
+
+
+def time_smoothness(model: nn.Module) -> torch.Tensor:
+    """Total variation in time of every unit's per-step weights: ``Σ_j ||θ_{j+1} - θ_j||₁``.
+
+    Returns:
+        A scalar tensor to scale and add to the loss (zero for a model without PDE units).
+    """
+    total = None
+    for unit in model.modules():
+        if not isinstance(unit, PDEUnit):
+            continue
+        for j in range(unit.depth - 1):
+            now = [p for m in unit.step_layers(j) for p in m.parameters()]
+            nxt = [p for m in unit.step_layers(j + 1) for p in m.parameters()]
+            for a, b in zip(now, nxt):
+                term = (b - a).abs().sum()
+                total = term if total is None else total + term
+    if total is None:
+        p = next(model.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None)
+    return total
+
+
+def stability_report(model: nn.Module) -> list[dict[str, float | int | str | bool]]:
+    """For each unit: its family, h, the largest ``||K||`` and the linearised bound on h.
+
+    Returns:
+        One dict per unit with keys ``unit``, ``family``, ``step_size``, ``spectral_norm``,
+        ``max_stable_step`` and ``stable`` (whether h is within the bound).
+    """
+    rows = []
+    for index, unit in enumerate(m for m in model.modules() if isinstance(m, PDEUnit)):
+        bound = unit.max_stable_step()
+        rows.append(
+            {
+                "unit": index,
+                "family": getattr(unit, "family_name", type(unit).__name__),
+                "step_size": unit.step_size,
+                "spectral_norm": max(max(step) for step in unit.spectral_norms()),
+                "max_stable_step": bound,
+                "stable": unit.step_size <= bound,
+            }
+        )
+    return rows

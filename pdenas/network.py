@@ -1,0 +1,83 @@
+"""The whole network: opening layer -> units and connectors -> global pooling -> classifier.
+
+Layout of the paper (PAPER.md): a 3x3 opening convolution with batch norm and ReLU; after every
+unit a 1x1 connector (batch norm, ReLU) that changes the width and halves the resolution with 2x2
+average pooling, except after the last unit, where global average pooling follows; then a
+linear classifier with bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pdenas.architecture import Architecture
+from pdenas.families import PDEUnit, build_unit
+
+__all__ = ["PDENet", "build_model", "Connector"]
+
+
+class Connector(nn.Sequential):
+    """1x1 convolution without bias, batch norm, ReLU and (optionally) 2x2 average pooling.
+
+    The pooling uses ``ceil_mode``, so odd sides round up and a 1x1 map stays 1x1.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pool: bool) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
+        if pool:
+            layers.append(nn.AvgPool2d(2, ceil_mode=True))
+        super().__init__(*layers)
+
+
+class PDENet(nn.Module):
+    """A PDE-motivated residual network for image classification (logits out)."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        c = arch.widths
+        self.opening = nn.Sequential(
+            nn.Conv2d(arch.in_channels, c[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(c[0]),
+            nn.ReLU(inplace=True),
+        )
+        options = {"norm": arch.norm, "activation": arch.activation, "reversible": arch.reversible}
+        self.units = nn.ModuleList(
+            build_unit(arch.family, c[k], n, arch.step_size, **options)
+            for k, n in enumerate(arch.depths)
+        )
+        last = arch.num_units - 1
+        self.connectors = nn.ModuleList(
+            Connector(c[k], c[k + 1], pool=k < last) for k in range(arch.num_units)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c[-1], arch.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            self.arch.check_input(x.shape[-2], x.shape[-1])
+        x = self.opening(x)
+        for unit, connector in zip(self.units, self.connectors):
+            x = connector(unit(x))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def set_step_size(self, step_size: float) -> None:
+        """Changes h of every unit (the weights stay)."""
+        for unit in self.pde_units():
+            unit.step_size = step_size
+
+    def pde_units(self) -> list[PDEUnit]:
+        """The PDE units in order."""
+        return list(self.units)
+
+
+def build_model(arch: Architecture) -> PDENet:
+    """Builds the network an ``Architecture`` describes."""
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"build_model: expected an Architecture, got {type(arch).__name__}")
+    return PDENet(arch)
