@@ -1,0 +1,158 @@
+"""The data configuration (`DataConfig`), the catalogue of known data sets, and the data error.
+
+Everything here is validated at the edge: `DataConfig.from_dict` rejects unknown keys and bad values
+with a `ValueError` that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEBIAN_FASHION_MNIST",
+    "DataConfig",
+    "DataUnavailableError",
+    "DatasetInfo",
+    "dataset_info",
+]
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's `dataset-fashion-mnist` package installs its IDX .gz files."""
+
+
+class DataUnavailableError(ValueError):
+    """The data set's files are not present (and downloads are off, or the download failed)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a data set before loading it.
+
+    Attributes:
+        name: The data set's name in configs.
+        flip: Whether horizontal flips preserve the label (not for digits, letters and house numbers).
+        needs_root: Whether the data set cannot be found without `root`.
+    """
+
+    name: str
+    flip: bool
+    needs_root: bool = False
+
+
+_INFO = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", flip=False),
+        DatasetInfo("mnist", flip=False),
+        DatasetInfo("fashion_mnist", flip=True),
+        DatasetInfo("cifar10", flip=True),
+        DatasetInfo("cifar100", flip=True),
+        DatasetInfo("stl10", flip=True),
+        DatasetInfo("svhn", flip=False),
+        DatasetInfo("imagefolder", flip=True, needs_root=True),
+    )
+}
+
+DATASET_NAMES: tuple[str, ...] = tuple(_INFO)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Returns the catalogue entry of a data set.
+
+    Args:
+        name: One of `DATASET_NAMES`.
+
+    Raises:
+        ValueError: The name is not a known data set.
+    """
+    try:
+        return _INFO[name]
+    except KeyError:
+        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to load and how to split it.
+
+    Attributes:
+        name: One of `DATASET_NAMES`; "digits" (scikit-learn's bundled 8x8 digits) needs no files.
+        root: Folder holding the data set's files (torchvision's layout, or a folder of IDX files
+            for mnist / fashion_mnist, or class subfolders for imagefolder). None means "data"
+            (fashion_mnist: Debian's /usr/share/datasets/fashion-mnist when it is installed).
+        download: Whether torchvision may download missing files.
+        val_fraction: Share of the (capped) official training set held out for validation, in (0, 1).
+        image_size: Resize images to image_size x image_size; None keeps the data set's size.
+        train_limit: Use at most this many examples of the official training set (a seeded subset,
+            split into train and validation as usual); None uses them all.
+        seed: Seed of the subset and the train/validation split.
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = 0.2
+    image_size: int | None = None
+    train_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        dataset_info(self.name)
+        if self.root is not None:
+            if not isinstance(self.root, (str, Path)) or not str(self.root):
+                raise ValueError(f"data.root must be a non-empty path or null, got {self.root!r}")
+            object.__setattr__(self, "root", str(self.root))
+        elif dataset_info(self.name).needs_root:
+            raise ValueError(f"data.root is required for {self.name!r}: a folder of class subfolders")
+        if not isinstance(self.download, bool):
+            raise ValueError(f"data.download must be true or false, got {self.download!r}")
+        if not (_is_int(self.val_fraction) or isinstance(self.val_fraction, float)) or not (
+            0.0 < self.val_fraction < 1.0
+        ):
+            raise ValueError(f"data.val_fraction must be a number in (0, 1), got {self.val_fraction!r}")
+        object.__setattr__(self, "val_fraction", float(self.val_fraction))
+        for key in ("image_size", "train_limit"):
+            value = getattr(self, key)
+            if value is not None and (not _is_int(value) or value < 2):
+                raise ValueError(f"data.{key} must be an integer >= 2 or null, got {value!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"data.seed must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
+        """Builds a config from a mapping (a YAML/JSON section), validating every key and value.
+
+        Args:
+            data: Keys are the field names; missing keys take their defaults.
+
+        Raises:
+            ValueError: An unknown key (naming it and the allowed keys) or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"data config must be a mapping, got {type(data).__name__}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in allowed:
+                raise ValueError(f"unknown data key {key!r}; allowed keys: {', '.join(allowed)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as a JSON-ready dict that `from_dict` reads back."""
+        return dataclasses.asdict(self)
+
+    def resolved_root(self) -> Path:
+        """Returns the folder the data set is read from (or downloaded to)."""
+        if self.root is not None:
+            return Path(self.root).expanduser()
+        if self.name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
+            return DEBIAN_FASHION_MNIST
+        return Path("data")
