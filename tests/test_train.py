@@ -1,0 +1,366 @@
+"""Tests for pdenas.train: config validation, schedules, fitting, best weights, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdenas import train as train_module
+from pdenas.architecture import Architecture
+from pdenas.data import DataConfig, TensorSplit, load_data
+from pdenas.families import time_smoothness
+from pdenas.network import build_model
+from pdenas.train import (
+    Diverged,
+    OutOfMemory,
+    TrainConfig,
+    TrainingFailed,
+    evaluate,
+    fit,
+    learning_rates,
+)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def blobs(n: int, seed: int, noise: float = 1.0) -> TensorSplit:
+    """Two classes of 1x4x4 images whose pixel means are -1 and +1: linearly separable."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 1, 4, 4, generator=g) * noise + (2.0 * y - 1.0).view(-1, 1, 1, 1)
+    return TensorSplit(x, y)
+
+
+def toy_data(noise: float = 1.0) -> SimpleNamespace:
+    return SimpleNamespace(train=blobs(256, 1, noise), val=blobs(128, 2, noise), flip=True)
+
+
+def toy_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
+
+
+def config(**overrides: object) -> TrainConfig:
+    base = {
+        "epochs": 4,
+        "batch_size": 32,
+        "lr": 0.05,
+        "schedule": "constant",
+        "clip_weights": None,
+        "time_smoothness": 0.0,
+        "augment": False,
+    }
+    return TrainConfig.from_dict({**base, **overrides})
+
+
+# --- TrainConfig -------------------------------------------------------------------------------
+
+
+def test_config_round_trips_through_json() -> None:
+    cfg = TrainConfig.from_dict(
+        {"optimizer": "adamw", "milestones": [0.5, 0.75], "amp": "fp16", "grad_clip": 5}
+    )
+    assert cfg.milestones == (0.5, 0.75) and cfg.grad_clip == 5.0
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert TrainConfig.from_dict({}) == TrainConfig()
+
+
+def test_config_paper_defaults() -> None:
+    cfg = TrainConfig()
+    assert cfg.clip_weights == 1.0 and cfg.time_smoothness == pytest.approx(2e-4)
+    assert cfg.optimizer == "sgd" and cfg.momentum == 0.9
+
+
+def test_unknown_key_names_key_and_allowed() -> None:
+    with pytest.raises(ValueError, match=r"'learning_rate'.*allowed:.*\blr\b.*time_smoothness"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("optimizer", "rmsprop", "sgd | adamw"),
+        ("schedule", "linear", "cosine | step | constant"),
+        ("amp", "fp8", "off | bf16 | fp16"),
+        ("epochs", 0, ">= 1"),
+        ("epochs", 2.5, "integer"),
+        ("epochs", "3", "integer"),
+        ("lr", -1.0, "> 0"),
+        ("lr", float("nan"), "> 0"),
+        ("momentum", 1.0, r"\[0, 1\)"),
+        ("milestones", [0.8, 0.5], "increasing"),
+        ("milestones", [1.5], r"\(0, 1\)"),
+        ("milestones", "0.5", "list"),
+        ("clip_weights", 0.0, "> 0 or null"),
+        ("clip_weights", "1", "number or null"),
+        ("augment", 1, "true or false"),
+        ("channels_last", "yes", "true or false or null"),
+        ("label_smoothing", 1.0, r"\[0, 1\)"),
+    ],
+)
+def test_bad_values_name_key_and_allowed(key: str, value: object, allowed: str) -> None:
+    with pytest.raises(ValueError, match=rf"train\.{key}.*allowed: .*{allowed}"):
+        TrainConfig.from_dict({key: value})
+
+
+def test_nesterov_needs_momentum_and_amp_accepts_bools() -> None:
+    with pytest.raises(ValueError, match="nesterov"):
+        TrainConfig.from_dict({"nesterov": True, "momentum": 0.0})
+    assert TrainConfig.from_dict({"amp": True}).amp == "bf16"
+    assert TrainConfig.from_dict({"amp": False}).amp == "off"
+    assert TrainConfig.from_dict({"clip_weights": None, "channels_last": None}).clip_weights is None
+
+
+# --- schedules ---------------------------------------------------------------------------------
+
+
+def test_step_schedule_drops_at_fractions_of_the_epochs() -> None:
+    cfg = TrainConfig(epochs=10, lr=1.0, schedule="step", milestones=(0.5, 0.8), gamma=0.1)
+    assert learning_rates(cfg) == pytest.approx([1.0] * 5 + [0.1] * 3 + [0.01] * 2)
+    paper = TrainConfig(epochs=100, lr=0.1, schedule="step", milestones=(0.6, 0.8), gamma=0.2)
+    lrs = learning_rates(paper)
+    assert lrs[59] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.02)
+    assert lrs[79] == pytest.approx(0.02) and lrs[80] == pytest.approx(0.004)
+
+
+def test_cosine_and_constant_schedules() -> None:
+    cosine = learning_rates(TrainConfig(epochs=4, lr=2.0, schedule="cosine"))
+    assert cosine == pytest.approx([2.0, 1.0 + math.sqrt(0.5), 1.0, 1.0 - math.sqrt(0.5)])
+    assert learning_rates(TrainConfig(epochs=3, lr=0.3, schedule="constant")) == [0.3] * 3
+
+
+def test_fit_applies_the_schedule_to_the_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+    original = train_module._Step.epoch
+
+    def spy(self: train_module._Step, batches, epoch):  # type: ignore[no-untyped-def]
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, batches, epoch)
+
+    monkeypatch.setattr(train_module._Step, "epoch", spy)
+    cfg = config(epochs=5, lr=1.0, schedule="step", milestones=[0.4], gamma=0.5)
+    result = fit(toy_model(), toy_data(), cfg, "cpu")
+    assert seen == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.5])
+    assert [h["lr"] for h in result.history] == pytest.approx(seen)
+
+
+# --- fit ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_loss_decreases_on_a_separable_problem(optimizer: str) -> None:
+    lr = 0.05 if optimizer == "sgd" else 0.01
+    result = fit(toy_model(), toy_data(), config(optimizer=optimizer, lr=lr, epochs=5), "cpu")
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_val_accuracy > 0.95
+    assert result.epochs_trained == 5 and not result.stopped
+    assert set(result.history[0]) == {
+        "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"
+    }
+
+
+def test_best_state_is_the_best_epochs_weights() -> None:
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    model = toy_model()
+
+    def record(epoch: int, metrics: dict[str, float]) -> bool:
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return False
+
+    # A large constant rate on noisy data makes validation accuracy go up and down.
+    result = fit(model, toy_data(noise=3.0), config(lr=0.5, epochs=6), "cpu", callback=record)
+    ranked = max(result.history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    assert result.best_epoch == ranked["epoch"]
+    assert result.best_val_accuracy == ranked["val_accuracy"]
+    for key, value in result.best_state.items():
+        assert value.device.type == "cpu"
+        assert torch.equal(value, snapshots[result.best_epoch][key]), key
+    # restore_best loaded those weights back, so evaluating reproduces the best metrics.
+    loss, accuracy = evaluate(model, toy_data(noise=3.0).val, "cpu")
+    assert accuracy == result.best_val_accuracy
+    assert loss == pytest.approx(result.best_val_loss, rel=1e-6)
+
+
+def test_callback_can_stop_training() -> None:
+    calls: list[tuple[int, float]] = []
+
+    def prune(epoch: int, metrics: dict[str, float]) -> bool:
+        calls.append((epoch, metrics["val_accuracy"]))
+        return epoch == 2
+
+    result = fit(toy_model(), toy_data(), config(epochs=6), "cpu", callback=prune)
+    assert result.stopped and result.epochs_trained == 2 and len(result.history) == 2
+    assert [epoch for epoch, _ in calls] == [1, 2]
+
+
+def test_huge_learning_rate_raises_diverged_with_reason() -> None:
+    reason = r"^diverged: non-finite loss at epoch \d+ step \d+$"
+    with pytest.raises(Diverged, match=reason) as info:
+        fit(toy_model(), toy_data(), config(lr=1e6, epochs=20), "cpu")
+    assert isinstance(info.value, TrainingFailed) and info.value.reason.startswith("diverged")
+
+
+class NaNInEval(nn.Module):
+    """Trains normally but produces NaN logits in eval mode (an exploding validation loss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = toy_model()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out if self.training else out * float("nan")
+
+
+def test_non_finite_validation_loss_raises_diverged() -> None:
+    with pytest.raises(Diverged, match="non-finite validation loss at epoch 1"):
+        fit(NaNInEval(), toy_data(), config(), "cpu")
+
+
+def test_out_of_memory_becomes_its_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = toy_model()
+
+    def oom(x: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(model, "forward", oom)
+    with pytest.raises(OutOfMemory, match=r"^out of memory at epoch 1: CUDA out of memory\. Tried"):
+        fit(model, toy_data(), config(), "cpu")
+
+
+def test_other_errors_propagate_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = toy_model()
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        fit(model, toy_data(), config(), "cpu")
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_seeded_runs_are_identical(augment: bool) -> None:
+    cfg = config(augment=augment, epochs=2)
+    first = fit(toy_model(), toy_data(), cfg, "cpu", seed=3)
+    second = fit(toy_model(), toy_data(), cfg, "cpu", seed=3)
+    other = fit(toy_model(), toy_data(), cfg, "cpu", seed=4)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in first.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in second.history]
+    for key, value in first.best_state.items():
+        assert torch.equal(value, second.best_state[key])
+    assert first.history[0]["train_loss"] != other.history[0]["train_loss"]
+
+
+def test_clip_weights_keeps_every_parameter_in_the_box() -> None:
+    unclipped = toy_model()
+    fit(unclipped, toy_data(), config(lr=2.0, weight_decay=0.0, epochs=2), "cpu")
+    assert max(p.abs().max().item() for p in unclipped.parameters()) > 1.0
+    clipped = toy_model()
+    cfg = config(lr=2.0, weight_decay=0.0, epochs=2, clip_weights=1.0)
+    fit(clipped, toy_data(), cfg, "cpu", restore_best=False)
+    assert all(p.abs().max().item() <= 1.0 for p in clipped.parameters())
+
+
+def test_gradient_clipping_tames_a_huge_learning_rate() -> None:
+    cfg = config(lr=1e6, momentum=0.0, weight_decay=0.0, grad_clip=1e-9, epochs=2)
+    result = fit(toy_model(), toy_data(), cfg, "cpu")
+    assert all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+def test_channels_last_on_cpu_trains_like_contiguous() -> None:
+    plain = fit(toy_model(), toy_data(), config(epochs=2), "cpu")
+    last = fit(toy_model(), toy_data(), config(epochs=2, channels_last=True), "cpu")
+    final = plain.history[-1]["train_loss"]
+    assert last.history[-1]["train_loss"] == pytest.approx(final, rel=1e-3)
+
+
+def test_fit_needs_a_validation_split() -> None:
+    empty = TensorSplit(torch.zeros(0, 1, 4, 4), torch.zeros(0))
+    data = SimpleNamespace(train=blobs(64, 1), val=empty)
+    with pytest.raises(ValueError, match="validation"):
+        fit(toy_model(), data, config(), "cpu")
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+
+def test_evaluate_matches_a_direct_computation_and_restores_mode() -> None:
+    model = toy_model()
+    split = blobs(70, 5)
+    model.train()
+    loss, accuracy = evaluate(model, split, "cpu", batch_size=16)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(split.x)
+    assert loss == pytest.approx(F.cross_entropy(logits, split.y).item(), rel=1e-5)
+    assert accuracy == pytest.approx((logits.argmax(1) == split.y).float().mean().item())
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, TensorSplit(torch.zeros(0, 1, 4, 4), torch.zeros(0)), "cpu")
+
+
+# --- with the real data and network ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> object:
+    return load_data(DataConfig.from_dict({"name": "digits"}), "cpu")
+
+
+def digits_model(family: str = "parabolic") -> nn.Module:
+    torch.manual_seed(0)
+    arch = Architecture(
+        family=family, widths=(8, 8, 8), depths=(3, 3), step_size=0.5, in_channels=1, num_classes=10
+    )
+    return build_model(arch)
+
+
+def test_digits_with_the_paper_recipe(digits: object) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, schedule="step", milestones=(0.7,))
+    model = digits_model("hamiltonian")
+    result = fit(model, digits, cfg, "cpu")
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_val_accuracy > 0.3  # chance is 0.1
+    assert all(p.abs().max().item() <= 1.0 for p in model.parameters())
+    assert set(result.best_state) == set(model.state_dict())
+
+
+def test_time_smoothness_regulariser_smooths_the_weights_in_time(digits: object) -> None:
+    base = {"epochs": 2, "batch_size": 64, "lr": 0.05, "clip_weights": None, "augment": False}
+    rough = digits_model()
+    fit(rough, digits, TrainConfig.from_dict({**base, "time_smoothness": 0.0}), "cpu")
+    smooth = digits_model()
+    fit(smooth, digits, TrainConfig.from_dict({**base, "time_smoothness": 0.05}), "cpu")
+    assert time_smoothness(smooth).item() < 0.8 * time_smoothness(rough).item()
+
+
+def test_failures_carry_the_completed_epochs() -> None:
+    class NaNFromEpoch3(NaNInEval):
+        evals = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.training:
+                NaNFromEpoch3.evals += 1
+            out = self.inner(x)
+            return out * float("nan") if NaNFromEpoch3.evals >= 3 else out
+
+    with pytest.raises(Diverged, match="validation loss at epoch 3") as info:
+        fit(NaNFromEpoch3(), toy_data(), config(epochs=5), "cpu")
+    assert [h["epoch"] for h in info.value.history] == [1, 2]
