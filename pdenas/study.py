@@ -155,6 +155,8 @@ class StudyConfig:
         sampler_options: Keyword arguments for the sampler.
         pruner: Optuna pruner name (single-objective studies only).
         pruner_options: Keyword arguments for the pruner.
+        cover_families: Start a new study with one trial per family, so every family is
+            tried before the sampler narrows down.
         early_stop_warmup: Multi-objective studies: epochs before pdenas's own median rule may
             stop a candidate (Optuna's pruners refuse multi-objective studies).
         n_trials: Total trials of the study (all workers together; a rerun tops up to it).
@@ -177,6 +179,7 @@ class StudyConfig:
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     pruner: str = "median"
     pruner_options: Mapping[str, Any] = field(default_factory=dict)
+    cover_families: bool = True
     early_stop_warmup: int = 2
     n_trials: int = 20
     timeout: float | None = None

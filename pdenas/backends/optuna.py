@@ -18,7 +18,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,16 +166,25 @@ def _counts_toward_budget(trial: FrozenTrial) -> bool:
     return trial.user_attrs.get("status") in FINAL_STATUSES
 
 
-def top_up(study: optuna.Study, n_trials: int) -> int:
+def top_up(study: optuna.Study, n_trials: int, first_params: Sequence[Mapping[str, Any]] = ()) -> int:
     """Queues WAITING trials until the study holds ``n_trials`` that count toward the budget.
+
+    Args:
+        study: The study.
+        n_trials: The budget.
+        first_params: Fixed params for the first trials of a new study (one per family, say,
+            so that every family is tried before the sampler narrows down).
 
     Returns:
         How many trials were queued.
     """
-    used = sum(_counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    used = sum(_counts_toward_budget(t) for t in trials)
     missing = max(0, n_trials - used)
-    for _ in range(missing):
-        study.enqueue_trial({}, user_attrs={"status": "queued"}, skip_if_exists=False)
+    seeds = list(first_params) if not trials else []
+    for i in range(missing):
+        params = dict(seeds[i]) if i < len(seeds) else {}
+        study.enqueue_trial(params, user_attrs={"status": "queued"}, skip_if_exists=False)
     return missing
 
 
@@ -317,9 +326,14 @@ def search(
     Returns:
         The study.
     """
-    grid = getattr(space, "grid", None)
+    def grid() -> dict[str, list[Any]]:
+        return space.grid(image_size=data.image_size)
+
     study = open_study(config, storage_url, make_sampler(config, grid), make_pruner(config))
-    top_up(study, n_trials)
+    first = []
+    if config.cover_families and getattr(space.families, "kind", None) == "choice":
+        first = [{"family": f} for f in space.families.choices]
+    top_up(study, n_trials, first)
     if on_start is not None:
         finished = [t for t in study.get_trials(deepcopy=False)
                     if t.state.is_finished() and _counts_toward_budget(t)]
