@@ -1,12 +1,15 @@
-"""Trials of a run as a pandas DataFrame, Pareto ranking and the leaderboard.
+"""Trials of a run as a pandas DataFrame, Pareto ranking, hypervolume, leaderboard and export.
 
 Every command after ``search`` starts from a run folder: ``run.json`` says where the study's
-storage is, and each trial's record says what it trained and what it cost.
+storage is, and each trial's record (``trials/<n>/record.json``) says what it trained, how it
+went and what it cost. Both backends produce the same rows: the Optuna storage is read here,
+Ray's records through ``pdenas.backends.ray.load_records``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,17 +18,26 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "ARCH_COLUMNS",
+    "METRIC_COLUMNS",
     "RunInfo",
+    "comparable",
+    "export_trials",
+    "format_leaderboard",
+    "hypervolume_2d",
     "leaderboard",
+    "load_histories",
+    "load_record",
     "load_run",
     "load_trials",
-    "format_leaderboard",
     "pareto_ranks",
 ]
 
 ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible")
 METRIC_COLUMNS = ("val_accuracy", "params", "flops", "latency_ms", "latency_batch_ms",
                   "memory_bytes")
+DERIVED_COLUMNS = ("num_units", "total_depth", "mean_depth", "mean_width", "total_width")
+"""Per-unit lists reduced to one number each (what importance and plots use)."""
 
 
 class RunInfo(dict):
@@ -33,7 +45,14 @@ class RunInfo(dict):
 
     @property
     def objectives(self) -> list[str]:
+        """The study's objectives: ``val_accuracy`` first, optionally a cost metric."""
         return list(self["config"].get("objectives", ["val_accuracy"]))
+
+    @property
+    def cost_objective(self) -> str:
+        """The cost accuracy is traded against: the study's second objective, else FLOPs."""
+        objectives = self.objectives
+        return objectives[1] if len(objectives) > 1 else "flops"
 
 
 def load_run(run_dir: str | Path) -> RunInfo:
@@ -45,7 +64,13 @@ def load_run(run_dir: str | Path) -> RunInfo:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise ValueError(f"{run_dir}: not a pdenas run folder (no run.json); run `pdenas search` first")
-    return RunInfo(json.loads(path.read_text()))
+    try:
+        info = RunInfo(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(info.get("config"), dict) or "study_name" not in info:
+        raise ValueError(f"{path}: not a pdenas run file (no study_name or config)")
+    return info
 
 
 def load_trials(run_dir: str | Path) -> pd.DataFrame:
@@ -53,7 +78,11 @@ def load_trials(run_dir: str | Path) -> pd.DataFrame:
 
     Columns: ``number``, ``state`` (the backend's), ``status`` (pdenas's: completed, pruned,
     stopped, infeasible, diverged, oom, failed), ``failure_reason``, the architecture fields
-    flattened, the metrics, ``epochs_trained``, ``epochs_planned`` and ``seconds``.
+    flattened (``depths`` and ``widths`` as tuples), the metrics, ``epochs_trained``,
+    ``epochs_planned``, ``seconds``, ``params_suggested``, the derived ``num_units``,
+    ``total_depth`` (time steps of all units), ``mean_depth``, ``mean_width`` and ``total_width``
+    (over the units, the last connector's output excluded), and ``comparable`` (completed at the
+    full budget of epochs: the trials that may be ranked against each other).
     """
     info = load_run(run_dir)
     if info.get("backend") == "ray":
@@ -64,7 +93,10 @@ def load_trials(run_dir: str | Path) -> pd.DataFrame:
         rows = _optuna_rows(info)
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return pd.DataFrame(columns=["number", "state", "status", *ARCH_COLUMNS, *METRIC_COLUMNS])
+        frame = pd.DataFrame(columns=["number", "state", "status", "failure_reason",
+                                      *ARCH_COLUMNS, *METRIC_COLUMNS, "epochs_trained",
+                                      "epochs_planned", "seconds"])
+    frame = _add_derived(frame)
     return frame.sort_values("number").reset_index(drop=True)
 
 
@@ -74,7 +106,10 @@ def _optuna_rows(info: RunInfo) -> list[dict[str, Any]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from pdenas.backends.optuna import make_storage
 
-    study = optuna.load_study(study_name=info["study_name"], storage=make_storage(info["storage"]))
+    try:
+        study = optuna.load_study(study_name=info["study_name"], storage=make_storage(info["storage"]))
+    except KeyError:
+        raise ValueError(f"storage {info['storage']} holds no study named {info['study_name']!r}") from None
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
@@ -96,8 +131,77 @@ def _optuna_rows(info: RunInfo) -> list[dict[str, Any]]:
         row["epochs_planned"] = attrs.get("epochs_planned")
         row["seconds"] = attrs.get("seconds")
         row["params_suggested"] = dict(t.params)
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
         rows.append(row)
     return rows
+
+
+def _units(value: Any, last: bool = False) -> list[float]:
+    if not isinstance(value, (list, tuple)) or not value:
+        return []
+    values = [float(v) for v in value]
+    return values[:-1] if last and len(values) > 1 else values
+
+
+def _add_derived(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for key in ("depths", "widths"):
+        if key in frame:
+            frame[key] = frame[key].map(lambda v: tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else v)
+    depths = frame["depths"].map(_units) if "depths" in frame else pd.Series([[]] * len(frame))
+    widths = frame["widths"].map(lambda w: _units(w, last=True)) if "widths" in frame else depths
+    frame["num_units"] = depths.map(lambda d: len(d) or np.nan)
+    frame["total_depth"] = depths.map(lambda d: sum(d) if d else np.nan)
+    frame["mean_depth"] = depths.map(lambda d: float(np.mean(d)) if d else np.nan)
+    frame["mean_width"] = widths.map(lambda w: float(np.mean(w)) if w else np.nan)
+    frame["total_width"] = widths.map(lambda w: sum(w) if w else np.nan)
+    for key in (*METRIC_COLUMNS, "epochs_trained", "epochs_planned", "seconds", "step_size"):
+        if key not in frame:
+            frame[key] = np.nan
+        frame[key] = pd.to_numeric(frame[key], errors="coerce")
+    frame["comparable"] = comparable(frame)
+    return frame
+
+
+def comparable(trials: pd.DataFrame) -> pd.Series:
+    """Which trials were completed at the full budget (Ray's early-stopped trials are not).
+
+    Returns:
+        A boolean Series aligned with ``trials``.
+    """
+    if trials.empty:
+        return pd.Series(dtype=bool)
+    done = trials["status"].eq("completed") & trials["val_accuracy"].notna()
+    trained = pd.to_numeric(trials["epochs_trained"], errors="coerce").fillna(0)
+    planned = pd.to_numeric(trials["epochs_planned"], errors="coerce").fillna(0)
+    return (done & (trained >= planned)).astype(bool)
+
+
+def load_record(run_dir: str | Path, number: int) -> dict[str, Any]:
+    """A trial's ``record.json`` (architecture, train settings, history, cost, status).
+
+    Raises:
+        ValueError: When the trial has no record in the run folder.
+    """
+    path = Path(run_dir) / "trials" / str(int(number)) / "record.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no record of trial {number} in the run folder")
+    return json.loads(path.read_text())
+
+
+def load_histories(run_dir: str | Path, numbers: Sequence[int]) -> dict[int, list[dict[str, float]]]:
+    """Per-epoch metrics (epoch, train_loss, val_accuracy, ...) of the given trials.
+
+    Trials without a record (a crashed worker's) are left out.
+    """
+    histories = {}
+    for number in numbers:
+        try:
+            histories[int(number)] = list(load_record(run_dir, number).get("history") or [])
+        except ValueError:
+            continue
+    return histories
 
 
 def pareto_ranks(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
@@ -110,7 +214,7 @@ def pareto_ranks(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     Returns:
         (n,) integer ranks starting at 1.
     """
-    v = np.asarray(values, dtype=float)
+    v = np.asarray(values, dtype=float).reshape(len(values), -1)
     signs = np.where(np.asarray(maximize), -1.0, 1.0)
     v = v * signs  # now every objective is minimised
     n = len(v)
@@ -131,6 +235,36 @@ def pareto_ranks(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     return ranks
 
 
+def hypervolume_2d(points: np.ndarray, reference: Sequence[float]) -> float:
+    """The area dominated by 2-D points (both objectives minimised) up to a reference point.
+
+    Points that do not strictly dominate the reference add nothing.
+
+    Args:
+        points: (n, 2) objective values, smaller is better in both.
+        reference: The worst corner (r0, r1).
+
+    Returns:
+        The hypervolume (0 for no points).
+    """
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    r0, r1 = float(reference[0]), float(reference[1])
+    p = p[np.all(np.isfinite(p), axis=1) & (p[:, 0] < r0) & (p[:, 1] < r1)]
+    if not len(p):
+        return 0.0
+    p = p[np.lexsort((p[:, 1], p[:, 0]))]  # by the first objective, ties by the second
+    volume, best = 0.0, r1
+    front: list[tuple[float, float]] = []
+    for x, y in p:  # sweep: keep the points that lower the best second objective so far
+        if y < best:
+            front.append((float(x), float(y)))
+            best = y
+    for i, (x, y) in enumerate(front):
+        next_x = front[i + 1][0] if i + 1 < len(front) else r0
+        volume += (next_x - x) * (r1 - y)
+    return volume
+
+
 def leaderboard(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy", "flops")) -> pd.DataFrame:
     """The finished, fully trained trials ranked by Pareto rank, then accuracy.
 
@@ -138,15 +272,26 @@ def leaderboard(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy
     be compared at fewer epochs). The Pareto rank uses accuracy against the run's cost objective
     (FLOPs when the study had a single objective).
     """
-    done = trials[trials["status"] == "completed"].copy()
+    if trials.empty:
+        return trials.assign(pareto_rank=pd.Series(dtype=int))
+    mask = trials["comparable"] if "comparable" in trials else comparable(trials)
+    done = trials[mask.astype(bool)].copy()
     if done.empty:
         return done.assign(pareto_rank=pd.Series(dtype=int))
-    full = done["epochs_trained"].fillna(0) >= done["epochs_planned"].fillna(0)
-    done = done[full]
     cost = objectives[1] if len(objectives) > 1 else "flops"
-    values = done[["val_accuracy", cost]].to_numpy(dtype=float)
+    values = done[["val_accuracy", cost]].to_numpy(dtype=float, copy=True)
+    values[np.isnan(values[:, 1]), 1] = np.inf  # unknown cost never dominates
     done["pareto_rank"] = pareto_ranks(values, [True, False])
-    return done.sort_values(["pareto_rank", "val_accuracy"], ascending=[True, False]).reset_index(drop=True)
+    order = ["pareto_rank", "val_accuracy", "number"]
+    return done.sort_values(order, ascending=[True, False, True]).reset_index(drop=True)
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(number) else pattern.format(number)
 
 
 def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
@@ -158,12 +303,46 @@ def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
         "rank": rows["pareto_rank"],
         "trial": rows["number"],
         "family": rows["family"],
-        "h": rows["step_size"].map(lambda h: f"{h:.3g}"),
+        "h": rows["step_size"].map(lambda h: _fmt(h, "{:.3g}")),
         "depths": rows["depths"].map(lambda d: "-".join(map(str, d))),
         "widths": rows["widths"].map(lambda w: "-".join(map(str, w))),
-        "val_acc": rows["val_accuracy"].map(lambda a: f"{100 * a:.2f}%"),
-        "params": rows["params"].map(lambda p: f"{int(p):,}"),
-        "MFLOPs": rows["flops"].map(lambda f: f"{f / 1e6:.2f}"),
-        "latency_ms": rows["latency_ms"].map(lambda t: f"{t:.2f}"),
+        "val_acc": rows["val_accuracy"].map(lambda a: _fmt(100 * a, "{:.2f}%")),
+        "params": rows["params"].map(lambda p: _fmt(p, "{:,.0f}")),
+        "MFLOPs": rows["flops"].map(lambda f: _fmt(f / 1e6, "{:.2f}")),
+        "latency_ms": rows["latency_ms"].map(lambda t: _fmt(t, "{:.2f}")),
     })
     return table.to_string(index=False)
+
+
+def _plain_value(value: Any, as_text: bool) -> Any:
+    if isinstance(value, (tuple, list, np.ndarray)):
+        items = [v.item() if isinstance(v, np.generic) else v for v in value]
+        return json.dumps(items) if as_text else items
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def export_trials(trials: pd.DataFrame, path: str | Path) -> Path:
+    """Writes trials (or a leaderboard) as CSV or Parquet, chosen by the file suffix.
+
+    Per-unit lists stay lists in Parquet and become JSON text (``[2, 3]``) in CSV; the suggested
+    parameters become JSON text in both.
+
+    Raises:
+        ValueError: For a suffix other than .csv or .parquet.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
+    frame = trials.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(lambda v: _plain_value(v, suffix == ".csv"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
