@@ -1,0 +1,524 @@
+"""The PDE families: conformance of every registered family, the update equations of PAPER.md,
+the reversible backward pass, the stability helpers and the registry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdenas.families import (
+    ACTIVATIONS,
+    NORMS,
+    PDEUnit,
+    SymmetricLayer,
+    build_unit,
+    clip_weights_,
+    list_families,
+    register_family,
+    stability_report,
+    time_smoothness,
+)
+from pdenas.families._layers import conv_spectral_norm
+
+FAMILIES = list_families()
+REVERSIBLE = ("hamiltonian", "second_order")
+EPS_TV = 1e-3  # PAPER.md: the TV normalisation's eps
+
+
+# Tiny tensors: one thread is fastest, and steady on a busy 2-core machine (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _unit(family: str, width: int = 4, depth: int = 2, h: float = 0.5, seed: int = 0,
+          **options) -> PDEUnit:
+    torch.manual_seed(seed)
+    return build_unit(family, width, depth, h, **options)
+
+
+def _randomise_affine(unit: nn.Module, seed: int = 1) -> None:
+    """Gives every normalisation a non-trivial scale and shift, so the tests see them."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unit.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.rand(p.shape, generator=gen, dtype=p.dtype) + 0.5
+                        if name.endswith("weight")
+                        else torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+
+
+def _input(width: int, size: int = 6, batch: int = 2, dtype=torch.float64, seed: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, width, size, size, generator=gen, dtype=dtype)
+
+
+def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """The bytes autograd saves for backward while ``fn`` runs."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+# --- conformance: every registered family ------------------------------------------------------
+
+def test_the_paper_families_and_the_baseline_are_registered():
+    assert {"parabolic", "hamiltonian", "second_order", "resnet"} <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shape_and_finite_forward_and_backward(family):
+    unit = _unit(family, width=6, depth=3).train()
+    x = torch.randn(3, 6, 5, 7, requires_grad=True)
+    out = unit(x)
+    assert isinstance(unit, PDEUnit)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in unit.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    assert (unit.width, unit.depth, unit.step_size) == (6, 3, 0.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_depth_changes_the_output(family):
+    x = _input(4, dtype=torch.float32)
+    shallow = _unit(family, depth=2)(x)
+    deep = _unit(family, depth=3)(x)  # same seed: same first two steps, one more step
+    assert not torch.allclose(shallow, deep, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_step_size_is_used_and_settable(family):
+    unit = _unit(family, h=0.5)
+    x = _input(4, dtype=torch.float32)
+    before = unit(x)
+    unit.step_size = 0.25
+    assert unit.step_size == 0.25
+    assert not torch.allclose(unit(x), before, atol=1e-4)
+    unit.step_size = 0.5
+    torch.testing.assert_close(unit(x), before)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="step_size"):
+            unit.step_size = bad
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_weights_whatever_the_step_size(family):
+    a = _unit(family, h=1.0, seed=7).state_dict()
+    b = _unit(family, h=0.01, seed=7).state_dict()
+    c = _unit(family, h=1.0, seed=8).state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float32_and_float64(family, dtype):
+    unit = _unit(family).to(dtype)
+    x = _input(4, dtype=dtype).requires_grad_(True)
+    out = unit(x)
+    assert out.dtype == dtype
+    out.sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+    assert all(p.dtype == dtype for p in unit.parameters())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_norm_builds(family, norm):
+    unit = _unit(family, norm=norm).train()
+    out = unit(_input(4, dtype=torch.float32))
+    assert torch.isfinite(out).all()
+    has_batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in unit.modules())
+    assert has_batch_norm == (norm == "batch")
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_activation_builds(family, activation):
+    unit = _unit(family, activation=activation)
+    out = unit(_input(4, dtype=torch.float32))
+    assert torch.isfinite(out).all()
+    assert unit.activation_name == activation
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bad_options_are_refused(family):
+    with pytest.raises(ValueError, match="norm"):
+        _unit(family, norm="layer")
+    with pytest.raises(ValueError, match="activation: unknown 'swish'; allowed: .*relu"):
+        _unit(family, activation="swish")
+    with pytest.raises(ValueError, match="depth"):
+        _unit(family, depth=0)
+    with pytest.raises(ValueError, match="step_size"):
+        _unit(family, h=0.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reversible_is_refused_where_the_scheme_is_not_reversible(family):
+    if family in REVERSIBLE:
+        assert _unit(family, reversible=True).reversible
+        with pytest.raises(ValueError, match="reversible: batch norm"):
+            _unit(family, reversible=True, norm="batch")
+    else:
+        allowed = "reversible: .*allowed with: hamiltonian, second_order"
+        with pytest.raises(ValueError, match=allowed):
+            _unit(family, reversible=True)
+
+
+def test_hamiltonian_needs_an_even_width():
+    with pytest.raises(ValueError, match="width: .*even"):
+        _unit("hamiltonian", width=5)
+
+
+# --- the update equations of PAPER.md, written out independently --------------------------------
+
+def _tv(a: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Total-variation normalisation: per pixel and example, over channels; then the affine."""
+    denom = torch.sqrt((a * a).sum(dim=1, keepdim=True) + EPS_TV)
+    return (a / denom) * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _symmetric(layer: SymmetricLayer, y: torch.Tensor) -> torch.Tensor:
+    """F(θ, Y) = -Kᵀ relu(TV(K Y)), K and Kᵀ with the same tensor, no bias."""
+    w = layer.weight
+    a = F.conv2d(y, w, padding=1)
+    a = torch.clamp(_tv(a, layer.norm.weight, layer.norm.bias), min=0)
+    return -F.conv_transpose2d(a, w, padding=1)
+
+
+def test_symmetric_layer_matches_the_formula():
+    torch.manual_seed(0)
+    layer = SymmetricLayer(3).double().requires_grad_(False)
+    _randomise_affine(layer)
+    y = _input(3, size=5)
+    torch.testing.assert_close(layer(y), _symmetric(layer, y), rtol=1e-12, atol=1e-12)
+    # Kᵀ is the adjoint of K: <K y, v> = <y, Kᵀ v>.
+    v = _input(3, size=5, seed=9)
+    w = layer.weight
+    lhs = (F.conv2d(y, w, padding=1) * v).sum()
+    rhs = (y * F.conv_transpose2d(v, w, padding=1)).sum()
+    assert abs(float(lhs - rhs)) < 1e-10 * float(lhs.abs())
+
+
+def test_symmetric_layer_without_normalisation_matches_the_formula():
+    torch.manual_seed(0)
+    layer = SymmetricLayer(3, norm="none", activation="tanh").double()
+    _randomise_affine(layer)
+    y = _input(3, size=5)
+    w, s, b = layer.weight, layer.norm.weight, layer.norm.bias
+    a = torch.tanh(F.conv2d(y, w, padding=1) * s[None, :, None, None] + b[None, :, None, None])
+    torch.testing.assert_close(layer(y), -F.conv_transpose2d(a, w, padding=1), rtol=1e-12,
+                               atol=1e-12)
+
+
+H = 0.7
+DEPTH = 3
+
+
+def _family_unit(family: str, width: int, **options) -> PDEUnit:
+    unit = _unit(family, width=width, depth=DEPTH, h=H, **options).double()
+    _randomise_affine(unit)
+    return unit
+
+
+def test_parabolic_update():
+    unit = _family_unit("parabolic", 3)
+    y = _input(3, size=5)
+    expected = y
+    for j in range(DEPTH):
+        expected = expected + H * _symmetric(unit.layers[j], expected)
+    torch.testing.assert_close(unit(y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_hamiltonian_update_starts_from_the_two_channel_halves():
+    unit = _family_unit("hamiltonian", 4)
+    x = _input(4, size=5)
+    y, z = x[:, :2], x[:, 2:]  # Z_0 is the second half of the input, not zeros
+    for j in range(DEPTH):
+        y = y + H * _symmetric(unit.layers_y[j], z)
+        z = z - H * _symmetric(unit.layers_z[j], y)
+    torch.testing.assert_close(unit(x), torch.cat([y, z], dim=1), rtol=1e-12, atol=1e-12)
+    assert unit.layers_y[0].weight.shape == (2, 2, 3, 3)
+
+
+def test_second_order_update_is_leapfrog_with_zero_initial_velocity():
+    unit = _family_unit("second_order", 3)
+    y0 = _input(3, size=5)
+    previous, current = y0, y0  # Y_{-1} = Y_0
+    for j in range(DEPTH):
+        previous, current = current, 2 * current - previous + H**2 * _symmetric(
+            unit.layers[j], current
+        )
+    torch.testing.assert_close(unit(y0), current, rtol=1e-12, atol=1e-12)
+
+
+def test_resnet_update_is_conv_bn_relu_conv_bn():
+    unit = _family_unit("resnet", 3, norm="batch").train()
+    y = _input(3, size=5)
+
+    def bn(a: torch.Tensor, m: nn.BatchNorm2d) -> torch.Tensor:
+        mean = a.mean(dim=(0, 2, 3), keepdim=True)
+        var = a.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        return (a - mean) / torch.sqrt(var + m.eps) * m.weight[None, :, None, None] + m.bias[
+            None, :, None, None
+        ]
+
+    expected = y
+    for block in unit.blocks:
+        g = torch.clamp(bn(F.conv2d(expected, block.conv1.weight, padding=1), block.norm1), min=0)
+        expected = expected + H * bn(F.conv2d(g, block.conv2.weight, padding=1), block.norm2)
+    torch.testing.assert_close(unit(y), expected, rtol=1e-10, atol=1e-10)
+    assert block.conv1.bias is None and block.conv2.bias is None
+
+
+# --- the reversible schemes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", REVERSIBLE)
+def test_forward_then_reverse_recovers_the_input(family):
+    unit = _unit(family, width=4, depth=8, h=1.0).double()
+    x = _input(4, size=6)
+    with torch.no_grad():
+        state = unit.init_state(x)
+        for j in range(unit.depth):
+            state = unit.step(j, state)
+        first = unit.reverse(unit.output(state), state)
+    assert _rel(unit.output(first), x) < 1e-12
+    for rebuilt, original in zip(first, unit.init_state(x)):
+        assert _rel(rebuilt, original) < 1e-12
+
+
+def test_hamiltonian_reverses_from_its_output_alone():
+    unit = _unit("hamiltonian", width=4, depth=5, h=1.0).double()
+    x = _input(4)
+    with torch.no_grad():
+        rebuilt = unit.output(unit.reverse(unit(x)))
+    assert _rel(rebuilt, x) < 1e-12
+
+
+@pytest.mark.parametrize("family", REVERSIBLE)
+def test_reversible_gradients_equal_plain_autograd(family):
+    unit = _unit(family, width=4, depth=8, h=1.0).double().train()
+    _randomise_affine(unit)
+    x = _input(4, size=6)
+    g = _input(4, size=6, seed=5)
+
+    def grads(reversible: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        unit.reversible = reversible
+        xx = x.clone().requires_grad_(True)
+        out = unit(xx)
+        return out, torch.autograd.grad((out * g).sum(), [xx, *unit.parameters()])
+
+    out_plain, plain = grads(False)
+    out_rev, rev = grads(True)
+    assert out_rev.grad_fn is not None and "Reversible" in type(out_rev.grad_fn).__name__
+    torch.testing.assert_close(out_rev, out_plain, rtol=0, atol=1e-14)
+    names = ["input"] + [n for n, _ in unit.named_parameters()]
+    assert len(rev) == len(names) == len(plain)
+    for name, a, b in zip(names, rev, plain):
+        assert b.norm() > 0, name
+        assert _rel(a, b) <= 1e-10, name
+
+
+@pytest.mark.parametrize("family", REVERSIBLE)
+def test_saved_bytes_do_not_grow_with_depth_in_reversible_mode(family):
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+
+    def saved(depth: int, reversible: bool) -> int:
+        unit = _unit(family, width=8, depth=depth, h=1.0, reversible=reversible).train()
+        return _saved_bytes(lambda: unit(x))
+
+    plain_1, plain_16 = saved(1, False), saved(16, False)
+    rev_1, rev_16 = saved(1, True), saved(16, True)
+    assert rev_1 == rev_16 > 0
+    assert plain_16 >= 12 * plain_1
+    assert rev_16 <= 2 * x.numel() * x.element_size()  # the last state, nothing per step
+
+
+@pytest.mark.parametrize("family", REVERSIBLE)
+def test_reversible_unit_outside_training_integrates_plainly(family):
+    unit = _unit(family, width=4, depth=3, reversible=True)
+    x = _input(4, dtype=torch.float32)
+    unit.eval()
+    out = unit(x)
+    assert out.grad_fn is not None and "Reversible" not in type(out.grad_fn).__name__
+    unit.train()
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), out)
+
+
+@pytest.mark.parametrize("family", REVERSIBLE)
+def test_reversible_backward_follows_the_forward_autocast(family):
+    """Under bf16 autocast the rebuilt states must use the forward's arithmetic."""
+    unit = _unit(family, width=8, depth=6, h=1.0).train()
+    x = torch.randn(2, 8, 8, 8)
+
+    def grads(reversible: bool) -> torch.Tensor:
+        unit.reversible = reversible
+        xx = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = unit(xx)
+        got = torch.autograd.grad(out.float().square().sum(), [xx, *unit.parameters()])
+        return torch.cat([t.float().flatten() for t in got])
+
+    assert _rel(grads(True), grads(False)) < 5e-3
+
+
+# --- stability -----------------------------------------------------------------------------------
+
+def _dense_conv_norm(weight: torch.Tensor, size: int) -> float:
+    """||K||₂ of the padding-1 convolution on size x size images, from its dense matrix."""
+    w = weight.detach().double()
+    n = w.shape[1] * size * size
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, w.shape[1], size, size)
+    matrix = F.conv2d(basis, w, padding=1).reshape(n, -1).T
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+def test_power_iteration_matches_the_dense_operator_norm():
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, 3, 3, dtype=torch.float64)
+    exact = _dense_conv_norm(w, size=8)
+    assert conv_spectral_norm(w, size=8, iterations=2000) == pytest.approx(exact, rel=1e-4)
+
+
+def test_layer_spectral_norm_is_a_close_lower_bound():
+    torch.manual_seed(0)
+    layer = SymmetricLayer(1)
+    exact = _dense_conv_norm(layer.weight, size=16)  # the size the layer's estimate uses
+    estimate = layer.spectral_norm()
+    assert estimate <= exact * (1 + 1e-6)
+    assert estimate == pytest.approx(exact, rel=0.03)
+
+
+def _layer_lambda(layer: SymmetricLayer) -> float:
+    """The linearised bound on the spectrum of KᵀDSK: ||K||² max|s|."""
+    scale = float(layer.norm.weight.detach().abs().max())
+    return _dense_conv_norm(layer.weight, 16) ** 2 * scale
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_max_stable_step_follows_the_scheme(family):
+    # One channel (two for hamiltonian's halves) keeps the dense matrices at 256 x 256.
+    unit = _unit(family, width=2 if family == "hamiltonian" else 1, depth=2).double()
+    unit.requires_grad_(False)
+    _randomise_affine(unit)
+    if family == "parabolic":
+        expected = min(2 / _layer_lambda(layer) for layer in unit.layers)
+    elif family == "second_order":
+        expected = min(2 / math.sqrt(_layer_lambda(layer)) for layer in unit.layers)
+    elif family == "hamiltonian":
+        expected = min(
+            2 / math.sqrt(_layer_lambda(a) * _layer_lambda(b))
+            for a, b in zip(unit.layers_y, unit.layers_z)
+        )
+    elif family == "resnet":
+        expected = min(
+            2 / (_dense_conv_norm(b.conv1.weight, 16) * _dense_conv_norm(b.conv2.weight, 16)
+                 * float(b.norm1.weight.abs().max()) * float(b.norm2.weight.abs().max()))
+            for b in unit.blocks
+        )
+    else:
+        pytest.fail(f"no formula in this test for the family {family!r}")
+    bound = unit.max_stable_step()
+    assert bound > 0
+    # The power iteration approaches ||K|| from below, so the estimate errs slightly high.
+    assert expected <= bound * (1 + 1e-6) <= expected * 1.07
+
+
+def test_stability_report_flags_steps_beyond_the_bound():
+    unit = _unit("parabolic", width=4, depth=2, h=1.0)
+    [row] = stability_report(nn.Sequential(unit))
+    assert row["family"] == "parabolic" and row["unit"] == 0
+    assert row["max_stable_step"] == pytest.approx(unit.max_stable_step())
+    assert row["spectral_norm"] == pytest.approx(max(max(s) for s in unit.spectral_norms()))
+    assert row["stable"] == (1.0 <= row["max_stable_step"])
+    unit.step_size = row["max_stable_step"] / 2
+    assert stability_report(unit)[0]["stable"] is True
+    unit.step_size = row["max_stable_step"] * 2
+    assert stability_report(unit)[0]["stable"] is False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_clip_weights_bounds_every_parameter(family):
+    unit = _unit(family)
+    with torch.no_grad():
+        for p in unit.parameters():
+            p.mul_(10).add_(0.5)
+    before = {n: p.detach().clone() for n, p in unit.named_parameters()}
+    clip_weights_(unit, 1.0)
+    for name, p in unit.named_parameters():
+        assert p.abs().max() <= 1.0, name
+        inside = before[name].abs() <= 1.0
+        assert torch.equal(p[inside], before[name][inside])
+    assert any((before[n].abs() > 1).any() for n in before)
+    clip_weights_(unit, 0.25)
+    assert max(float(p.detach().abs().max()) for p in unit.parameters()) == 0.25
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_time_smoothness_is_zero_for_constant_weights(family):
+    unit = _unit(family, depth=3)
+    with torch.no_grad():
+        for j in range(1, unit.depth):
+            for src, dst in zip(unit.step_layers(0), unit.step_layers(j)):
+                dst.load_state_dict(src.state_dict())
+    assert time_smoothness(unit).item() == 0.0
+    with torch.no_grad():
+        first = next(unit.step_layers(2)[0].parameters())
+        first.view(-1)[0] += 0.25
+    value = time_smoothness(unit)
+    # one entry differs by 0.25 from the same entry at step 1: TV in time is |±0.25|
+    assert value.item() == pytest.approx(0.25)
+    value.backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_time_smoothness_sums_l1_differences_of_consecutive_steps():
+    unit = _unit("parabolic", width=2, depth=3)
+    expected = sum(
+        (b - a).abs().sum()
+        for j in range(2)
+        for a, b in zip(unit.layers[j].parameters(), unit.layers[j + 1].parameters())
+    )
+    assert time_smoothness(unit).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert time_smoothness(nn.Linear(2, 2)).item() == 0.0
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+def test_duplicate_family_name_is_refused():
+    class Again(PDEUnit):
+        pass
+
+    with pytest.raises(ValueError, match="'parabolic' is already registered"):
+        register_family("parabolic")(Again)
+    assert list_families() == FAMILIES
+
+
+def test_unknown_family_lists_the_allowed_names():
+    with pytest.raises(ValueError) as info:
+        build_unit("heat", 4, 2, 0.5)
+    message = str(info.value)
+    assert message.startswith("family: unknown 'heat'")
+    for name in FAMILIES:
+        assert name in message
