@@ -59,7 +59,8 @@ class PDENet(nn.Module):
         self.classifier = nn.Linear(c[-1], arch.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if not torch.jit.is_scripting() and not tracing:
             self.arch.check_input(x.shape[-2], x.shape[-1])
         x = self.opening(x)
         for unit, connector in zip(self.units, self.connectors):
