@@ -20,3 +20,111 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- services: PostgreSQL and Ray (under CI a missing one fails the test instead of skipping) ---
+def missing_service(message: str) -> None:
+    """Skips the calling test, or fails it under CI (``CI=true``), where every service must run."""
+    import os
+
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI must run this test)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database URL: ``PDENAS_TEST_POSTGRES_URL`` when set, else a throwaway server on
+    127.0.0.1 (initdb into a temp folder, run as the postgres user when root) for the session."""
+    import os
+
+    if url := os.environ.get("PDENAS_TEST_POSTGRES_URL"):
+        yield url
+        return
+    try:
+        import psycopg2  # noqa: F401  (the driver pdenas[postgres] installs)
+    except ImportError:
+        missing_service("psycopg2 is not installed (pip install -e '.[postgres]')")
+    from pg_server import PostgresServer, find_bin_dir
+
+    if find_bin_dir() is None:
+        missing_service("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PostgresServer()
+    try:
+        server.start()
+    except (RuntimeError, OSError) as error:
+        server.stop()
+        missing_service(f"cannot start PostgreSQL: {error}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A local Ray runtime for the session (2 CPUs, no dashboard); yields its GCS address, which
+    other driver processes can join with ``--address``."""
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        import ray
+        from ray import tune  # noqa: F401
+    except ImportError:
+        missing_service("ray[tune] is not installed (pip install -e '.[ray]')")
+    import logging
+
+    context = ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                       log_to_driver=False)
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+TINY_SPACE = """\
+description: Two families, tiny nets; the learning rate is either useless or good.
+families: [parabolic, resnet]
+num_units: 2
+depth: 1
+width: {base: 16, growth: 1, last: same}
+step_size: {low: 0.2, high: 1.0, log: true}
+norm: batch
+train:
+  optimizer: adamw
+  lr: [1.0e-5, 1.0e-2]
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    """Writes a seconds-per-trial study on 8x8 digits (and its search space) to ``tmp_path``.
+
+    Call it with keyword overrides of the study's top-level keys; returns the study file's path.
+    """
+    import uuid
+
+    import yaml
+
+    def write(**overrides: object):
+        (tmp_path / "tiny_space.yaml").write_text(TINY_SPACE)
+        study = {
+            "name": f"tiny-{uuid.uuid4().hex[:8]}",
+            "data": {"name": "digits", "train_limit": 800},
+            "space": "tiny_space.yaml",
+            "train": {"epochs": 2, "batch_size": 32, "augment": False},
+            "objectives": ["val_accuracy"],
+            "sampler": {"name": "random"},
+            "pruner": "none",
+            "n_trials": 4,
+            "device": "cpu",
+            "seed": 6,
+            "latency_repeats": 1,
+            **overrides,
+        }
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(study, sort_keys=False))
+        return path
+
+    return write

@@ -6,7 +6,10 @@ WAITING trials that each worker pops atomically, so the workers together run exa
 ``n_trials`` trials. A worker that dies mid-trial stops its heartbeat; another worker fails the
 stale trial and Optuna's ``RetryHeartbeatStaleTrialCallback`` queues it again with the same
 parameters. Rerunning the same command resumes the study: finished trials stay, the queue is
-topped up to the budget.
+topped up to the budget. Counting and topping up the budget, and failing a dead worker's trial,
+happen under a lock (``budget_lock``) so workers that start or clean up together never queue too
+many trials. ``PDENAS_HEARTBEAT_INTERVAL`` and ``PDENAS_GRACE_PERIOD`` (seconds, read at import)
+set how often a running trial beats and how long a silent one lives before it is retried.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import socket
 import statistics
 import threading
 import time
@@ -35,6 +40,10 @@ from pdenas.study import StudyConfig, TrialRecord, run_candidate
 
 __all__ = [
     "FINAL_STATUSES",
+    "GRACE_PERIOD",
+    "HEARTBEAT_INTERVAL",
+    "budget_lock",
+    "driver_url",
     "make_pruner",
     "make_sampler",
     "make_storage",
@@ -46,8 +55,10 @@ __all__ = [
 FINAL_STATUSES = ("completed", "pruned", "stopped", "infeasible", "diverged", "oom", "failed")
 """Statuses of trials that used up one unit of the budget (a dead worker's trial does not)."""
 
-HEARTBEAT_INTERVAL = 10
-GRACE_PERIOD = 40
+HEARTBEAT_INTERVAL = int(os.environ.get("PDENAS_HEARTBEAT_INTERVAL", "10"))
+"""Seconds between two heartbeats of a running trial (RDB storages)."""
+GRACE_PERIOD = int(os.environ.get("PDENAS_GRACE_PERIOD", "40"))
+"""Seconds without a heartbeat after which a trial counts as dead and is retried."""
 POLL_SECONDS = 2.0
 
 
@@ -67,21 +78,97 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             f"storage: {url!r} is not a storage URL; use e.g. sqlite:///study.db, "
             "postgresql://user@host/db, or journal:/path/study.log"
         )
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=3
-            ),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
-    except ImportError as error:
-        raise ValueError(f"storage: the driver for {url.split(':')[0]} is missing ({error}); "
-                         "for PostgreSQL install pdenas[postgres]") from None
-    except Exception as error:  # sqlalchemy.exc.OperationalError and friends
-        raise ValueError(f"storage: cannot open {url}: {str(error).splitlines()[0]}") from None
+    url = driver_url(url)
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                grace_period=GRACE_PERIOD,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=3
+                ),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        except ImportError as error:
+            raise ValueError(f"storage: the driver for {url.split(':')[0]} is missing ({error}); "
+                             "for PostgreSQL install pdenas[postgres]") from None
+        except Exception as error:  # sqlalchemy.exc.OperationalError and friends
+            # Workers that open a fresh database at the same moment race on creating Optuna's
+            # tables and all but one fail: the tables exist on the next try.
+            if attempt == 2:
+                raise ValueError(f"storage: cannot open {url}: {str(error).splitlines()[0]}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def driver_url(url: str) -> str:
+    """Names the installed PostgreSQL driver in a ``postgresql://`` URL.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; pdenas[postgres] installs
+    psycopg2. A URL that names its driver (``postgresql+psycopg://``) is left as it is.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
+
+
+@contextlib.contextmanager
+def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
+    """Serialises the budget bookkeeping of the workers that share a study.
+
+    Counting the budget and queueing the missing trials (``top_up``), and failing a dead worker's
+    trial and queueing its retry, must not interleave between workers, or a study would get more
+    trials than asked for. PostgreSQL and MySQL use an advisory lock named after the study;
+    SQLite and journal files a file lock beside them; other storages are not locked.
+    """
+    scheme = storage_url.partition(":")[0].split("+")[0]
+    if scheme in ("postgresql", "postgres", "mysql", "mariadb"):
+        import hashlib
+
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        key = int.from_bytes(hashlib.sha1(f"pdenas:{study_name}".encode()).digest()[:8], "big",
+                             signed=True)
+        postgres = scheme.startswith("postgres")
+        lock, unlock = (("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
+                        if postgres else
+                        ("SELECT GET_LOCK(:name, 600)", "SELECT RELEASE_LOCK(:name)"))
+        args = {"key": key} if postgres else {"name": f"pdenas-{key:x}"[:64]}
+        engine = sqlalchemy.create_engine(driver_url(storage_url), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text(lock), args)
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text(unlock), args)
+        finally:
+            engine.dispose()
+        return
+    path = None
+    if scheme == "sqlite":
+        database = storage_url.partition(":///")[2]
+        path = database if database and database != ":memory:" else None
+    elif storage_url.startswith("journal:") or storage_url.endswith((".log", ".journal")):
+        path = storage_url.removeprefix("journal:").removeprefix("//")
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(f"{path}.pdenas-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _constraints(trial: FrozenTrial) -> list[float]:
@@ -188,10 +275,18 @@ def top_up(study: optuna.Study, n_trials: int, first_params: Sequence[Mapping[st
     return missing
 
 
+def _beats(study: optuna.Study) -> bool:
+    """Whether the study's storage records heartbeats (duck-typed: a study wraps its RDBStorage
+    in a cache that is not an RDBStorage itself)."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    return bool(interval) and hasattr(storage, "record_heartbeat")
+
+
 @contextlib.contextmanager
 def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     storage = study._storage
-    if not (isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval()):
+    if not _beats(study):
         yield
         return
     stop = threading.Event()
@@ -262,6 +357,7 @@ def run_one(
         base_train=dataclasses.asdict(config.train),
     )
     trial.set_user_attr("status", "running")
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     trial.set_user_attr("architecture", arch.to_dict())
     trial.set_user_attr("family", arch.family)
     history: list[dict[str, float]] = []
@@ -333,7 +429,8 @@ def search(
     first = []
     if config.cover_families and getattr(space.families, "kind", None) == "choice":
         first = [{"family": f} for f in space.families.choices]
-    top_up(study, n_trials, first)
+    with budget_lock(storage_url, config.name):
+        top_up(study, n_trials, first)
     if on_start is not None:
         finished = [t for t in study.get_trials(deepcopy=False)
                     if t.state.is_finished() and _counts_toward_budget(t)]
@@ -343,10 +440,13 @@ def search(
         on_start(len(finished), n_trials, best)
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        with budget_lock(storage_url, config.name):
+            optuna.storages.fail_stale_trials(study)
         trial = _pop(study)
         if trial is None:
-            if _others_running(study):  # wait: a dead worker's trial may come back to the queue
+            # Wait while other workers run trials: a dead worker's trial comes back to the queue
+            # once its heartbeat is stale. Without heartbeats (journal files) it never would.
+            if _beats(study) and _others_running(study):
                 time.sleep(POLL_SECONDS)
                 continue
             break
@@ -355,10 +455,11 @@ def search(
                 record = run_one(study, trial, config, space, data, device, run_dir)
         except KeyboardInterrupt:
             # Give the slot back so a rerun does the trial again, then stop.
+            # Queue the replacement before failing the trial: the budget never looks short.
             with contextlib.suppress(Exception):
                 trial.set_user_attr("status", "interrupted")
-                study.tell(trial, state=TrialState.FAIL)
                 study.enqueue_trial(trial.params, user_attrs={"status": "queued"})
+                study.tell(trial, state=TrialState.FAIL)
             raise
         if on_trial is not None:
             on_trial(record, study)
@@ -374,4 +475,7 @@ def write_run_file(run_dir: Path, config: StudyConfig, storage_url: str, backend
         "study_file": config.path,
         "config": config.to_dict(),
     }
-    (run_dir / "run.json").write_text(json.dumps(payload, indent=2))
+    # Atomic: workers sharing a run folder each write it, and a reader never sees half a file.
+    tmp = run_dir / f".run.json.{socket.gethostname()}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, run_dir / "run.json")

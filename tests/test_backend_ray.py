@@ -1,0 +1,120 @@
+"""The Ray Tune backend end to end on a real local Ray runtime: ASHA, records, leaderboard, restore.
+
+Needs ray[tune]: skipped without it on a developer machine, failed under CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROWS = ("number", "state", "status", "failure_reason", "family", "step_size", "depths", "widths",
+        "activation", "norm", "reversible", "val_accuracy", "params", "flops", "latency_ms",
+        "latency_batch_ms", "memory_bytes", "epochs_trained", "epochs_planned", "seconds",
+        "history")
+RAY = {"cpus_per_trial": 1, "max_concurrent": 2, "scheduler": "asha", "grace_period": 1,
+       "reduction_factor": 2}
+
+
+def _records(run_dir: Path) -> dict[int, dict]:
+    return {int(p.parent.name): json.loads(p.read_text())
+            for p in (run_dir / "trials").glob("*/record.json")}
+
+
+def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, tmp_path):
+    from pdenas.backends.ray import search
+    from pdenas.results import leaderboard, load_run, load_trials
+    from pdenas.space import SearchSpace
+    from pdenas.study import StudyConfig
+
+    # Seed 6 suggests good, good, useless, good learning rates: ASHA stops the useless one at
+    # the epoch-1 rung (its accuracy is below the median of those recorded before it).
+    config = StudyConfig.load(tiny_study(objectives=["val_accuracy", "flops"], ray=RAY))
+    space = SearchSpace.load(config.space_path())
+    run_dir = tmp_path / "run"
+
+    assert search(config, space, run_dir, n_trials=4, quiet=True) == 4
+
+    assert load_run(run_dir)["backend"] == "ray"
+    trials = load_trials(run_dir)
+    assert list(trials["number"]) == [0, 1, 2, 3]
+    assert set(ROWS) <= set(trials.columns)
+    assert set(trials["family"]) == {"parabolic", "resnet"}  # cover_families: one of each first
+    assert set(trials["status"]) <= {"completed", "stopped"}
+    stopped = trials[trials["status"] == "stopped"]
+    assert len(stopped) >= 1, trials[["number", "status", "val_accuracy"]]
+    assert (stopped["epochs_trained"] < stopped["epochs_planned"]).all()
+    assert stopped["failure_reason"].str.contains("asha").all()
+    for _, row in trials.iterrows():
+        assert len(row["history"]) == row["epochs_trained"] >= 1
+        folder = run_dir / "trials" / str(row["number"])
+        assert json.loads((folder / "architecture.json").read_text())["family"] == row["family"]
+        assert (folder / "model.pt").is_file() == (row["status"] == "completed")
+
+    board = leaderboard(trials, config.objectives)
+    assert len(board) == len(trials) - len(stopped) >= 1
+    assert set(board["number"]).isdisjoint(stopped["number"])
+    assert (board["epochs_trained"] == board["epochs_planned"]).all()
+    assert board["val_accuracy"].iloc[0] > 0.3  # the good learning rate learns
+
+    # Rerunning restores the finished experiment: nothing is lost, nothing trains again.
+    stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "trials").glob("*/model.pt")}
+    assert search(config, space, run_dir, n_trials=4, quiet=True) == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert sorted(_records(run_dir)) == [0, 1, 2, 3]
+
+    # A larger budget tops the study up with new trial numbers in a new experiment.
+    assert search(config, space, run_dir, n_trials=5, quiet=True) == 5
+    assert sorted(_records(run_dir)) == [0, 1, 2, 3, 4]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert sorted(p.name for p in (run_dir / "ray").iterdir()) == ["exp-0", "exp-1"]
+
+
+def _search_command(study: Path, run_dir: Path, address: str) -> list[str]:
+    return [sys.executable, "-m", "pdenas.cli", "search", str(study), "--backend", "ray",
+            "--address", address, "--out", str(run_dir), "--quiet"]
+
+
+def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_study, tmp_path):
+    study = tiny_study(ray={**RAY, "max_concurrent": 1, "scheduler": "fifo"},
+                       train={"epochs": 3, "batch_size": 32, "augment": False})
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    command = _search_command(study, run_dir, ray_address)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            if any(r["status"] == "completed" for r in _records(run_dir).values()):
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
+        output = first.communicate(timeout=120)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0, output[-3000:]
+    done = {n: r for n, r in _records(run_dir).items() if r["status"] == "completed"}
+    assert 1 <= len(done) < 4, output[-3000:]
+    stamps = {n: (run_dir / "trials" / str(n) / "model.pt").stat().st_mtime_ns for n in done}
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    records = _records(run_dir)
+    assert sorted(records) == [0, 1, 2, 3]
+    assert {r["status"] for r in records.values()} == {"completed"}
+    assert all(r["epochs_trained"] == 3 for r in records.values())
+    # Trials finished before the interruption were kept, not trained again.
+    assert {n: (run_dir / "trials" / str(n) / "model.pt").stat().st_mtime_ns for n in done} == stamps
+    assert "4 trials, 4 ranked" in second.stdout
