@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdenas.architecture import paper_architecture
 from pdenas.cost import (
     Cost,
     count_flops,
@@ -18,7 +19,7 @@ from pdenas.cost import (
     training_memory,
 )
 from pdenas.families import build_unit
-
+from pdenas.network import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,3 +161,14 @@ def test_reversible_units_save_memory_independent_of_depth() -> None:
 
     assert memory(8, reversible=False) > 3 * memory(2, reversible=False)
     assert memory(8, reversible=True) == memory(2, reversible=True) < memory(2, reversible=False)
+
+
+def test_flops_of_the_papers_cifar10_network_match_the_analytic_count() -> None:
+    arch = paper_architecture("cifar10", "parabolic")
+    side, expected = 32, 2 * arch.in_channels * arch.widths[0] * 9 * 32 * 32  # opening conv
+    for k, (width, depth) in enumerate(zip(arch.widths, arch.depths)):
+        expected += depth * 2 * 2 * width * width * 9 * side * side  # symmetric layers
+        expected += 2 * width * arch.widths[k + 1] * side * side  # 1x1 connector
+        side //= 2
+    expected += 2 * arch.widths[-1] * arch.num_classes  # classifier
+    assert count_flops(build_model(arch), (3, 32, 32)) == expected == 324_438_208

@@ -26,7 +26,6 @@ from pdenas.train import (
     learning_rates,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
