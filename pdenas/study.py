@@ -311,7 +311,7 @@ def _section(cls: type, name: str, value: Any) -> Any:
             return cls.from_dict(value)
         except ValueError as error:
             message = str(error)
-            raise ValueError(message if message.startswith(f"{name}.") else f"{name}.{message}") from None
+            raise ValueError(message if message.startswith(f"{name}.") else f"{name}: {message}") from None
     _check_keys(name, value, _fields(cls))
     return cls(**value)
 

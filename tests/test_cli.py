@@ -1,0 +1,176 @@
+"""The `pdenas` command end to end: search, resume after kill -9, leaderboard, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pdenas.cli import main
+
+TINY_SPACE = """
+description: tiny, for tests
+families: [parabolic, hamiltonian, second_order, resnet]
+num_units: 2
+depth: {low: 1, high: 2}
+width: {base: 8, growth: 1, last: same}
+step_size: {low: 0.2, high: 1.0, log: true}
+activation: relu
+norm: tv
+reversible: false
+"""
+
+TINY_STUDY = """
+name: tiny
+data: {{name: digits, train_limit: 240}}
+space: tiny_space.yaml
+train: {{epochs: {epochs}, batch_size: 64, optimizer: sgd, lr: 0.05}}
+objectives: [val_accuracy, params]
+sampler: random
+n_trials: {n_trials}
+device: cpu
+seed: 0
+latency_repeats: 2
+"""
+
+
+def write_study(folder: Path, n_trials: int = 4, epochs: int = 2, **extra: str) -> Path:
+    (folder / "tiny_space.yaml").write_text(TINY_SPACE)
+    path = folder / "tiny.yaml"
+    text = TINY_STUDY.format(n_trials=n_trials, epochs=epochs)
+    text += "".join(f"{k}: {v}\n" for k, v in extra.items())
+    path.write_text(text)
+    return path
+
+
+def pdenas(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pdenas.cli", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, cwd=cwd, timeout=600,
+    )
+
+
+def stored_trials(run: Path) -> list[dict]:
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
+    return [{"number": t.number, "state": t.state.name, "params": t.params,
+             "status": t.user_attrs.get("status")} for t in study.get_trials()]
+
+
+def test_search_resume_and_leaderboard(tmp_path: Path) -> None:
+    study = write_study(tmp_path, n_trials=4)
+    run = tmp_path / "run"
+    done = pdenas("search", str(study), "--out", str(run), "--quiet")
+    assert done.returncode == 0, done.stderr
+    trials = stored_trials(run)
+    assert len(trials) == 4
+    # one trial per family first, so every family is in the comparison
+    assert sorted(t["params"]["family"] for t in trials) == sorted(
+        ["parabolic", "hamiltonian", "second_order", "resnet"])
+    for family in ("parabolic", "hamiltonian", "second_order", "resnet"):
+        assert family in done.stdout
+    for t in trials:
+        assert (run / "trials" / str(t["number"]) / "record.json").is_file()
+    info = json.loads((run / "run.json").read_text())
+    assert info["study_name"] == "tiny" and info["backend"] == "optuna"
+
+    # Rerunning with a larger budget tops up; finished trials are kept as they were.
+    more = pdenas("search", str(study), "--out", str(run), "--n-trials", "6", "--quiet")
+    assert more.returncode == 0, more.stderr
+    again = stored_trials(run)
+    assert len(again) == 6
+    assert again[:4] == trials
+    # The same budget again runs nothing new.
+    same = pdenas("search", str(study), "--out", str(run), "--n-trials", "6", "--quiet")
+    assert same.returncode == 0 and len(stored_trials(run)) == 6
+
+    board = pdenas("leaderboard", str(run), "--csv", str(tmp_path / "board.csv"))
+    assert board.returncode == 0, board.stderr
+    assert "rank" in board.stdout and "val_acc" in board.stdout
+    assert (tmp_path / "board.csv").read_text().startswith("number") or "pareto_rank" in (
+        tmp_path / "board.csv").read_text()
+
+
+def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
+    study = write_study(tmp_path, n_trials=5, epochs=3)
+    run = tmp_path / "run"
+    env = {"PDENAS_HEARTBEAT_INTERVAL": "1", "PDENAS_GRACE_PERIOD": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "pdenas.cli", "search", str(study), "--out",
+                             str(run), "--quiet"], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (run / "study.db").exists() and (run / "run.json").exists():
+            try:
+                if sum(t["state"] == "COMPLETE" for t in stored_trials(run)) >= 2:
+                    break
+            except Exception:  # the study is still being created
+                pass
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t["number"]: t for t in stored_trials(run) if t["state"] == "COMPLETE"}
+    assert len(before) >= 2
+
+    resumed = pdenas("search", str(study), "--out", str(run), "--quiet", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    after = stored_trials(run)
+    for number, trial in before.items():
+        assert after[number] == trial  # finished trials untouched
+    finished = [t for t in after if t["status"] in ("completed", "pruned", "diverged", "infeasible")]
+    assert len(finished) == 5
+    assert not [t for t in after if t["state"] in ("RUNNING", "WAITING")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        ("colour: red\n", "colour: unknown key"),
+        ("sampler_options: {}\npruner: sometimes\n", "pruner: unknown 'sometimes'"),
+    ],
+)
+def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, edit: str, needle: str,
+                                                            capsys) -> None:
+    study = write_study(tmp_path)
+    study.write_text(study.read_text() + edit)
+    run = tmp_path / "run"
+    assert main(["search", str(study), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+    assert not run.exists()
+
+
+def test_bad_inputs_exit_2(tmp_path: Path, capsys) -> None:
+    study = write_study(tmp_path)
+    cases = [
+        (["search", str(tmp_path / "nope.yaml")], "not found"),
+        (["search", str(study), "--n-trials", "0"], "n-trials"),
+        (["search", str(study), "--n-trials", "many"], "invalid int value"),
+        (["search", str(study), "--storage", "not-a-url"], "storage"),
+        (["leaderboard", str(tmp_path)], "not a pdenas run folder"),
+        (["frobnicate"], "invalid choice"),
+    ]
+    for argv, needle in cases:
+        assert main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "search" else argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_exits_2(tmp_path: Path, capsys) -> None:
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace(
+        "data: {name: digits, train_limit: 240}", f"data: {{name: cifar10, root: {tmp_path / 'empty'}}}"))
+    assert main(["search", str(study), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "cifar10 not found" in err and "download" in err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,127 @@
+"""StudyConfig validation, the shipped study files, and the shared trial objective."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pdenas.architecture import Architecture
+from pdenas.data import DataConfig, load_data
+from pdenas.study import StudyConfig, run_candidate
+from pdenas.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_studies_load(path: Path) -> None:
+    from pdenas.space import SearchSpace
+
+    config = StudyConfig.load(path)
+    assert config.name
+    SearchSpace.load(config.space_path())  # the space it names exists and is valid
+
+
+def test_round_trip() -> None:
+    config = StudyConfig.load(ROOT / "studies" / "quickstart.yaml")
+    again = StudyConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"sampler": "annealing"}, "sampler: unknown 'annealing'"),
+        ({"pruner": "sometimes"}, "pruner: unknown"),
+        ({"n_trials": 0}, "n_trials"),
+        ({"objectives": ["flops"]}, "objectives: the first must be val_accuracy"),
+        ({"objectives": ["val_accuracy", "beauty"]}, "objectives"),
+        ({"device": "tpu"}, "device: unknown 'tpu'"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"train": {"learning_rate": 0.1}}, "learning_rate"),
+        ({"data": {"name": "imagenet"}}, "imagenet"),
+        ({"constraints": {"max_params": -5}}, "constraints.max_params"),
+        ({"ray": {"scheduler": "pbt"}}, "ray.scheduler"),
+    ],
+)
+def test_bad_values_name_the_key(change: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        StudyConfig.from_dict({"name": "x", **change})
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsampler: annealing\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: sampler"):
+        StudyConfig.load(path)
+    with pytest.raises(ValueError, match="not found"):
+        StudyConfig.load(tmp_path / "missing.yaml")
+
+
+def test_sampler_mapping_form() -> None:
+    config = StudyConfig.from_dict({"name": "x", "sampler": {"name": "nsga2", "population_size": 6}})
+    assert config.sampler == "nsga2"
+    assert config.sampler_options == {"population_size": 6}
+
+
+def _tiny_data():
+    return load_data(DataConfig(name="digits", train_limit=300, seed=0))
+
+
+def test_run_candidate_trains_and_saves(tmp_path: Path) -> None:
+    data = _tiny_data()
+    config = StudyConfig(name="t", latency_repeats=2)
+    arch = Architecture("hamiltonian", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 2, "batch_size": 64, "lr": 0.05})
+    seen = []
+    record = run_candidate(3, arch, train, config, data, torch.device("cpu"), tmp_path,
+                           report=lambda e, m: seen.append(e) and False)
+    assert record.status == "completed"
+    assert seen == [1, 2]
+    assert record.epochs_trained == 2 and len(record.history) == 2
+    assert 0.0 <= record.val_accuracy <= 1.0
+    assert record.cost["params"] == sum(p.numel() for p in __import__("pdenas").build_model(arch).parameters())
+    folder = tmp_path / "trials" / "3"
+    state = torch.load(folder / "model.pt", weights_only=True)
+    assert set(state) == set(__import__("pdenas").build_model(arch).state_dict())
+    assert Architecture.from_dict(json.loads((folder / "architecture.json").read_text())) == arch
+    assert json.loads((folder / "record.json").read_text())["status"] == "completed"
+
+
+def test_run_candidate_pruned_by_report(tmp_path: Path) -> None:
+    data = _tiny_data()
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 4, "batch_size": 64})
+    record = run_candidate(0, arch, train, StudyConfig(name="t", latency_repeats=2), data,
+                           torch.device("cpu"), tmp_path, report=lambda e, m: e >= 2)
+    assert record.status == "pruned"
+    assert record.epochs_trained == 2
+
+
+def test_diverging_candidate_is_a_record_not_a_crash(tmp_path: Path) -> None:
+    data = _tiny_data()
+    arch = Architecture("resnet", (8, 8, 8), (2, 2), 50.0, norm="none", in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 3, "batch_size": 64, "lr": 1e4, "clip_weights": None,
+                                   "optimizer": "sgd", "momentum": 0.0})
+    record = run_candidate(0, arch, train, StudyConfig(name="t", latency_repeats=2), data,
+                           torch.device("cpu"), tmp_path)
+    assert record.status == "diverged"
+    assert "non-finite" in record.failure_reason
+    assert json.loads((tmp_path / "trials" / "0" / "record.json").read_text())["status"] == "diverged"
+
+
+def test_infeasible_candidate_is_not_trained(tmp_path: Path) -> None:
+    data = _tiny_data()
+    arch = Architecture("parabolic", (16, 16, 16), (2, 2), 0.5, in_channels=1)
+    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 2,
+                                    "constraints": {"max_params": 1000}})
+    record = run_candidate(0, arch, TrainConfig.from_dict({"epochs": 2}), config, data,
+                           torch.device("cpu"), tmp_path)
+    assert record.status == "infeasible"
+    assert record.epochs_trained == 0
+    assert record.constraints[0] == record.cost["params"] - 1000 > 0
+    assert "params" in record.failure_reason
