@@ -423,7 +423,7 @@ def search(
         The study.
     """
     def grid() -> dict[str, list[Any]]:
-        return space.grid(image_size=data.image_size)
+        return space.grid(image_size=min(data.image_size))
 
     study = open_study(config, storage_url, make_sampler(config, grid), make_pruner(config))
     first = []
