@@ -1,0 +1,43 @@
+"""``pdenas compare RUN``: the PDE families of a run side by side.
+
+Per family: trials finished, pruned and failed (diverged counted apart), best and median
+validation accuracy, the best accuracy within an equal cost budget (the run's median cost),
+the family's share of the Pareto front and its hypervolume contribution; the importance of the
+step size h, depth and width per family (fANOVA); plots; and, with ``--retrain-top K --seeds S``,
+a fair comparison that retrains each family's top K architectures with S seeds at the full
+budget and reports mean ± std. Everything is printed and written to the output folder as CSV,
+PNG and one Markdown report.
+
+The module map: ``_families`` (the family table), ``_importance`` (h, depth and width
+importances), ``_retrain`` (retraining the top architectures with several seeds), ``_report``
+(display formatting, plots, ``report.md``), ``_command`` (the ``pdenas compare`` command).
+"""
+
+from __future__ import annotations
+
+from pdenas.compare._command import run_compare
+from pdenas.compare._families import family_table, format_family_table
+from pdenas.compare._importance import (
+    IMPORTANCE_PARAMS,
+    MIN_IMPORTANCE_TRIALS,
+    family_importances,
+    format_importances,
+)
+from pdenas.compare._report import markdown_table, write_report
+from pdenas.compare._retrain import RETRAIN_SEED, format_retrain, retrain_summary, retrain_top
+
+__all__ = [
+    "IMPORTANCE_PARAMS",
+    "MIN_IMPORTANCE_TRIALS",
+    "RETRAIN_SEED",
+    "family_importances",
+    "family_table",
+    "format_family_table",
+    "format_importances",
+    "format_retrain",
+    "markdown_table",
+    "retrain_summary",
+    "retrain_top",
+    "run_compare",
+    "write_report",
+]

@@ -1,0 +1,71 @@
+"""Export a chosen model: weights with its architecture, TorchScript, ONNX and a model card.
+
+``pdenas export RUN`` picks a trial of a run (``best``: the highest validation accuracy among the
+completed, fully trained trials; a trial number; or ``pareto:K``, the K-th point of the Pareto
+front by accuracy), takes its best-validation weights (or retrains it from scratch on train +
+validation with ``--retrain-epochs``), evaluates it on the test split and writes, to one folder:
+
+- ``model.pt``: a plain dict ``{"format": "pdenas-export", "version": 1, "architecture",
+  "state_dict", "normalization", "classes", ...}`` that ``load_model`` reads with
+  ``torch.load(weights_only=True)``: no pickled code runs;
+- ``model.torchscript.pt`` (traced in eval mode) and ``model.onnx`` (``torch.onnx`` dynamo export,
+  one file, dynamic batch dimension), each loaded back and compared with the PyTorch logits on
+  test-split images;
+- ``card.json`` and ``card.md``: what the model is, how well and how fast it runs, where it came
+  from and the commands that reproduce it.
+
+Everything is built in a staging folder and moved into place at the end, so bad input (or a
+failure on the way) writes nothing. Exports always use the plain forward pass in eval mode, so
+reversible models export like the others.
+
+The module map: ``_weights`` (the ``model.pt`` file and the folder's file names: save, safe load,
+``load_model``), ``_formats`` (TorchScript and ONNX, each format written and checked against
+PyTorch), ``_select`` (which trial, and its weights: saved or retrained), ``_card`` (the model card
+as JSON and Markdown), ``_command`` (``export_trial`` and the ``pdenas export`` command).
+"""
+
+from __future__ import annotations
+
+from pdenas.export._card import card_markdown, summary_lines
+from pdenas.export._command import export_trial, run_export
+from pdenas.export._formats import (
+    CHECK_IMAGES,
+    FormatCheck,
+    load_torchscript,
+    onnx_logits,
+    parse_formats,
+    write_formats,
+)
+from pdenas.export._select import select_trial
+from pdenas.export._weights import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    FILES,
+    FORMATS,
+    ExportedModel,
+    load_export,
+    load_model,
+    save_export,
+)
+
+__all__ = [
+    "CHECK_IMAGES",
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "FILES",
+    "FORMATS",
+    "ExportedModel",
+    "FormatCheck",
+    "load_export",
+    "load_model",
+    "load_torchscript",
+    "onnx_logits",
+    "card_markdown",
+    "export_trial",
+    "parse_formats",
+    "run_export",
+    "save_export",
+    "select_trial",
+    "summary_lines",
+    "write_formats",
+]

@@ -1,0 +1,110 @@
+"""``pdenas export RUN``: select a trial, get its weights, evaluate it, write every format and the
+card into a staging folder, and move them into place only once all of it worked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pdenas.architecture import Architecture
+from pdenas.export._card import card_markdown, model_card, summary_lines
+from pdenas.export._formats import CHECK_IMAGES, parse_formats, write_formats
+from pdenas.export._select import retrain, saved_model, select_trial, trial_record
+from pdenas.export._weights import FILES, FORMATS, plain
+
+__all__ = ["export_trial", "run_export"]
+
+
+def export_trial(
+    run_dir: str | Path,
+    trial: str | int = "best",
+    formats: str | Sequence[str] = FORMATS,
+    retrain_epochs: int | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Exports one trial of a run (see ``pdenas.export``) and returns its model card.
+
+    Args:
+        run_dir: The run folder.
+        trial: ``best``, a trial number or ``pareto:K``.
+        formats: Some of ``FORMATS`` (a comma list or a sequence).
+        retrain_epochs: Retrain from scratch on train + validation for this many epochs instead
+            of taking the trial's saved weights.
+        out: The export folder (default ``RUN/export/trial-N``).
+        device: Where to retrain, evaluate and time: "auto", "cpu" or "cuda".
+
+    Raises:
+        ValueError: Bad input, before anything is written.
+    """
+    from pdenas.data import load_data
+    from pdenas.results import load_run
+    from pdenas.study import StudyConfig, resolve_device
+    from pdenas.train import TrainConfig, evaluate
+
+    run_dir = Path(run_dir)
+    info = load_run(run_dir)
+    fmts = parse_formats(formats)
+    if retrain_epochs is not None and (isinstance(retrain_epochs, bool) or retrain_epochs < 1):
+        raise ValueError(f"--retrain-epochs: must be an integer >= 1, got {retrain_epochs!r}")
+    number = select_trial(run_dir, trial)
+    record = trial_record(run_dir, number, need_weights=retrain_epochs is None)
+    arch = Architecture.from_dict(record["architecture"])
+    out = Path(out) if out else run_dir / "export" / f"trial-{number}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    config = StudyConfig.from_dict(info["config"])
+    dev = resolve_device(device)
+    data = load_data(config.data, device=dev)
+    train = TrainConfig.from_dict(record.get("train") or {})
+    if retrain_epochs is None:
+        model = saved_model(run_dir, number, arch).to(dev)
+    else:
+        train = TrainConfig.from_dict({**train.to_dict(), "epochs": retrain_epochs})
+        model = retrain(arch, train, data, dev, seed=config.seed, number=number)
+    test_loss, test_accuracy = evaluate(model.eval(), data.test, dev)
+    card = model_card(model, arch, data, dev, record=record, info=info, train=train,
+                      run_dir=run_dir, number=number, trial=trial, formats=fmts,
+                      retrain_epochs=retrain_epochs, test_loss=test_loss,
+                      test_accuracy=test_accuracy)
+    meta = {k: card[k] for k in ("data", "metrics", "source", "training")}
+    with tempfile.TemporaryDirectory(prefix="pdenas-export-") as tmp:
+        staging = Path(tmp)
+        checks = write_formats(model, staging, data.test.x[:CHECK_IMAGES], fmts, mean=data.mean,
+                               std=data.std, classes=data.classes, info=meta)
+        card["files"] = {fmt: FILES[fmt] for fmt in fmts} | {"card": ["card.json", "card.md"]}
+        card["checks"] = {fmt: check.to_dict() for fmt, check in checks.items()}
+        card = plain(card)
+        (staging / "card.json").write_text(json.dumps(card, indent=2))
+        (staging / "card.md").write_text(card_markdown(card))
+        _move_into(staging, out)
+    card["out"] = str(out)
+    return card
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Moves every file of the staging folder into ``out`` (created), replacing same-named files."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in sorted(staging.iterdir()):
+        target = out / item.name
+        if target.exists():
+            target.unlink()
+        shutil.move(str(item), str(target))
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """The ``pdenas export`` command; returns the exit status.
+
+    Raises:
+        ValueError: Bad input (unknown trial or format, a trial without weights, ...), before
+            anything is written; the command line turns it into one line and exit status 2.
+    """
+    card = export_trial(args.run, trial=args.trial, formats=args.format,
+                        retrain_epochs=args.retrain_epochs, out=args.out, device=args.device)
+    print("\n".join(summary_lines(card)))
+    return 0

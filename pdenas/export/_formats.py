@@ -1,0 +1,171 @@
+"""TorchScript and ONNX: writing every export format, loading each back and checking it against
+the PyTorch model on the same images; parsing ``--format``."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdenas.export._weights import FILES, FORMATS, load_model, save_export
+from pdenas.network import PDENet
+
+__all__ = [
+    "CHECK_IMAGES",
+    "FormatCheck",
+    "load_torchscript",
+    "onnx_logits",
+    "parse_formats",
+    "write_formats",
+]
+
+CHECK_IMAGES = 256
+"""Test-split images on which each exported format is compared with the PyTorch model."""
+
+
+def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
+    """Loads an exported TorchScript file on the CPU (without the deprecation warning)."""
+    with _quiet():
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def onnx_logits(path: str | Path, images: torch.Tensor) -> torch.Tensor:
+    """Runs an exported ONNX file with onnxruntime (CPU) on a batch of standardised images."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    (logits,) = session.run(None, {name: images.detach().cpu().float().numpy()})
+    return torch.from_numpy(logits)
+
+
+
+@dataclass(frozen=True)
+class FormatCheck:
+    """How an exported file compares with the PyTorch model on the same images.
+
+    Attributes:
+        file: File name inside the export folder.
+        max_abs_diff: Largest absolute difference of the logits.
+        same_predictions: Fraction of images with the same predicted class.
+        images: Images compared.
+    """
+
+    file: str
+    max_abs_diff: float
+    same_predictions: float
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"file": self.file, "max_abs_diff": self.max_abs_diff,
+                "same_predictions": self.same_predictions, "images": self.images}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences torch.jit's deprecation warnings and the ONNX exporter's progress prints."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings("ignore", r".*torch\.jit.* is deprecated", FutureWarning)
+        yield
+
+
+def write_formats(
+    model: PDENet,
+    folder: str | Path,
+    images: torch.Tensor,
+    formats: Sequence[str] = FORMATS,
+    *,
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
+    classes: Sequence[str] = (),
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, FormatCheck]:
+    """Writes a model in each format, loads each back and compares it with the PyTorch model.
+
+    The model is copied to the CPU in eval mode (reversible units then run their plain forward
+    pass); the model passed in is left as it was.
+
+    Args:
+        model: The network.
+        folder: Existing folder to write ``FILES[format]`` into.
+        images: Standardised test images (N, C, H, W); the comparison inputs.
+        formats: Some of ``FORMATS``.
+        mean: Per-channel input mean, stored in ``model.pt``.
+        std: Per-channel input standard deviation, stored in ``model.pt``.
+        classes: Class names, stored in ``model.pt``.
+        info: Extra metadata for ``model.pt``.
+
+    Returns:
+        Per format, how the reloaded file compares with PyTorch.
+    """
+    folder = Path(folder)
+    net = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float().eval()
+    x = images.detach().to("cpu", torch.float32).contiguous()
+    if len(x) == 0:
+        raise ValueError("write_formats: needs at least one image to compare the formats on")
+    example = x[:4] if len(x) > 1 else x.repeat(2, 1, 1, 1)  # a batch > 1 keeps it dynamic
+    with torch.no_grad():
+        reference = net(x)
+    checks = {}
+    for fmt in formats:
+        path = folder / FILES[fmt]
+        if fmt == "pt":
+            save_export(path, net, mean=mean, std=std, classes=classes, info=info)
+            with torch.no_grad():
+                out = load_model(path)(x)
+        elif fmt == "torchscript":
+            with _quiet(), torch.no_grad():
+                traced = torch.jit.trace(net, example, check_trace=False)
+                torch.jit.save(traced, str(path))
+            with torch.no_grad():
+                out = load_torchscript(path)(x)
+        else:
+            _write_onnx(net, example, path)
+            out = onnx_logits(path, x)
+        checks[fmt] = _compare(FILES[fmt], reference, out)
+    return checks
+
+
+def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    batch = torch.export.Dim("batch")
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(net, (example,), str(path), dynamo=True, external_data=False,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), verbose=False)
+
+
+def _compare(file: str, reference: torch.Tensor, out: torch.Tensor) -> FormatCheck:
+    out = out.to(reference.dtype)
+    if out.shape != reference.shape:
+        raise RuntimeError(f"{file}: output shape {tuple(out.shape)} != {tuple(reference.shape)}")
+    diff = float((out - reference).abs().max()) if len(reference) else 0.0
+    same = float((out.argmax(1) == reference.argmax(1)).float().mean()) if len(reference) else 1.0
+    return FormatCheck(file=file, max_abs_diff=diff, same_predictions=same, images=len(reference))
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Parses ``"pt,onnx"`` (or a list) into known formats, in order, without repeats.
+
+    Raises:
+        ValueError: An unknown or empty format list.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    formats: list[str] = []
+    for item in (str(i).strip().lower() for i in items):
+        if item not in FORMATS:
+            raise ValueError(f"--format: unknown format {item!r}; allowed: {', '.join(FORMATS)}")
+        if item not in formats:
+            formats.append(item)
+    if not formats:
+        raise ValueError(f"--format: empty; allowed: {', '.join(FORMATS)}")
+    return tuple(formats)
+

@@ -1,0 +1,113 @@
+"""Choosing the trial to export (``best`` | N | ``pareto:K``) and getting its weights: the ones the
+search saved, or a retraining from scratch on train + validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdenas.architecture import Architecture
+from pdenas.network import PDENet, build_model
+
+__all__ = ["retrain", "saved_model", "select_trial", "trial_record"]
+
+
+def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
+    """The number of the trial ``spec`` names in a run.
+
+    Args:
+        run_dir: The run folder.
+        spec: ``"best"`` (highest validation accuracy among completed, fully trained trials; ties
+            go to the lower cost), a trial number, or ``"pareto:K"`` (the K-th point of the
+            Pareto front, by accuracy, from 1; ``pareto:1`` is ``best``).
+
+    Raises:
+        ValueError: An unknown trial, an empty front, or a malformed spec.
+    """
+    from pdenas.results import leaderboard, load_run, load_trials
+
+    info = load_run(run_dir)
+    trials = load_trials(run_dir)
+    text = str(spec).strip().lower()
+    if text.isdigit():
+        number = int(text)
+        known = sorted(int(n) for n in trials["number"])
+        if number not in known:
+            listed = ", ".join(map(str, known[:20])) + (" ..." if len(known) > 20 else "")
+            raise ValueError(f"--trial {number}: no such trial in {run_dir} "
+                             f"(trials: {listed or 'none'})")
+        return number
+    if text != "best" and not text.startswith("pareto:"):
+        raise ValueError(f"--trial {spec!r}: expected best, a trial number or pareto:K")
+    board = leaderboard(trials, info.objectives)
+    if board.empty:
+        raise ValueError(f"{run_dir}: no completed, fully trained trial yet; "
+                         "name one with --trial N")
+    cost = info.objectives[1] if len(info.objectives) > 1 else "flops"
+    keys = ["val_accuracy"] + ([cost] if cost in board else []) + ["number"]
+    order = [False] + [True] * (len(keys) - 1)
+    if text == "best":
+        return int(board.sort_values(keys, ascending=order).iloc[0]["number"])
+    k = text.split(":", 1)[1]
+    front = board[board["pareto_rank"] == 1].sort_values(keys, ascending=order)
+    if not k.isdigit() or not 1 <= int(k) <= len(front):
+        raise ValueError(f"--trial {spec}: the Pareto front of {run_dir} has {len(front)} points "
+                         f"(pareto:1 ... pareto:{len(front)}, by validation accuracy)")
+    return int(front.iloc[int(k) - 1]["number"])
+
+
+def trial_record(run_dir: Path, number: int, need_weights: bool) -> dict[str, Any]:
+    """The trial's ``record.json``; ``ValueError`` when it is missing, or with ``need_weights``
+    when the trial saved no weights."""
+    from pdenas.study import trial_dir
+
+    folder = trial_dir(run_dir, number)
+    if not (folder / "record.json").is_file():
+        raise ValueError(f"trial {number}: no record in {folder} (was the run copied "
+                         "without its trials/ folder?)")
+    record = json.loads((folder / "record.json").read_text())
+    if need_weights and not (folder / "model.pt").is_file():
+        reason = f": {record['failure_reason']}" if record.get("failure_reason") else ""
+        raise ValueError(f"trial {number} has no saved weights (status {record.get('status')}"
+                         f"{reason}); retrain it with --retrain-epochs E")
+    return record
+
+
+
+def saved_model(run_dir: Path, number: int, arch: Architecture) -> PDENet:
+    """The trial's saved best-validation weights in a freshly built model."""
+    from pdenas.study import trial_dir
+
+    path = trial_dir(run_dir, number) / "model.pt"
+    model = build_model(arch)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign file: one line, exit 2
+        raise ValueError(f"{path}: cannot load the trial's weights: "
+                         f"{str(error).splitlines()[0][:160]}") from None
+    return model
+
+
+
+def retrain(arch: Architecture, train: Any, data: Any, device: torch.device, *, seed: int,
+             number: int) -> PDENet:
+    """Trains the architecture from scratch on train + validation (final weights kept)."""
+    import dataclasses
+
+    from pdenas.data import TensorSplit
+    from pdenas.train import TrainingFailed, fit
+
+    merged = TensorSplit(torch.cat([data.train.x, data.val.x]),
+                         torch.cat([data.train.y, data.val.y]))
+    both = dataclasses.replace(data, train=merged)
+    torch.manual_seed(seed * 100_003 + number)
+    model = build_model(arch)
+    try:
+        fit(model, both, train, device, seed=seed + number, restore_best=False)
+    except TrainingFailed as error:
+        raise ValueError(f"retraining trial {number} failed: {error.reason}") from None
+    return model
+

@@ -1,0 +1,182 @@
+"""The ``model.pt`` export file: the export folder's file names, writing it, reading it back safely.
+
+``model.pt`` is a plain dict of containers, numbers, strings and tensors, so ``torch.load`` reads it
+with ``weights_only=True`` and no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdenas.architecture import Architecture
+from pdenas.network import PDENet, build_model
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "FILES",
+    "FORMATS",
+    "ExportedModel",
+    "load_export",
+    "load_model",
+    "plain",
+    "save_export",
+]
+
+EXPORT_FORMAT = "pdenas-export"
+EXPORT_VERSION = 1
+FORMATS = ("pt", "torchscript", "onnx")
+FILES = {"pt": "model.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+"""The file each format is written to, inside the export folder."""
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What ``model.pt`` holds, with the model built and its weights loaded (eval mode, CPU).
+
+    Attributes:
+        model: The network.
+        architecture: Its architecture (``reversible`` as trained).
+        mean: Per-channel input mean on the 0..1 pixel scale.
+        std: Per-channel input standard deviation; the input is (pixel / 255 - mean) / std.
+        classes: Class names, indexed by the logits.
+        info: The rest of the file: data set, image size, metrics, source.
+    """
+
+    model: PDENet
+    architecture: Architecture
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def save_export(
+    path: str | Path,
+    model: PDENet,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    classes: Sequence[str],
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes a model as a pdenas export file (plain containers and tensors only).
+
+    Args:
+        path: The file to write.
+        model: The network; its weights are copied to the CPU.
+        mean: Per-channel input mean (0..1 scale).
+        std: Per-channel input standard deviation (0..1 scale).
+        classes: Class names.
+        info: Extra JSON-like metadata (data set, metrics, source).
+
+    Returns:
+        The path written.
+    """
+    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+             for k, v in model.state_dict().items()}
+    payload = {
+        **plain(dict(info or {})),
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "architecture": model.arch.to_dict(),
+        "state_dict": state,
+        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "classes": [str(c) for c in classes],
+    }
+    path = Path(path)
+    torch.save(payload, path)
+    return path
+
+
+def load_export(path: str | Path) -> ExportedModel:
+    """Reads what ``pdenas export`` wrote, without running pickled code.
+
+    Args:
+        path: A ``model.pt`` export file, or an export folder holding one.
+
+    Raises:
+        ValueError: A missing path, or a file that is not a pdenas export (with the reason).
+    """
+    file = _export_file(Path(path))
+    if zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as archive:
+            if any(n.endswith("constants.pkl") for n in archive.namelist()):
+                raise ValueError(f"{file}: a TorchScript archive, not a pdenas export; "
+                                 "load it with torch.jit.load or pdenas.export.load_torchscript")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{file}: not a pdenas export (unreadable as safe torch data: "
+                         f"{reason[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{file}: not a pdenas export (no format marker {EXPORT_FORMAT!r}; a "
+                         "plain state_dict or checkpoint has no architecture to build)")
+    version = payload.get("version")
+    if type(version) is not int or not 1 <= version <= EXPORT_VERSION:
+        raise ValueError(f"{file}: pdenas export version {version!r}; this pdenas reads "
+                         f"version {EXPORT_VERSION} (update pdenas)")
+    try:
+        arch = Architecture.from_dict(payload.get("architecture"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{file}: bad architecture: {error}") from None
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{file}: bad pdenas export: state_dict is not a mapping of tensors")
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{file}: weights do not fit the architecture: "
+                         f"{str(error).splitlines()[0]}") from None
+    norm = payload.get("normalization") or {}
+    known = ("format", "version", "architecture", "state_dict", "normalization", "classes")
+    extra = {k: v for k, v in payload.items() if k not in known}
+    return ExportedModel(model=model.eval(), architecture=arch,
+                         mean=tuple(norm.get("mean", ())), std=tuple(norm.get("std", ())),
+                         classes=tuple(payload.get("classes", ())), info=extra)
+
+
+def load_model(path: str | Path) -> PDENet:
+    """Loads a model that ``pdenas export`` wrote (eval mode, on the CPU), safely.
+
+    Args:
+        path: The export's ``model.pt`` or the export folder.
+
+    Returns:
+        The network with its weights; ``model.arch`` is its architecture.
+
+    Raises:
+        ValueError: A missing path, or a file that is not a pdenas export.
+    """
+    return load_export(path).model
+
+
+def _export_file(path: Path) -> Path:
+    if path.is_dir():
+        if not (path / FILES["pt"]).is_file():
+            raise ValueError(f"{path}: no {FILES['pt']} in this folder; not a pdenas export "
+                             "(export with --format pt)")
+        return path / FILES["pt"]
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file or folder; expected a pdenas export")
+    return path
+
+
+
+def plain(value: Any) -> Any:
+    """JSON-like containers only (tuples to lists, numpy scalars to Python numbers)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, torch.Tensor):
+        return value.item()
+    return value
