@@ -44,7 +44,7 @@ class PostgresServer:
     def __init__(self, bin_dir: Path | None = None, database: str = "pdenas") -> None:
         found = bin_dir or find_bin_dir()
         if found is None:
-            raise RuntimeError("PostgreSQL is not installed (no pg_ctl; apt-get install postgresql)")
+            raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
         self.bin_dir, self.database = found, database
         self.root: Path | None = None
         self.port = 0

@@ -79,6 +79,10 @@ def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, 
     assert sorted(p.name for p in (run_dir / "ray").iterdir()) == ["exp-0", "exp-1"]
 
 
+def _stamp(run_dir: Path, number: int) -> int:
+    return (run_dir / "trials" / str(number) / "model.pt").stat().st_mtime_ns
+
+
 def _search_command(study: Path, run_dir: Path, address: str) -> list[str]:
     return [sys.executable, "-m", "pdenas.cli", "search", str(study), "--backend", "ray",
             "--address", address, "--out", str(run_dir), "--quiet"]
@@ -107,7 +111,7 @@ def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_
     assert first.returncode != 0, output[-3000:]
     done = {n: r for n, r in _records(run_dir).items() if r["status"] == "completed"}
     assert 1 <= len(done) < 4, output[-3000:]
-    stamps = {n: (run_dir / "trials" / str(n) / "model.pt").stat().st_mtime_ns for n in done}
+    stamps = {n: _stamp(run_dir, n) for n in done}
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
@@ -116,5 +120,5 @@ def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_
     assert {r["status"] for r in records.values()} == {"completed"}
     assert all(r["epochs_trained"] == 3 for r in records.values())
     # Trials finished before the interruption were kept, not trained again.
-    assert {n: (run_dir / "trials" / str(n) / "model.pt").stat().st_mtime_ns for n in done} == stamps
+    assert {n: _stamp(run_dir, n) for n in done} == stamps
     assert "4 trials, 4 ranked" in second.stdout

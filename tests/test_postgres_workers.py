@@ -55,7 +55,8 @@ def _trials(url: str, name: str) -> list:
 
 
 def test_two_workers_share_one_budget(postgres_url, tiny_study, tmp_path):
-    study = tiny_study(n_trials=6)
+    # Trials long enough (about a second here) that both workers are up before the queue is empty.
+    study = tiny_study(n_trials=6, train={"epochs": 8, "batch_size": 32, "augment": False})
     name = yaml.safe_load(study.read_text())["name"]
     run_dir = tmp_path / "run"
     workers = [_worker(study, run_dir, postgres_url) for _ in range(2)]
@@ -77,7 +78,7 @@ def test_two_workers_share_one_budget(postgres_url, tiny_study, tmp_path):
 
 
 def test_killed_workers_trial_is_retried(postgres_url, tiny_study, tmp_path):
-    study = tiny_study(n_trials=3, train={"epochs": 4, "batch_size": 32, "augment": False})
+    study = tiny_study(n_trials=3, train={"epochs": 10, "batch_size": 32, "augment": False})
     name = yaml.safe_load(study.read_text())["name"]
     run_dir = tmp_path / "run"
     beats = {"PDENAS_HEARTBEAT_INTERVAL": "1", "PDENAS_GRACE_PERIOD": "3"}
@@ -85,17 +86,20 @@ def test_killed_workers_trial_is_retried(postgres_url, tiny_study, tmp_path):
     doomed = _worker(study, run_dir, postgres_url, **beats)
     try:
         deadline = time.monotonic() + 120
-        victim = None
-        while victim is None and time.monotonic() < deadline and doomed.poll() is None:
+        started = False
+        while not started and time.monotonic() < deadline and doomed.poll() is None:
             running = [t for t in _trials(postgres_url, name) if t.state.name == "RUNNING"]
-            victim = next((t for t in running if t.user_attrs.get("history")), None)
-            time.sleep(0.1)
-        assert victim is not None, doomed.communicate()[0][-3000:] if doomed.poll() is not None else ""
+            started = any(1 <= len(t.user_attrs.get("history") or []) <= 5 for t in running)
+            time.sleep(0.05)
+        assert started, "no trial of the first worker got to its first epoch"
         os.kill(doomed.pid, signal.SIGKILL)  # mid-trial: its heartbeat stops
         doomed.wait(timeout=30)
     finally:
         if doomed.poll() is None:
             doomed.kill()
+    running = [t for t in _trials(postgres_url, name) if t.state.name == "RUNNING"]
+    assert len(running) == 1  # the dead worker's trial, left running
+    victim = running[0]
 
     _finish(_worker(study, run_dir, postgres_url, **beats))
 

@@ -57,7 +57,8 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from pdenas.backends.optuna import FINAL_STATUSES, make_sampler, write_run_file
-from pdenas.study import Constraints, StudyConfig, TrialRecord, resolve_device, run_candidate, trial_dir
+from pdenas.study import (Constraints, StudyConfig, TrialRecord, resolve_device, run_candidate,
+                          trial_dir)
 
 if TYPE_CHECKING:
     from pdenas.data import DataSplits
