@@ -87,6 +87,10 @@ def _search(args: argparse.Namespace) -> int:
             raise UsageError(str(error).replace("n_trials", "--n-trials")) from None
     space = SearchSpace.load(config.space_path())
     device = resolve_device(config.device)
+    if config.threads is not None and args.backend == "optuna":
+        import torch
+
+        torch.set_num_threads(config.threads)
     data = load_data(config.data, device=device)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
     run_dir = run_dir.resolve()

@@ -159,6 +159,8 @@ class StudyConfig:
             tried before the sampler narrows down.
         early_stop_warmup: Multi-objective studies: epochs before pdenas's own median rule may
             stop a candidate (Optuna's pruners refuse multi-objective studies).
+        early_stop_percentile: Multi-objective studies: a candidate is stopped when its best
+            accuracy is below this percentile of the others at the same epoch (50: the median).
         n_trials: Total trials of the study (all workers together; a rerun tops up to it).
         timeout: Seconds this command may run; None for no limit.
         storage: Optuna storage URL; None for SQLite in the run folder.
@@ -166,6 +168,8 @@ class StudyConfig:
         seed: Seeds the sampler, the data split and every trial's initialisation.
         constraints: Cost limits.
         latency_repeats: Timed forward passes per latency measurement.
+        threads: CPU threads torch uses in each worker (None: torch's default, one per core).
+            Small candidates train faster on one thread; Ray sets it from ``cpus_per_trial``.
         ray: Ray Tune settings.
         path: The file it was loaded from.
     """
@@ -181,6 +185,7 @@ class StudyConfig:
     pruner_options: Mapping[str, Any] = field(default_factory=dict)
     cover_families: bool = True
     early_stop_warmup: int = 2
+    early_stop_percentile: float = 50.0
     n_trials: int = 20
     timeout: float | None = None
     storage: str | None = None
@@ -188,6 +193,7 @@ class StudyConfig:
     seed: int = 0
     constraints: Constraints = field(default_factory=Constraints)
     latency_repeats: int = 10
+    threads: int | None = None
     ray: RayConfig = field(default_factory=RayConfig)
     description: str = ""
     path: str | None = None
@@ -213,6 +219,10 @@ class StudyConfig:
         _positive("n_trials", self.n_trials, int)
         _positive("timeout", self.timeout, allow_none=True)
         _positive("latency_repeats", self.latency_repeats, int)
+        _positive("threads", self.threads, int, allow_none=True)
+        p = self.early_stop_percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 100:
+            raise ValueError(f"early_stop_percentile: must be a number from 0 to 100, got {p!r}")
         if not isinstance(self.early_stop_warmup, int) or self.early_stop_warmup < 0:
             raise ValueError(f"early_stop_warmup: must be an integer >= 0, got {self.early_stop_warmup!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

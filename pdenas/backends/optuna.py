@@ -20,23 +20,22 @@ import json
 import math
 import os
 import socket
-import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import warnings
-
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from pdenas.study import StudyConfig, TrialRecord, run_candidate
 
 # The heartbeat, its retry callback and metric names are marked experimental; they are what
 # multi-worker studies need, so do not warn at every start.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-from pdenas.study import StudyConfig, TrialRecord, run_candidate
 
 __all__ = [
     "FINAL_STATUSES",
@@ -318,25 +317,29 @@ def _others_running(study: optuna.Study) -> bool:
 
 
 class _EarlyStopRule:
-    """Multi-objective studies: stop a candidate whose validation accuracy at an epoch is below
-    the median of finished trials at that epoch (Optuna's pruners refuse such studies)."""
+    """Multi-objective studies: stop a candidate whose best validation accuracy so far is below
+    a percentile (the median by default), at the same epoch, of the trials that reached it (finished and stopped ones, as
+    Optuna's MedianPruner does; Optuna's pruners refuse multi-objective studies)."""
 
-    def __init__(self, study: optuna.Study, warmup: int, min_trials: int = 4) -> None:
+    def __init__(self, study: optuna.Study, warmup: int, percentile: float = 50.0,
+                 min_trials: int = 4) -> None:
         self.study, self.warmup, self.min_trials = study, warmup, min_trials
+        self.percentile = percentile
         self._histories: list[list[dict[str, float]]] | None = None
 
     def __call__(self, epoch: int, accuracy: float) -> bool:
         if epoch <= self.warmup:
             return False
         if self._histories is None:  # read once per trial: finished trials do not change
+            states = (TrialState.COMPLETE, TrialState.PRUNED)
             self._histories = [
                 t.user_attrs.get("history") or []
-                for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                for t in self.study.get_trials(deepcopy=False, states=states)
             ]
         at_epoch = [h[epoch - 1]["val_accuracy"] for h in self._histories if len(h) >= epoch]
         if len(at_epoch) < self.min_trials:
             return False
-        return accuracy < statistics.median(at_epoch)
+        return accuracy < float(np.percentile(at_epoch, self.percentile))
 
 
 def run_one(
@@ -361,14 +364,15 @@ def run_one(
     trial.set_user_attr("architecture", arch.to_dict())
     trial.set_user_attr("family", arch.family)
     history: list[dict[str, float]] = []
-    rule = _EarlyStopRule(study, config.early_stop_warmup) if config.multi_objective else None
+    rule = (_EarlyStopRule(study, config.early_stop_warmup, config.early_stop_percentile)
+            if config.multi_objective else None)
 
     def report(epoch: int, metrics: Mapping[str, float]) -> bool:
         history.append({k: float(v) for k, v in metrics.items()})
         trial.set_user_attr("history", history)
         accuracy = float(metrics["val_accuracy"])
         if rule is not None:
-            return rule(epoch, accuracy)
+            return rule(epoch, max(h["val_accuracy"] for h in history))
         trial.report(accuracy, epoch)
         return trial.should_prune()
 
