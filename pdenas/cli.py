@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
+_INTERRUPTED = "interrupted: finished trials are stored; run the same command to resume"
 
 
 class UsageError(ValueError):
@@ -91,7 +92,8 @@ def _search(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(config.threads)
-    data = load_data(config.data, device=device)
+    # The Ray driver only needs the data's shape (each trial loads it on its own device).
+    data = load_data(config.data, device="cpu" if args.backend == "ray" else device)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
     run_dir = run_dir.resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,8 +101,12 @@ def _search(args: argparse.Namespace) -> int:
     if args.backend == "ray":
         from pdenas.backends.ray import search as ray_search
 
-        ray_search(config, space, run_dir, n_trials=config.n_trials, timeout=config.timeout,
-                   address=args.address, quiet=args.quiet)
+        try:
+            ray_search(config, space, run_dir, n_trials=config.n_trials, timeout=config.timeout,
+                       address=args.address, quiet=args.quiet, data=data)
+        except KeyboardInterrupt:
+            print(_INTERRUPTED, file=sys.stderr)
+            return 130
         return _print_board(run_dir)
 
     from pdenas.backends.optuna import open_study, search, write_run_file
@@ -119,8 +125,7 @@ def _search(args: argparse.Namespace) -> int:
                        timeout=config.timeout, on_trial=progress.update, on_start=progress.start)
     except KeyboardInterrupt:
         progress.close()
-        print("interrupted: finished trials are stored; run the same command to resume",
-              file=sys.stderr)
+        print(_INTERRUPTED, file=sys.stderr)
         return 130
     progress.close()
     del study

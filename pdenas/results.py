@@ -116,11 +116,14 @@ def _optuna_rows(info: RunInfo) -> list[dict[str, Any]]:
         if t.state.name == "WAITING":
             continue
         arch = attrs.get("architecture") or {}
+        status, reason = attrs.get("status", t.state.name.lower()), attrs.get("failure_reason")
+        if t.state.name == "FAIL" and status == "running":  # its worker died; retried by others
+            status, reason = "lost", "the worker stopped sending heartbeats; the trial was queued again"
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name,
-            "status": attrs.get("status", t.state.name.lower()),
-            "failure_reason": attrs.get("failure_reason"),
+            "status": status,
+            "failure_reason": reason,
         }
         for key in ARCH_COLUMNS:
             value = arch.get(key)

@@ -16,8 +16,9 @@ from pdenas.results import hypervolume_2d, pareto_ranks
 __all__ = ["NOT_FINAL", "family_table", "format_family_table"]
 
 _PRUNED = ("pruned", "stopped", "infeasible")
-NOT_FINAL = ("running", "queued", "interrupted", "waiting")
-"""Statuses of trials still under way: counted apart, left out of the tables."""
+NOT_FINAL = ("running", "queued", "interrupted", "waiting", "lost")
+"""Statuses of trials that did not use up the budget (under way, or interrupted or lost and
+queued again): left out of the tables."""
 
 
 def _hv_points(done: pd.DataFrame, cost: str) -> tuple[np.ndarray, tuple[float, float]]:
