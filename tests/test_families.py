@@ -315,6 +315,12 @@ def test_hamiltonian_reverses_from_its_output_alone():
     assert _rel(rebuilt, x) < 1e-12
 
 
+def test_second_order_reverse_refuses_the_output_alone():
+    unit = _unit("second_order", width=4, depth=3, h=1.0).double()
+    with pytest.raises(ValueError, match="needs last_state"):
+        unit.reverse(unit(_input(4)))
+
+
 @pytest.mark.parametrize("family", REVERSIBLE)
 def test_reversible_gradients_equal_plain_autograd(family):
     unit = _unit(family, width=4, depth=8, h=1.0).double().train()

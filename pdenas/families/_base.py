@@ -55,6 +55,8 @@ class PDEUnit(nn.Module):
     """
 
     reversible_scheme: bool = False
+    output_holds_state: bool = True
+    """Whether ``init_state(output)`` is the last state (not for leapfrog: it needs Y_{n-1})."""
 
     def __init__(
         self,
@@ -145,7 +147,21 @@ class PDEUnit(nn.Module):
         return self.integrate(x)
 
     def reverse(self, y: torch.Tensor, last_state: State | None = None) -> State:
-        """Runs the scheme backwards from a last state to the first; reversible schemes only."""
+        """Runs the scheme backwards from a last state to the first; reversible schemes only.
+
+        Args:
+            y: The unit's output.
+            last_state: The scheme's last state; needed where the output alone does not hold
+                it (second_order: ``(Y_{n-1}, Y_n)``).
+
+        Raises:
+            ValueError: If the last state is needed and not given.
+        """
+        if last_state is None and not self.output_holds_state:
+            raise ValueError(
+                f"{type(self).__name__}.reverse needs last_state: its output Y_n alone does "
+                "not determine the previous step"
+            )
         state = last_state if last_state is not None else self.init_state(y)
         for j in reversed(range(self.depth)):
             state = self.inverse_step(j, state)

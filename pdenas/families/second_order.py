@@ -26,6 +26,7 @@ class SecondOrderUnit(PDEUnit):
     """
 
     reversible_scheme = True
+    output_holds_state = False
 
     def __init__(self, width: int, depth: int, step_size: float, **options) -> None:
         super().__init__(width, depth, step_size, **options)
