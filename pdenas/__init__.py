@@ -16,6 +16,7 @@ __all__ = [
     "build_model",
     "build_unit",
     "list_families",
+    "load_model",
     "paper_architecture",
     "register_family",
 ]

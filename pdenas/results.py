@@ -35,7 +35,7 @@ __all__ = [
 
 ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible")
 METRIC_COLUMNS = ("val_accuracy", "params", "flops", "latency_ms", "latency_batch_ms",
-                  "memory_bytes")
+                  "memory_bytes", "max_stable_step")
 DERIVED_COLUMNS = ("num_units", "total_depth", "mean_depth", "mean_width", "total_width")
 """Per-unit lists reduced to one number each (what importance and plots use)."""
 

@@ -359,6 +359,8 @@ class TrialRecord:
         history: Per-epoch metrics.
         cost: Parameters, FLOPs, latency and memory (``Cost.to_dict()``).
         constraints: Optuna constraint values (feasible when all ``<= 0``).
+        max_stable_step: The linearised stability bound on h of the initial weights (the
+            smallest over the units; see ``pdenas.families.stability_report``).
         seconds: Wall time of the trial.
     """
 
@@ -373,6 +375,7 @@ class TrialRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     cost: dict[str, float] = field(default_factory=dict)
     constraints: list[float] = field(default_factory=list)
+    max_stable_step: float | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -425,6 +428,7 @@ def run_candidate(
         The trial's record (also written to ``trials/<number>/record.json``).
     """
     from pdenas.cost import measure_cost
+    from pdenas.families import stability_report
     from pdenas.network import build_model
     from pdenas.train import Diverged, OutOfMemory, fit
 
@@ -439,6 +443,7 @@ def run_candidate(
         record.cost = measure_cost(model, shape, train.batch_size, device,
                                    repeats=config.latency_repeats).to_dict()
         record.constraints = config.constraints.violations(record.cost)
+        record.max_stable_step = min(row["max_stable_step"] for row in stability_report(model))
         if on_cost is not None:
             on_cost(record)
         if config.constraints.skip_infeasible and any(v > 0 for v in record.constraints):

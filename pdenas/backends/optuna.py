@@ -385,7 +385,7 @@ def run_one(
                            report=report, on_cost=on_cost)
     attrs = record.to_dict()
     for key in ("status", "failure_reason", "train", "val_accuracy", "epochs_trained",
-                "epochs_planned", "history", "constraints", "seconds"):
+                "epochs_planned", "history", "constraints", "max_stable_step", "seconds"):
         trial.set_user_attr(key, attrs[key])
     values = record.objective_values(config.objectives)
     if record.status == "completed" and all(math.isfinite(v) for v in values):

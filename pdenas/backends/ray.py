@@ -548,6 +548,7 @@ def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
         row["epochs_planned"] = record.get("epochs_planned")
         row["seconds"] = record.get("seconds")
         row["history"] = record.get("history") or []
+        row["max_stable_step"] = record.get("max_stable_step")
         ray_file = path.with_name("ray.json")
         params: dict[str, Any] = {}
         with contextlib.suppress(ValueError, OSError):
