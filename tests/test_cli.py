@@ -174,3 +174,36 @@ def test_missing_dataset_exits_2(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "cifar10 not found" in err and "download" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: Path) -> None:
+    study = write_study(tmp_path, n_trials=4, epochs=3)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pdenas.cli", "search", str(study), "--out",
+                             str(run), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            states = [t["state"] for t in stored_trials(run)]
+        except Exception:  # the study is still being created
+            states = []
+        if "COMPLETE" in states and "RUNNING" in states:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command to resume" in err
+    assert "Traceback" not in err
+    interrupted = [t for t in stored_trials(run) if t["status"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["state"] == "FAIL"
+
+    resumed = pdenas("search", str(study), "--out", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    after = stored_trials(run)
+    assert sum(t["status"] in ("completed", "pruned") for t in after) == 4
+    # the interrupted trial's parameters (suggested at its start) were queued again and run
+    params = interrupted[0]["params"]
+    assert params
+    assert any(t["params"] == params and t["status"] in ("completed", "pruned") for t in after)
