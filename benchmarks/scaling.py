@@ -3,13 +3,20 @@
 Runs ``pdenas search studies/quickstart.yaml`` as a user would (a fresh process each, so start-up
 counts) with a small budget, then reads the run folder:
 
-1. the Optuna backend, one worker (SQLite in the run folder), on torch's 2 threads and on 1;
+1. the Optuna backend, one worker (SQLite in the run folder), on 2 torch threads and on 1;
 2. the Ray Tune backend on a local Ray runtime the command starts (ASHA, 1 CPU per trial,
-   2 trials at a time: the study's defaults);
+   2 trials at a time);
 3. two Optuna workers sharing one study on PostgreSQL (a throwaway server on 127.0.0.1, see
    tests/pg_server.py), one torch thread each;
 
-and the start-up time of a local Ray runtime on its own. Usage::
+and the start-up time of a local Ray runtime on its own.
+
+Each row runs a copy of the study (in a temporary folder) that sets what the row measures: the
+study option ``threads`` (torch.set_num_threads in an Optuna worker) and the ``ray:`` section, so
+a row does not silently change when studies/quickstart.yaml does. The copies keep everything
+else; ``space: quickstart`` names a packaged space, so it resolves from any folder. Each
+PostgreSQL run gets its own study name: the server outlives the repeats, and a second run of a
+study whose budget is spent would train nothing. Usage::
 
     python benchmarks/scaling.py [--n-trials 6] [--repeats 2] [--out benchmarks/scaling.md]
 """
@@ -30,10 +37,24 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "quickstart.yaml"
 
 
-def _search(run_dir: Path, n_trials: int, *extra: str, env: dict[str, str] | None = None,
-            workers: int = 1) -> float:
+def _study_copy(folder: Path, tag: str, ray: dict | None = None, **changes) -> Path:
+    """Writes studies/quickstart.yaml with ``changes`` (top-level keys) and ``ray`` (merged into
+    its ``ray:`` section) to ``folder``; returns the copy's path."""
+    import yaml
+
+    study = yaml.safe_load(STUDY.read_text())
+    study.update(changes)
+    if ray:
+        study["ray"] = {**(study.get("ray") or {}), **ray}
+    path = folder / f"quickstart-{tag}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def _search(study: Path, run_dir: Path, n_trials: int, *extra: str,
+            env: dict[str, str] | None = None, workers: int = 1) -> float:
     """Runs ``workers`` search processes at once; returns the wall time until all finished."""
-    command = [sys.executable, "-m", "pdenas.cli", "search", str(STUDY), "--n-trials",
+    command = [sys.executable, "-m", "pdenas.cli", "search", str(study), "--n-trials",
                str(n_trials), "--out", str(run_dir), "--quiet", *extra]
     environment = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     start = time.perf_counter()
@@ -78,44 +99,68 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from pg_server import PostgresServer
 
+    from pdenas.study import StudyConfig
+
+    config = StudyConfig.load(STUDY)
     n = args.n_trials
     load_before = _load()
+    one_min_before = os.getloadavg()[0]
+    # (label, key, study changes, extra arguments, workers); "URL" is the PostgreSQL server's.
     runs = [
-        ("Optuna, 1 worker (SQLite), 2 threads", "optuna", (), {}, 1),
-        ("Optuna, 1 worker (SQLite), 1 thread", "optuna1", (), {"OMP_NUM_THREADS": "1"}, 1),
-        ("Ray Tune, local runtime (ASHA, 2 trials x 1 CPU)", "ray", ("--backend", "ray"), {}, 1),
-        ("Optuna, 2 workers on PostgreSQL, 1 thread each", "postgres", ("--storage", "URL"),
-         {"OMP_NUM_THREADS": "1"}, 2),
+        ("Optuna, 1 worker (SQLite), 2 threads", "optuna2", {"threads": 2}, (), 1),
+        ("Optuna, 1 worker (SQLite), 1 thread", "optuna1", {"threads": 1}, (), 1),
+        ("Ray Tune, local runtime (ASHA, 2 trials x 1 CPU)", "ray",
+         {"ray": {"cpus_per_trial": 1, "max_concurrent": 2}}, ("--backend", "ray"), 1),
+        ("Optuna, 2 workers on PostgreSQL, 1 thread each", "postgres", {"threads": 1},
+         ("--storage", "URL"), 2),
     ]
     rows = []
     startups = []
     with tempfile.TemporaryDirectory(prefix="pdenas-scaling-") as tmp, PostgresServer() as server:
         folder = Path(tmp)
-        for name, key, extra, env, workers in runs:
+        for name, key, changes, extra, workers in runs:
             extra = tuple(server.url if e == "URL" else e for e in extra)
             walls, summary = [], None
             for repeat in range(args.repeats):
                 if key == "ray":
                     startups.append(_ray_startup())
-                run_dir = folder / f"{key}-{repeat}"
-                walls.append(_search(run_dir, n, *extra, env=env, workers=workers))
+                tag = f"{key}-{repeat}"
+                study = _study_copy(folder, tag, **changes,
+                                    **({"name": f"quickstart-{tag}"} if key == "postgres" else {}))
+                run_dir = folder / tag
+                walls.append(_search(study, run_dir, n, *extra, workers=workers))
                 summary = _summary(run_dir)
+                if summary[0] != n:
+                    raise RuntimeError(f"{name}: {summary[0]} trials in {run_dir}, expected {n}")
                 shutil.rmtree(run_dir, ignore_errors=True)
             rows.append((name, walls, *summary))
     load_after = _load()
+
+    epochs = int(config.train.epochs)
+    rungs, rung = [], config.ray.grace_period
+    while rung < epochs:
+        rungs.append(rung)
+        rung *= config.ray.reduction_factor
+    rung_text = ", ".join(map(str, rungs[:-1])) + (" or " if len(rungs) > 1 else "") + str(rungs[-1])
+    if one_min_before < 0.5 * (os.cpu_count() or 1):
+        machine = ("Nothing else heavy ran on it meanwhile (load average 1/5/15 min: "
+                   f"{load_before} before, {load_after} after; the latter is this benchmark's own)")
+    else:
+        machine = ("**The CPU was shared with other work while this ran** (load average 1/5/15 "
+                   f"min: {load_before} before, {load_after} after), so absolute numbers are "
+                   "noisy; compare rows of the same run")
 
     lines = [
         "# Scaling out: trials per hour of the quickstart on this machine",
         "",
         f"`python benchmarks/scaling.py --n-trials {n} --repeats {args.repeats}`: "
-        f"`pdenas search studies/quickstart.yaml --n-trials {n}` (8x8 digits, 6 epochs, all four "
-        "families), each a fresh command, so "
+        f"`pdenas search studies/quickstart.yaml --n-trials {n}` (8x8 digits, {epochs} epochs, "
+        "all four families; a copy of the study per row sets its `threads` and `ray:` settings), "
+        "each a fresh command, so "
         "process start-up, data loading and (for Ray) starting the Ray runtime are included.",
         "",
         f"Machine: {os.cpu_count()} CPU cores, no GPU, Python {platform.python_version()}. "
-        f"**The CPU was shared with other work while this ran** (load average 1/5/15 min: "
-        f"{load_before} before, {load_after} after), so absolute numbers are noisy; compare "
-        "rows of the same run.",
+        f"{machine}.",
         "",
         f"| how | wall s ({args.repeats} runs) | trials/hour (best run) | mean s per trial "
         "(record, last run) | statuses (last run) |",
@@ -124,17 +169,27 @@ def main() -> int:
     for name, walls, count, statuses, mean in rows:
         lines.append(f"| {name} | {' / '.join(f'{w:.1f}' for w in walls)} | "
                      f"{3600 * count / min(walls):.0f} | {mean:.1f} | {statuses} |")
+    by_key = {key: row for (_, key, *_), row in zip(runs, rows)}
+    _, walls2, _, _, mean2 = by_key["optuna2"]
+    _, _, _, _, mean1 = by_key["optuna1"]
+    walls_pg = by_key["postgres"][1]
     lines += [
         "",
         "Start-up of a local Ray runtime (`ray.init(include_dashboard=False)`, fresh process): "
         + " / ".join(f"{s:.1f}" for s in startups) + " s.",
         "",
         "Notes: the workers' statuses differ between rows: ASHA stops weak Ray trials after "
-        "1, 2 or 4 of 6 epochs, pdenas's median rule stops weak Optuna trials from epoch 3 on. "
+        f"{rung_text} of {epochs} epochs, pdenas's early-stop rule stops Optuna trials below the "
+        f"{config.early_stop_percentile:g}th percentile of the others from epoch "
+        f"{config.early_stop_warmup + 1} on. "
         "Each Ray trial starts a fresh worker process (imports, data loading: a few seconds "
-        "here), which dominates trials of a few seconds. Two 1-thread trials at a time use two "
-        "cores better than one 2-thread trial for nets this small, and avoid OpenMP stalls on a "
-        "busy machine. More workers pay off with more GPUs or machines, not on this 2-core box.",
+        "here), which dominates trials of a few seconds. "
+        f"Here one worker trained {'faster' if mean2 < mean1 else 'slower'} on 2 threads than on "
+        f"1 ({mean2:.1f} against {mean1:.1f} s per trial), and two 1-thread workers on "
+        f"PostgreSQL finished the budget {min(walls2) / min(walls_pg):.2f}x as fast as one "
+        "2-thread worker. On a busy CPU multi-threaded trials can stall in OpenMP, so one thread "
+        "per trial is the safer default. More workers pay off with more GPUs or machines, not "
+        "on this 2-core box.",
     ]
     report = "\n".join(lines) + "\n"
     print(report)
