@@ -239,3 +239,17 @@ def test_flip_mirrors_some_images_and_only_when_allowed() -> None:
 
 def test_default_pad() -> None:
     assert [default_pad(s) for s in (8, 28, 32, 96)] == [1, 4, 4, 12]
+
+
+def test_a_failed_read_or_download_leaves_no_new_folder(tmp_path):
+    from pdenas.data.raw import reading
+
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    root = existing / "new" / "cifar"
+    with pytest.raises(DataUnavailableError, match="could not download or read cifar10"):
+        with reading("cifar10", root, download=True):
+            root.mkdir(parents=True)
+            (root / "partial.tar.gz").write_bytes(b"half an archive")
+            raise OSError("connection reset")
+    assert existing.is_dir() and not (existing / "new").exists()

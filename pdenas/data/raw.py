@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,13 +100,33 @@ def reading(name: str, root: Path, download: bool) -> Iterator[None]:
         name: The data set's name.
         root: The folder it is read from.
         download: Whether a download may have been attempted.
+
+    A failure leaves nothing behind: the folders a failed download created are removed.
     """
+    new_folder = _topmost_missing(root)
     try:
         yield
     except DataUnavailableError:
+        _remove(new_folder)
         raise
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+        _remove(new_folder)
         lines = str(exc).strip().splitlines()
         reason = lines[0] if lines else type(exc).__name__
         verb = "download or read" if download else "read"
         raise DataUnavailableError(f"could not {verb} {name} under {root}: {reason}") from exc
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None and folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
