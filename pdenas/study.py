@@ -462,6 +462,9 @@ def run_candidate(
         record.history = [_plain(h) for h in getattr(error, "history", [])]
     except OutOfMemory as error:
         record.status, record.failure_reason = "oom", str(error)
+    except torch.OutOfMemoryError as error:  # while building or measuring, before training
+        record.status = "oom"
+        record.failure_reason = f"out of memory before training: {str(error).splitlines()[0]}"
     except (RuntimeError, ValueError) as error:
         record.status = "failed"
         record.failure_reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

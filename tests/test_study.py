@@ -128,3 +128,18 @@ def test_infeasible_candidate_is_not_trained(tmp_path: Path) -> None:
     assert record.epochs_trained == 0
     assert record.constraints[0] == record.cost["params"] - 1000 > 0
     assert "params" in record.failure_reason
+
+
+def test_out_of_memory_while_measuring_is_an_oom_record(tmp_path: Path, monkeypatch) -> None:
+    import pdenas.cost
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pdenas.cost, "measure_cost", exhausted)
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    record = run_candidate(0, arch, TrainConfig.from_dict({"epochs": 1}), StudyConfig(name="t"),
+                           _tiny_data(), torch.device("cpu"), tmp_path)
+    assert record.status == "oom"
+    assert "out of memory before training" in record.failure_reason
+    assert json.loads((tmp_path / "trials" / "0" / "record.json").read_text())["status"] == "oom"
