@@ -46,7 +46,7 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
     if board.empty:
         raise ValueError(f"{run_dir}: no completed, fully trained trial yet; "
                          "name one with --trial N")
-    cost = info.objectives[1] if len(info.objectives) > 1 else "flops"
+    cost = info.cost_objective
     keys = ["val_accuracy"] + ([cost] if cost in board else []) + ["number"]
     order = [False] + [True] * (len(keys) - 1)
     if text == "best":
