@@ -171,12 +171,19 @@ class PDEUnit(nn.Module):
         """Power-iteration estimates of ``||K||₂`` for each layer of each time step."""
         return [[layer.spectral_norm() for layer in self.step_layers(j)] for j in range(self.depth)]
 
-    def max_stable_step(self) -> float:
-        """The linearised bound on h for this unit's scheme (the smallest over its steps)."""
+    def max_stable_step(self, spectral_norms: Sequence[Sequence[float]] | None = None) -> float:
+        """The linearised bound on h for this unit's scheme (the smallest over its steps).
+
+        Args:
+            spectral_norms: What ``spectral_norms()`` returned, so the power iterations are not
+                run again; None computes them.
+        """
+        if spectral_norms is None:
+            spectral_norms = self.spectral_norms()
         bounds = []
-        for j in range(self.depth):
-            norms = [layer.jacobian_bound() for layer in self.step_layers(j)]
-            bounds.append(self.step_bound(norms))
+        for j, step_norms in enumerate(spectral_norms):
+            layers = zip(self.step_layers(j), step_norms)
+            bounds.append(self.step_bound([layer.jacobian_bound(n) for layer, n in layers]))
         return min(bounds)
 
 

@@ -143,11 +143,13 @@ class SymmetricLayer(nn.Module):
         """Power-iteration estimate of ``||K||₂``."""
         return conv_spectral_norm(self.weight)
 
-    def jacobian_bound(self) -> float:
+    def jacobian_bound(self, spectral_norm: float | None = None) -> float:
         """Bound on the spectrum of the linearised layer ``Kᵀ D S K``: ``||K||² max|s|``.
 
         D is σ' (at most 1 for the activations offered), S the affine scale of N; the
         normalisation's own Jacobian is left out, as in the paper's linear stability argument.
+        ``spectral_norm`` is ``||K||`` when already estimated (None: estimate it).
         """
+        norm = self.spectral_norm() if spectral_norm is None else spectral_norm
         gain = float(self.norm.weight.detach().abs().max())
-        return self.spectral_norm() ** 2 * gain
+        return norm**2 * gain

@@ -49,13 +49,14 @@ def stability_report(model: nn.Module) -> list[dict[str, float | int | str | boo
     """
     rows = []
     for index, unit in enumerate(m for m in model.modules() if isinstance(m, PDEUnit)):
-        bound = unit.max_stable_step()
+        norms = unit.spectral_norms()  # power iterations: run once, used twice
+        bound = unit.max_stable_step(norms)
         rows.append(
             {
                 "unit": index,
                 "family": getattr(unit, "family_name", type(unit).__name__),
                 "step_size": unit.step_size,
-                "spectral_norm": max(max(step) for step in unit.spectral_norms()),
+                "spectral_norm": max(max(step) for step in norms),
                 "max_stable_step": bound,
                 "stable": unit.step_size <= bound,
             }

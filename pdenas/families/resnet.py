@@ -32,10 +32,12 @@ class ResidualBlock(nn.Module):
         """Estimate of ``||K₂|| ||K₁||``, a Lipschitz bound of the block's linear part."""
         return conv_spectral_norm(self.conv1.weight) * conv_spectral_norm(self.conv2.weight)
 
-    def jacobian_bound(self) -> float:
-        """``||K₂|| ||K₁||`` times the largest affine scales of both normalisations."""
+    def jacobian_bound(self, spectral_norm: float | None = None) -> float:
+        """``||K₂|| ||K₁||`` (``spectral_norm`` when already estimated) times the largest affine
+        scales of both normalisations."""
+        norm = self.spectral_norm() if spectral_norm is None else spectral_norm
         gain = float(self.norm1.weight.detach().abs().max() * self.norm2.weight.detach().abs().max())
-        return self.spectral_norm() * gain
+        return norm * gain
 
 
 @register_family("resnet")
