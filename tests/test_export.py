@@ -316,3 +316,15 @@ def test_export_marker_is_in_the_file(tmp_path: Path) -> None:
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == EXPORT_FORMAT and payload["version"] == 1
     assert payload["note"] == ["x", 1] and payload["normalization"] == {"mean": [0.1], "std": [0.2]}
+
+
+def test_a_trial_without_its_record_exits_2(tiny_run: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export"))
+    (run / "trials" / "0" / "record.json").unlink()
+    assert main(["export", str(run), "--trial", "0", "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no record of trial 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

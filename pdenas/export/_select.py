@@ -3,7 +3,6 @@ search saved, or a retraining from scratch on train + validation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +61,11 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
 def trial_record(run_dir: Path, number: int, need_weights: bool) -> dict[str, Any]:
     """The trial's ``record.json``; ``ValueError`` when it is missing, or with ``need_weights``
     when the trial saved no weights."""
+    from pdenas.results import load_record
     from pdenas.study import trial_dir
 
-    folder = trial_dir(run_dir, number)
-    if not (folder / "record.json").is_file():
-        raise ValueError(f"trial {number}: no record in {folder} (was the run copied "
-                         "without its trials/ folder?)")
-    record = json.loads((folder / "record.json").read_text())
-    if need_weights and not (folder / "model.pt").is_file():
+    record = load_record(run_dir, number)
+    if need_weights and not (trial_dir(run_dir, number) / "model.pt").is_file():
         reason = f": {record['failure_reason']}" if record.get("failure_reason") else ""
         raise ValueError(f"trial {number} has no saved weights (status {record.get('status')}"
                          f"{reason}); retrain it with --retrain-epochs E")
