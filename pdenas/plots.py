@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pdenas.results import pareto_ranks
+from pdenas.results import PAPER_ORDER, family_order, pareto_ranks
 
 __all__ = [
     "PAPER_ORDER",
@@ -49,16 +49,6 @@ def family_colors(families: Sequence[str]) -> dict[str, tuple[float, ...]]:
 
     cmap = colormaps["tab10"]
     return {family: cmap(i % 10) for i, family in enumerate(families)}
-
-
-PAPER_ORDER = ("parabolic", "hamiltonian", "second_order", "resnet")
-"""Families in the paper's order, the baseline last; other registered families follow by name."""
-
-
-def family_order(trials: pd.DataFrame) -> list[str]:
-    """The families present in ``trials``, in ``PAPER_ORDER`` then by name."""
-    present = set(trials["family"].dropna()) if len(trials) and "family" in trials else set()
-    return [f for f in PAPER_ORDER if f in present] + sorted(present - set(PAPER_ORDER))
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -20,9 +20,11 @@ import pandas as pd
 __all__ = [
     "ARCH_COLUMNS",
     "METRIC_COLUMNS",
+    "PAPER_ORDER",
     "RunInfo",
     "comparable",
     "export_trials",
+    "family_order",
     "format_leaderboard",
     "hypervolume_2d",
     "leaderboard",
@@ -179,6 +181,16 @@ def comparable(trials: pd.DataFrame) -> pd.Series:
     trained = pd.to_numeric(trials["epochs_trained"], errors="coerce").fillna(0)
     planned = pd.to_numeric(trials["epochs_planned"], errors="coerce").fillna(0)
     return (done & (trained >= planned)).astype(bool)
+
+
+PAPER_ORDER = ("parabolic", "hamiltonian", "second_order", "resnet")
+"""Families in the paper's order, the baseline last; other registered families follow by name."""
+
+
+def family_order(trials: pd.DataFrame) -> list[str]:
+    """The families present in ``trials``, in ``PAPER_ORDER`` then by name (tables and plots)."""
+    present = set(trials["family"].dropna()) if len(trials) and "family" in trials else set()
+    return [f for f in PAPER_ORDER if f in present] + sorted(present - set(PAPER_ORDER))
 
 
 def load_record(run_dir: str | Path, number: int) -> dict[str, Any]:

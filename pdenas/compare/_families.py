@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pdenas.compare._report import pct
-from pdenas.plots import family_order
-from pdenas.results import hypervolume_2d, pareto_ranks
+from pdenas.results import family_order, hypervolume_2d, pareto_ranks
 
 __all__ = ["NOT_FINAL", "family_table", "format_family_table"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from pdenas.plots import family_order
+from pdenas.results import family_order
 
 __all__ = ["IMPORTANCE_PARAMS", "MIN_IMPORTANCE_TRIALS", "family_importances", "format_importances"]
 

@@ -10,8 +10,7 @@ from typing import Any
 import pandas as pd
 
 from pdenas.compare._report import pct
-from pdenas.plots import family_order
-from pdenas.results import RunInfo
+from pdenas.results import RunInfo, family_order
 
 __all__ = ["RETRAIN_SEED", "format_retrain", "retrain_summary", "retrain_top"]
 
