@@ -109,20 +109,23 @@ def _search(args: argparse.Namespace) -> int:
             return 130
         return _print_board(run_dir)
 
-    from pdenas.backends.optuna import open_study, search, write_run_file
+    from pdenas.backends.optuna import open_study, sampler_and_pruner, search, write_run_file
 
+    # Validate the sampler and pruner options, the storage URL and the stored study's objectives
+    # before writing anything (the default SQLite storage lives in the run folder).
+    sampler, pruner = sampler_and_pruner(config, space, data)
     storage = config.storage
     if storage is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{run_dir / 'study.db'}"
-    else:
-        open_study(config, storage)  # validate the URL before writing anything
-        run_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(config, storage, sampler, pruner)
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_run_file(run_dir, config, storage, "optuna")
     progress = _Progress(config, quiet=args.quiet)
     try:
         study = search(config, space, data, device, run_dir, storage, config.n_trials,
-                       timeout=config.timeout, on_trial=progress.update, on_start=progress.start)
+                       timeout=config.timeout, on_trial=progress.update, on_start=progress.start,
+                       study=study)
     except KeyboardInterrupt:
         progress.close()
         print(_INTERRUPTED, file=sys.stderr)

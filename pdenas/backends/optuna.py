@@ -47,6 +47,7 @@ __all__ = [
     "make_sampler",
     "make_storage",
     "open_study",
+    "sampler_and_pruner",
     "search",
     "top_up",
 ]
@@ -220,6 +221,19 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     except TypeError as error:
         raise ValueError(f"pruner_options: {error}") from None
     raise ValueError(f"pruner: unknown {config.pruner!r}")
+
+
+def sampler_and_pruner(config: StudyConfig, space, data) -> tuple[optuna.samplers.BaseSampler,
+                                                                  optuna.pruners.BasePruner]:
+    """The study's sampler (a grid over ``space`` capped to the data's image size) and pruner.
+
+    Raises:
+        ValueError: Bad sampler or pruner options; nothing has been opened or written yet.
+    """
+    def grid() -> dict[str, list[Any]]:
+        return space.grid(image_size=min(data.image_size))
+
+    return make_sampler(config, grid), make_pruner(config)
 
 
 def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None) -> optuna.Study:
@@ -408,6 +422,7 @@ def search(
     timeout: float | None = None,
     on_trial: Callable[[TrialRecord, optuna.Study], None] | None = None,
     on_start: Callable[[int, int, float | None], None] | None = None,
+    study: optuna.Study | None = None,
 ) -> optuna.Study:
     """Runs (or resumes) the study until its budget of trials is used or ``timeout`` passes.
 
@@ -422,14 +437,14 @@ def search(
         timeout: Seconds after which no new trial starts.
         on_trial: Called after each finished trial (progress display).
         on_start: Called once with (trials already finished, budget, best accuracy so far).
+        study: The study, already opened on ``storage_url`` with ``sampler_and_pruner`` (the
+            command opens it before it writes anything); None opens it here.
 
     Returns:
         The study.
     """
-    def grid() -> dict[str, list[Any]]:
-        return space.grid(image_size=min(data.image_size))
-
-    study = open_study(config, storage_url, make_sampler(config, grid), make_pruner(config))
+    if study is None:
+        study = open_study(config, storage_url, *sampler_and_pruner(config, space, data))
     first = []
     if config.cover_families and getattr(space.families, "kind", None) == "choice":
         first = [{"family": f} for f in space.families.choices]
