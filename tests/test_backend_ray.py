@@ -122,3 +122,16 @@ def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_
     # Trials finished before the interruption were kept, not trained again.
     assert {n: _stamp(run_dir, n) for n in done} == stamps
     assert "4 trials, 4 ranked" in second.stdout
+
+
+def test_bad_sampler_options_raise_before_anything_is_written(tiny_study, tmp_path):
+    from pdenas.backends.ray import search
+    from pdenas.space import SearchSpace
+    from pdenas.study import StudyConfig
+
+    config = StudyConfig.load(tiny_study(ray=RAY, sampler_options={"colour": "red"}))
+    space = SearchSpace.load(config.space_path())
+    run_dir = tmp_path / "run"
+    with pytest.raises(ValueError, match="sampler_options"):
+        search(config, space, run_dir, n_trials=1, quiet=True, address="127.0.0.1:1")
+    assert not run_dir.exists()

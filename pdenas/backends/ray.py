@@ -283,6 +283,11 @@ def search(
 
         data = load_data(config.data, device="cpu")
     dims = (data.in_channels, data.num_classes, tuple(data.image_size))
+    # Constraint values live in Optuna user attributes the Ray searcher never sets; infeasible
+    # candidates are still skipped by run_candidate and told PRUNED. Made before anything is
+    # written or Ray starts: bad sampler options are bad input.
+    sampler = make_sampler(config.replace(constraints=Constraints()),
+                           lambda: space.grid(image_size=min(data.image_size)))
     storage = run_dir / EXPERIMENTS_DIR
     storage.mkdir(parents=True, exist_ok=True)
     write_run_file(run_dir, config, str(storage), "ray")
@@ -300,8 +305,8 @@ def search(
         missing = n_trials - done
         if missing > 0 and (_deadline is None or time.time() < _deadline):
             index = int(_EXPERIMENT.match(experiments[-1].name).group(1)) + 1 if experiments else 0
-            _fit(_new_tuner(config, space, run_dir, trainable, dims, missing, next_number,
-                            f"exp-{index}", quiet), quiet)
+            _fit(_new_tuner(config, space, run_dir, trainable, dims, sampler, missing,
+                            next_number, f"exp-{index}", quiet), quiet)
             done, _ = _finished_records(run_dir)
         return done
     finally:
@@ -347,8 +352,8 @@ def _fit(tuner: tune.Tuner, quiet: bool) -> None:
 
 
 def _new_tuner(config: StudyConfig, space: SearchSpace, run_dir: Path, trainable: Any,
-               dims: tuple[int, int, tuple[int, int]], n_trials: int, offset: int, name: str,
-               quiet: bool) -> tune.Tuner:
+               dims: tuple[int, int, tuple[int, int]], sampler: Any, n_trials: int, offset: int,
+               name: str, quiet: bool) -> tune.Tuner:
     in_channels, num_classes, image_size = dims
     base_train = dataclasses.asdict(config.train)
     define_by_run = _DefineByRun(space, in_channels, num_classes, image_size, base_train, offset)
@@ -356,10 +361,6 @@ def _new_tuner(config: StudyConfig, space: SearchSpace, run_dir: Path, trainable
     mode: str | list[str] = "max"
     if config.multi_objective:
         metric, mode = list(config.objectives), ["max"] + ["min"] * (len(config.objectives) - 1)
-    # Constraint values live in Optuna user attributes the Ray searcher never sets; infeasible
-    # candidates are still skipped by run_candidate and told PRUNED.
-    sampler_config = config.replace(constraints=Constraints())
-    sampler = make_sampler(sampler_config, getattr(space, "grid", None))
     first: list[dict[str, Any]] = []
     if offset == 0 and config.cover_families and getattr(space.families, "kind", None) == "choice":
         first = [{"family": family} for family in space.families.choices][:n_trials]
