@@ -57,8 +57,8 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from pdenas.backends.optuna import FINAL_STATUSES, make_sampler, write_run_file
-from pdenas.study import (Constraints, StudyConfig, TrialRecord, resolve_device, run_candidate,
-                          trial_dir)
+from pdenas.study import (COST_OBJECTIVES, Constraints, StudyConfig, TrialRecord, resolve_device,
+                          run_candidate, trial_dir)
 
 if TYPE_CHECKING:
     from pdenas.data import DataSplits
@@ -512,7 +512,6 @@ def _reuse_final(checkpoint: Any, folder: Path, objectives: tuple[str, ...]) -> 
 
 # --- reading results ------------------------------------------------------------------------------
 _ARCH_KEYS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible")
-_COST_KEYS = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_bytes")
 _STATES = {"running": "RUNNING", "failed": "ERROR"}
 
 
@@ -543,7 +542,7 @@ def load_records(run_dir: str | Path) -> list[dict[str, Any]]:
             value = arch.get(key)
             row[key] = tuple(value) if isinstance(value, list) else value
         row["val_accuracy"] = record.get("val_accuracy")
-        for key in _COST_KEYS:
+        for key in COST_OBJECTIVES:
             row[key] = cost.get(key)
         row["epochs_trained"] = record.get("epochs_trained")
         row["epochs_planned"] = record.get("epochs_planned")
