@@ -77,6 +77,11 @@ def _search(args: argparse.Namespace) -> int:
     from pdenas.space import SearchSpace
     from pdenas.study import StudyConfig, resolve_device
 
+    if args.backend == "ray" and args.storage:
+        raise UsageError("--storage is for the optuna backend; the ray backend keeps its results "
+                         "in the run folder (--out)")
+    if args.backend == "optuna" and args.address:
+        raise UsageError("--address is for the ray backend (--backend ray)")
     config = StudyConfig.load(args.study)
     changes = {k: v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
                                   ("storage", args.storage), ("device", args.device),

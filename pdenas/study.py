@@ -457,11 +457,11 @@ def run_candidate(
         record.status = "pruned" if result.stopped else "completed"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(result.best_state, folder / "model.pt")
-    except Diverged as error:
-        record.status, record.failure_reason = "diverged", str(error)
-        record.history = [_plain(h) for h in getattr(error, "history", [])]
-    except OutOfMemory as error:
-        record.status, record.failure_reason = "oom", str(error)
+    except (Diverged, OutOfMemory) as error:
+        record.status = "diverged" if isinstance(error, Diverged) else "oom"
+        record.failure_reason = str(error)
+        record.history = [_plain(h) for h in error.history]  # the epochs completed before
+        record.epochs_trained = len(record.history)
     except torch.OutOfMemoryError as error:  # while building or measuring, before training
         record.status = "oom"
         record.failure_reason = f"out of memory before training: {str(error).splitlines()[0]}"

@@ -156,6 +156,8 @@ def test_bad_inputs_exit_2(tmp_path: Path, capsys) -> None:
         (["search", str(study), "--n-trials", "0"], "n-trials"),
         (["search", str(study), "--n-trials", "many"], "invalid int value"),
         (["search", str(study), "--storage", "not-a-url"], "storage"),
+        (["search", str(study), "--backend", "ray", "--storage", "sqlite:///x.db"], "--storage is for"),
+        (["search", str(study), "--address", "auto"], "--address is for the ray backend"),
         (["leaderboard", str(tmp_path)], "not a pdenas run folder"),
         (["frobnicate"], "invalid choice"),
     ]

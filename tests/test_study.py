@@ -143,3 +143,20 @@ def test_out_of_memory_while_measuring_is_an_oom_record(tmp_path: Path, monkeypa
     assert record.status == "oom"
     assert "out of memory before training" in record.failure_reason
     assert json.loads((tmp_path / "trials" / "0" / "record.json").read_text())["status"] == "oom"
+
+
+def test_out_of_memory_in_training_keeps_the_completed_epochs(tmp_path: Path, monkeypatch) -> None:
+    import pdenas.train
+    from pdenas.train import OutOfMemory
+
+    def runs_out(*args, **kwargs):
+        raise OutOfMemory("out of memory at epoch 3: CUDA out of memory",
+                          history=[{"epoch": 1, "val_accuracy": 0.3}, {"epoch": 2, "val_accuracy": 0.5}])
+
+    monkeypatch.setattr(pdenas.train, "fit", runs_out)
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    record = run_candidate(0, arch, TrainConfig.from_dict({"epochs": 5}),
+                           StudyConfig(name="t", latency_repeats=2), _tiny_data(),
+                           torch.device("cpu"), tmp_path)
+    assert record.status == "oom" and "epoch 3" in record.failure_reason
+    assert record.epochs_trained == 2 and [h["epoch"] for h in record.history] == [1, 2]
