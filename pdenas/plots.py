@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pdenas.results import PAPER_ORDER, family_order, pareto_ranks
+from pdenas.results import PAPER_ORDER, family_order, fully_trained, pareto_ranks
 
 __all__ = [
     "PAPER_ORDER",
@@ -70,19 +70,13 @@ def _empty(ax: Axes, message: str) -> None:
     ax.set_yticks([])
 
 
-def _finished(trials: pd.DataFrame) -> pd.DataFrame:
-    if trials.empty or "comparable" not in trials:
-        return trials.iloc[0:0]
-    return trials[trials["comparable"].astype(bool)]
-
-
 def plot_pareto(trials: pd.DataFrame, cost: str, path: str | Path) -> Path:
     """Validation accuracy against a cost (log scale), coloured by family, with the Pareto front.
 
     Only trials completed at the full budget are drawn; the front is the non-dominated set over
     all families together.
     """
-    done = _finished(trials).dropna(subset=["val_accuracy", cost])
+    done = fully_trained(trials).dropna(subset=["val_accuracy", cost])
     figure = _figure(7.5, 5.0)
     ax = figure.subplots()
     label = COST_LABELS.get(cost, cost)
@@ -164,7 +158,7 @@ def plot_accuracy_vs(trials: pd.DataFrame, column: str, label: str, path: str | 
 def plot_training_curves(trials: pd.DataFrame, histories: Mapping[int, Sequence[Mapping[str, float]]],
                          path: str | Path, top: int = 5) -> Path:
     """Validation accuracy and training loss per epoch of the ``top`` most accurate finished trials."""
-    best = _finished(trials).sort_values(["val_accuracy", "number"], ascending=[False, True])
+    best = fully_trained(trials).sort_values(["val_accuracy", "number"], ascending=[False, True])
     best = best[best["number"].isin(list(histories))].head(top)
     figure = _figure(10.0, 4.0)
     acc_ax, loss_ax = figure.subplots(1, 2)

@@ -26,6 +26,7 @@ __all__ = [
     "export_trials",
     "family_order",
     "format_leaderboard",
+    "fully_trained",
     "hypervolume_2d",
     "leaderboard",
     "load_histories",
@@ -181,6 +182,13 @@ def comparable(trials: pd.DataFrame) -> pd.Series:
     trained = pd.to_numeric(trials["epochs_trained"], errors="coerce").fillna(0)
     planned = pd.to_numeric(trials["epochs_planned"], errors="coerce").fillna(0)
     return (done & (trained >= planned)).astype(bool)
+
+
+def fully_trained(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``trials`` whose ``comparable`` column is true (see ``comparable``)."""
+    if trials.empty or "comparable" not in trials:
+        return trials.iloc[0:0]
+    return trials[trials["comparable"].astype(bool)]
 
 
 PAPER_ORDER = ("parabolic", "hamiltonian", "second_order", "resnet")

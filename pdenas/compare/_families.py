@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pdenas.compare._report import pct
-from pdenas.results import family_order, hypervolume_2d, pareto_ranks
+from pdenas.results import family_order, fully_trained, hypervolume_2d, pareto_ranks
 
 __all__ = ["NOT_FINAL", "family_table", "format_family_table"]
 
@@ -46,7 +46,7 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
         ``front_size`` and ``hypervolume`` (of all finished trials, in accuracy × decades of cost).
     """
     final = trials[~trials["status"].isin(NOT_FINAL)] if len(trials) else trials
-    done = final[final["comparable"].astype(bool)] if len(final) else final
+    done = fully_trained(final)
     done = done[done[cost].notna() & (done[cost] > 0)] if len(done) else done
     budget = float(done[cost].median()) if len(done) else math.nan
     on_front = np.zeros(len(done), dtype=bool)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from pdenas.results import family_order
+from pdenas.results import family_order, fully_trained
 
 __all__ = ["IMPORTANCE_PARAMS", "MIN_IMPORTANCE_TRIALS", "family_importances", "format_importances"]
 
@@ -48,7 +48,7 @@ def family_importances(trials: pd.DataFrame, min_trials: int = MIN_IMPORTANCE_TR
     from optuna.distributions import FloatDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    done = trials[trials["comparable"].astype(bool)] if len(trials) else trials
+    done = fully_trained(trials)
     done = done.dropna(subset=["val_accuracy", *IMPORTANCE_PARAMS.values()]) if len(done) else done
     distributions = {}
     for name, column in IMPORTANCE_PARAMS.items():

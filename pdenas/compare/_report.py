@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from pdenas.results import RunInfo, load_histories
+from pdenas.results import RunInfo, fully_trained, load_histories
 
 __all__ = ["cost_text", "markdown_table", "pct", "write_plots", "write_report"]
 
@@ -44,7 +44,7 @@ def write_plots(trials: pd.DataFrame, info: RunInfo, run_dir: Path, out: Path) -
     from pdenas import plots
 
     cost = info.cost_objective
-    done = trials[trials["comparable"].astype(bool)] if len(trials) else trials
+    done = fully_trained(trials)
     top = done.sort_values("val_accuracy", ascending=False).head(5)["number"].tolist()
     return {
         "Accuracy against cost": plots.plot_pareto(trials, cost, out / "pareto.png"),

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from pdenas.compare._report import pct
-from pdenas.results import RunInfo, family_order
+from pdenas.results import RunInfo, family_order, fully_trained
 
 __all__ = ["RETRAIN_SEED", "format_retrain", "retrain_summary", "retrain_top"]
 
@@ -20,7 +20,7 @@ RETRAIN_SEED = 10_000
 
 def _top_trials(trials: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """Each family's ``top_k`` most accurate finished trials, identical architectures once."""
-    done = trials[trials["comparable"].astype(bool)].sort_values(
+    done = fully_trained(trials).sort_values(
         ["val_accuracy", "number"], ascending=[False, True])
     key = done[["family", "step_size", "depths", "widths", "activation", "norm"]].astype(str).agg("|".join, axis=1)
     done = done[~key.duplicated()]
