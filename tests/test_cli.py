@@ -188,10 +188,11 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            states = [t["state"] for t in stored_trials(run)]
+            trials = stored_trials(run)
         except Exception:  # the study is still being created
-            states = []
-        if "COMPLETE" in states and "RUNNING" in states:
+            trials = []
+        states = [t["state"] for t in trials]
+        if "COMPLETE" in states and any(t["state"] == "RUNNING" and t["params"] for t in trials):
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
