@@ -436,8 +436,10 @@ class _Step:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if config.clip_weights is not None or config.time_smoothness > 0:
             from pdenas.families import clip_weights_, time_smoothness
+            from pdenas.families._stability import consecutive_step_parameters
 
             self.clip_weights_, self.time_smoothness = clip_weights_, time_smoothness
+            self.step_pairs = consecutive_step_parameters(model)  # once per run, not per step
 
     def epoch(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int
@@ -456,7 +458,9 @@ class _Step:
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 total = loss
                 if config.time_smoothness > 0:
-                    total = total + config.time_smoothness * self.time_smoothness(model)
+                    total = total + config.time_smoothness * self.time_smoothness(
+                        model, self.step_pairs
+                    )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if config.grad_clip is not None:

@@ -7,7 +7,7 @@ from torch import nn
 
 from pdenas.families._base import PDEUnit
 
-__all__ = ["clip_weights_", "time_smoothness", "stability_report"]
+__all__ = ["clip_weights_", "consecutive_step_parameters", "stability_report", "time_smoothness"]
 
 
 def clip_weights_(model: nn.Module, bound: float = 1.0) -> None:
@@ -20,25 +20,42 @@ def clip_weights_(model: nn.Module, bound: float = 1.0) -> None:
             torch._foreach_clamp_max_(params, bound)
 
 
-def time_smoothness(model: nn.Module) -> torch.Tensor:
-    """Total variation in time of every unit's per-step weights: ``Σ_j ||θ_{j+1} - θ_j||₁``.
+def consecutive_step_parameters(model: nn.Module) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    """Pairs ``(θ_j, θ_{j+1})`` of matching parameters of consecutive time steps, for every unit.
 
-    Returns:
-        A scalar tensor to scale and add to the loss (zero for a model without PDE units).
+    The trainer computes them once per run and passes them to ``time_smoothness`` at each step.
     """
-    total = None
+    pairs = []
     for unit in model.modules():
         if not isinstance(unit, PDEUnit):
             continue
         for j in range(unit.depth - 1):
             now = [p for m in unit.step_layers(j) for p in m.parameters()]
             nxt = [p for m in unit.step_layers(j + 1) for p in m.parameters()]
-            for a, b in zip(now, nxt):
-                term = (b - a).abs().sum()
-                total = term if total is None else total + term
-    if total is None:
+            pairs.extend(zip(now, nxt))
+    return pairs
+
+
+def time_smoothness(
+    model: nn.Module, pairs: list[tuple[nn.Parameter, nn.Parameter]] | None = None
+) -> torch.Tensor:
+    """Total variation in time of every unit's per-step weights: ``Σ_j ||θ_{j+1} - θ_j||₁``.
+
+    Args:
+        model: The network.
+        pairs: ``consecutive_step_parameters(model)``, when the caller already has them.
+
+    Returns:
+        A scalar tensor to scale and add to the loss (zero for a model without PDE units).
+    """
+    if pairs is None:
+        pairs = consecutive_step_parameters(model)
+    if not pairs:
         p = next(model.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else None)
+    total = (pairs[0][1] - pairs[0][0]).abs().sum()
+    for a, b in pairs[1:]:
+        total = total + (b - a).abs().sum()
     return total
 
 
