@@ -107,7 +107,7 @@ def _optuna_rows(info: RunInfo) -> list[dict[str, Any]]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from pdenas.backends.optuna import make_storage
+    from pdenas.backends.optuna import FAILURE_STATUSES, make_storage
 
     try:
         study = optuna.load_study(study_name=info["study_name"], storage=make_storage(info["storage"]))
@@ -120,7 +120,8 @@ def _optuna_rows(info: RunInfo) -> list[dict[str, Any]]:
             continue
         arch = attrs.get("architecture") or {}
         status, reason = attrs.get("status", t.state.name.lower()), attrs.get("failure_reason")
-        if t.state.name == "FAIL" and status == "running":  # its worker died; retried by others
+        if t.state.name == "FAIL" and status not in (*FAILURE_STATUSES, "interrupted"):
+            # its worker died (mid-trial, or before telling Optuna); a copy was queued again
             status, reason = "lost", "the worker stopped sending heartbeats; the trial was queued again"
         row: dict[str, Any] = {
             "number": t.number,

@@ -98,3 +98,13 @@ def test_early_stop_rule_uses_a_percentile_after_warmup() -> None:
 def test_early_stop_rule_waits_for_enough_trials() -> None:
     study = _study_with_histories([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]])
     assert _EarlyStopRule(study, warmup=0)(1, 0.0) is False  # 3 < min_trials
+
+
+def test_a_trial_whose_worker_died_does_not_use_up_the_budget(tmp_path: Path) -> None:
+    study = open_study(StudyConfig(name="lost"), f"sqlite:///{tmp_path / 's.db'}")
+    for status in ("running", "completed", "diverged"):
+        trial = study.ask()
+        # "completed" with state FAIL: the worker died after recording, before telling Optuna
+        trial.set_user_attr("status", status)
+        study.tell(trial, state=TrialState.FAIL)
+    assert top_up(study, 3) == 2  # only the diverged candidate used up its unit

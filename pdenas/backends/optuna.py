@@ -38,6 +38,7 @@ from pdenas.study import StudyConfig, TrialRecord, run_candidate
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 __all__ = [
+    "FAILURE_STATUSES",
     "FINAL_STATUSES",
     "GRACE_PERIOD",
     "HEARTBEAT_INTERVAL",
@@ -53,6 +54,10 @@ __all__ = [
 ]
 
 FINAL_STATUSES = ("completed", "pruned", "stopped", "infeasible", "diverged", "oom", "failed")
+FAILURE_STATUSES = ("diverged", "oom", "failed")
+"""Statuses a FAIL trial carries when its candidate failed (it used up one unit of the budget).
+A FAIL trial with any other status lost its worker (even between recording "completed" and
+telling Optuna): its heartbeat callback queued a copy, so it does not count."""
 """Statuses of trials that used up one unit of the budget (a dead worker's trial does not)."""
 
 HEARTBEAT_INTERVAL = int(os.environ.get("PDENAS_HEARTBEAT_INTERVAL", "10"))
@@ -263,7 +268,7 @@ def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None)
 def _counts_toward_budget(trial: FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
         return True
-    return trial.user_attrs.get("status") in FINAL_STATUSES
+    return trial.user_attrs.get("status") in FAILURE_STATUSES
 
 
 def top_up(study: optuna.Study, n_trials: int, first_params: Sequence[Mapping[str, Any]] = ()) -> int:
