@@ -5,19 +5,19 @@ It is what a search suggests, what a trial stores (as JSON) and what ``build_mod
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pdenas.families import ACTIVATIONS, NORMS, get_family, list_families
+from pdenas._config import Config, ConfigError
+from pdenas.families import get_family
 
 __all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS"]
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(Config):
     """A PDE network: opening layer, K units with a connector after each, classifier.
 
     Attributes:
@@ -44,47 +44,27 @@ class Architecture:
     reversible: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", _int_tuple("widths", self.widths))
-        object.__setattr__(self, "depths", _int_tuple("depths", self.depths))
+        super().__post_init__()
         cls = get_family(self.family)
-        if len(self.widths) != len(self.depths) + 1:
-            raise ValueError(
-                f"widths: needs one entry per unit plus the last connector's output "
-                f"({len(self.depths) + 1} for {len(self.depths)} depths), got {len(self.widths)}"
-            )
-        if any(w < 1 for w in self.widths):
-            raise ValueError(f"widths: every width must be >= 1, got {list(self.widths)}")
-        if any(d < 1 for d in self.depths):
-            raise ValueError(f"depths: every depth must be >= 1, got {list(self.depths)}")
-        if self.family == "hamiltonian" and any(w % 2 for w in self.widths[:-1]):
-            raise ValueError(
-                f"widths: the hamiltonian family splits channels in halves, so unit widths "
-                f"must be even, got {list(self.widths[:-1])}"
-            )
-        h = self.step_size
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
-            raise ValueError(f"step_size: must be a finite number > 0, got {h!r}")
-        object.__setattr__(self, "step_size", float(h))
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation: unknown {self.activation!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
-            )
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: unknown {self.norm!r}; allowed: {', '.join(NORMS)}")
+        self.require("widths", bool(self.widths), "a non-empty list of integers")
+        self.require("depths", bool(self.depths), "a non-empty list of integers")
+        self.require("widths", len(self.widths) == len(self.depths) + 1,
+                     f"one entry per unit plus the last connector's output "
+                     f"({len(self.depths) + 1} for {len(self.depths)} depths)",
+                     problem=f"got {len(self.widths)} entries")
+        self.require("widths", min(self.widths) >= 1, "integers >= 1",
+                     problem=f"got {list(self.widths)}")
+        self.require("step_size", self.step_size > 0, "a finite number > 0")
+        keys = {"width": "widths", "depth": "depths"}
+        for width, depth in zip(self.widths, self.depths):  # what the family itself refuses
+            problems = cls.option_problems(width=width, depth=depth, norm=self.norm,
+                                           activation=self.activation, reversible=self.reversible)
+            if problems:
+                key, problem, allowed = problems[0]
+                where = f" in {list(self.widths if key == 'width' else self.depths)}" if key in keys else ""
+                raise ConfigError(f"{keys.get(key, key)}: {problem}{where}; allowed: {allowed}")
         for key in ("in_channels", "num_classes"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key}: must be an integer >= 1, got {value!r}")
-        if not isinstance(self.reversible, bool):
-            raise ValueError(f"reversible: must be true or false, got {self.reversible!r}")
-        if self.reversible and not cls.reversible_scheme:
-            reversible = [f for f in list_families() if get_family(f).reversible_scheme]
-            raise ValueError(
-                f"reversible: the {self.family} scheme is not reversible; "
-                f"allowed with: {', '.join(reversible)}"
-            )
-        if self.reversible and self.norm == "batch":
-            raise ValueError("reversible: batch norm breaks exact recomputation; use norm 'tv' or 'none'")
+            self.require(key, getattr(self, key) >= 1, "an integer >= 1")
 
     @property
     def num_units(self) -> int:
@@ -109,40 +89,20 @@ class Architecture:
                 f"{int(math.log2(max(1, min(height, width)))) + 1} units"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``Architecture.from_dict(a.to_dict()) == a``."""
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        d["depths"] = list(self.depths)
-        return d
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
+    def from_dict(cls, data: Any, *, section: str | None = None) -> Architecture:
         """Builds and validates an Architecture.
 
         Raises:
             ValueError: Naming the bad key and what is allowed.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(f"architecture: expected a mapping, got {type(data).__name__}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown key; allowed keys: {', '.join(fields)}")
+            raise ConfigError(f"architecture: expected a mapping, got {type(data).__name__}")
         required = ("family", "widths", "depths")
         missing = [k for k in required if k not in data]
         if missing:
-            raise ValueError(f"{missing[0]}: missing; required keys: {', '.join(required)}")
-        return cls(**data)
-
-
-def _int_tuple(key: str, value: Any) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{key}: expected a list of integers, got {value!r}")
-    items = tuple(value)
-    if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
-        raise ValueError(f"{key}: expected a non-empty list of integers, got {list(items)!r}")
-    return items
+            raise ConfigError(f"{missing[0]}: missing; required keys: {', '.join(required)}")
+        return super().from_dict(data, section=section)
 
 
 PAPER_LAYOUTS: dict[str, dict[str, Any]] = {

@@ -37,7 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("study", help="study file (YAML), e.g. studies/quickstart.yaml")
     s.add_argument("--n-trials", type=int, help="total trials of the study (a rerun tops up to it)")
     s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
-    s.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    s.add_argument("--backend", default="optuna", help="optuna (default) or ray")
     s.add_argument("--address", help="Ray cluster address (ray backend): auto or HOST:PORT")
     s.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run folder)")
     s.add_argument("--out", help="run folder (default: runs/<study name>)")
@@ -71,17 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _search(args: argparse.Namespace) -> int:
-    import optuna
+    from pdenas.backends import run_search
+    from pdenas.study import StudyConfig
 
-    from pdenas.data import load_data
-    from pdenas.space import SearchSpace
-    from pdenas.study import StudyConfig, resolve_device
-
-    if args.backend == "ray" and args.storage:
-        raise UsageError("--storage is for the optuna backend; the ray backend keeps its results "
-                         "in the run folder (--out)")
-    if args.backend == "optuna" and args.address:
-        raise UsageError("--address is for the ray backend (--backend ray)")
     config = StudyConfig.load(args.study)
     changes = {k: v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
                                   ("storage", args.storage), ("device", args.device),
@@ -91,53 +83,16 @@ def _search(args: argparse.Namespace) -> int:
             config = config.replace(**changes)
         except ValueError as error:
             raise UsageError(str(error).replace("n_trials", "--n-trials")) from None
-    space = SearchSpace.load(config.space_path())
-    device = resolve_device(config.device)
-    if config.threads is not None and args.backend == "optuna":
-        import torch
-
-        torch.set_num_threads(config.threads)
-    # The Ray driver only needs the data's shape (each trial loads it on its own device).
-    data = load_data(config.data, device="cpu" if args.backend == "ray" else device)
-    run_dir = Path(args.out) if args.out else Path("runs") / config.name
-    run_dir = run_dir.resolve()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    if args.backend == "ray":
-        from pdenas.backends.ray import search as ray_search
-
-        try:
-            ray_search(config, space, run_dir, n_trials=config.n_trials, timeout=config.timeout,
-                       address=args.address, quiet=args.quiet, data=data)
-        except KeyboardInterrupt:
-            print(_INTERRUPTED, file=sys.stderr)
-            return 130
-        return _print_board(run_dir)
-
-    from pdenas.backends.optuna import open_study, sampler_and_pruner, search, write_run_file
-
-    # Validate the sampler and pruner options, the storage URL and the stored study's objectives
-    # before writing anything (the default SQLite storage lives in the run folder).
-    sampler, pruner = sampler_and_pruner(config, space, data)
-    storage = config.storage
-    if storage is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{run_dir / 'study.db'}"
-    study = open_study(config, storage, sampler, pruner)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_file(run_dir, config, storage, "optuna")
     progress = _Progress(config, quiet=args.quiet)
     try:
-        study = search(config, space, data, device, run_dir, storage, config.n_trials,
-                       timeout=config.timeout, on_trial=progress.update, on_start=progress.start,
-                       study=study)
+        run = run_search(config, backend=args.backend, out=args.out, address=args.address,
+                         quiet=args.quiet, progress=progress)
     except KeyboardInterrupt:
         progress.close()
         print(_INTERRUPTED, file=sys.stderr)
         return 130
     progress.close()
-    del study
-    return _print_board(run_dir)
+    return _print_board(run.path)
 
 
 class _Progress:
@@ -157,7 +112,7 @@ class _Progress:
                         unit="trial", file=sys.stderr, dynamic_ncols=True)
         self._postfix()
 
-    def update(self, record, study) -> None:
+    def update(self, record) -> None:
         if record.status == "completed" and record.val_accuracy is not None:
             self.best = max(self.best or 0.0, record.val_accuracy)
         if self.bar is not None:

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pdenas.results import PAPER_ORDER, family_order, fully_trained, pareto_ranks
+from pdenas.runs import TrialStatus
 
 __all__ = [
     "PAPER_ORDER",
@@ -216,7 +217,7 @@ def plot_optimisation_history(trials: pd.DataFrame, path: str | Path) -> Path:
         ax.step(xs, [*best, best.iloc[-1]], where="post", color="black", lw=1.2, label="best so far")
     if (~full & scored).any():
         ax.scatter([], [], facecolors="none", edgecolors="0.3", s=30, label="pruned (fewer epochs)")
-    failed = trials[trials["status"].isin(("diverged", "failed", "oom"))]
+    failed = trials[trials["status"].isin([s.value for s in TrialStatus if s.failure])]
     if len(failed):
         bottom = 100 * trials["val_accuracy"].min() if scored.any() else 0.0
         ax.scatter(failed["number"], np.full(len(failed), bottom), marker="x", color="0.4",

@@ -1,9 +1,9 @@
 """Trials of a run as a pandas DataFrame, Pareto ranking, hypervolume, leaderboard and export.
 
-Every command after ``search`` starts from a run folder: ``run.json`` says where the study's
-storage is, and each trial's record (``trials/<n>/record.json``) says what it trained, how it
-went and what it cost. Both backends produce the same rows: the Optuna storage is read here,
-Ray's records through ``pdenas.backends.ray.load_records``.
+Every command after ``search`` starts from a run folder (``pdenas.runs.RunFolder``): each trial's
+record (``trials/<n>/record.json``) says what it trained, how it went and what it cost. Rows come
+from the records alone, the same for every backend, so reading a run never opens (or creates) a
+backend's storage, and a copied run folder reads the same.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pdenas.runs import RunFolder, RunInfo, TrialRecord, TrialStatus
+
 __all__ = [
     "ARCH_COLUMNS",
     "METRIC_COLUMNS",
     "PAPER_ORDER",
     "RunInfo",
+    "TRIAL_COLUMNS",
     "comparable",
     "export_trials",
     "family_order",
@@ -34,6 +37,7 @@ __all__ = [
     "load_run",
     "load_trials",
     "pareto_ranks",
+    "trial_row",
 ]
 
 ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible")
@@ -43,105 +47,64 @@ DERIVED_COLUMNS = ("num_units", "total_depth", "mean_depth", "mean_width", "tota
 """Per-unit lists reduced to one number each (what importance and plots use)."""
 
 
-class RunInfo(dict):
-    """The contents of a run folder's ``run.json`` (study name, storage URL, backend, config)."""
-
-    @property
-    def objectives(self) -> list[str]:
-        """The study's objectives: ``val_accuracy`` first, optionally a cost metric."""
-        return list(self["config"].get("objectives", ["val_accuracy"]))
-
-    @property
-    def cost_objective(self) -> str:
-        """The cost accuracy is traded against: the study's second objective, else FLOPs."""
-        objectives = self.objectives
-        return objectives[1] if len(objectives) > 1 else "flops"
-
-
 def load_run(run_dir: str | Path) -> RunInfo:
-    """Reads ``run.json`` of a run folder.
+    """Reads ``run.json`` of a run folder (``RunFolder.read_info``).
 
     Raises:
-        ValueError: When the folder is not a pdenas run.
+        ValueError: When the folder is not a pdenas run, or its ``run.json`` is damaged or newer.
     """
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise ValueError(f"{run_dir}: not a pdenas run folder (no run.json); run `pdenas search` first")
-    try:
-        info = RunInfo(json.loads(path.read_text()))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(info.get("config"), dict) or "study_name" not in info:
-        raise ValueError(f"{path}: not a pdenas run file (no study_name or config)")
-    return info
+    return RunFolder(run_dir).read_info()
+
+
+TRIAL_COLUMNS = ("number", "state", "status", "failure_reason", *ARCH_COLUMNS, *METRIC_COLUMNS,
+                 "epochs_trained", "epochs_planned", "seconds", "history", "params_suggested",
+                 "worker", "datetime_start", "datetime_complete")
+
+
+def trial_row(record: TrialRecord) -> dict[str, Any]:
+    """One trial's row of ``load_trials``, from its record."""
+    arch, cost = record.architecture, record.cost
+    row: dict[str, Any] = {"number": record.number, "state": record.status.state,
+                           "status": record.status.value, "failure_reason": record.failure_reason}
+    for key in ARCH_COLUMNS:
+        value = arch.get(key)
+        row[key] = tuple(value) if isinstance(value, list) else value
+    row["val_accuracy"] = record.val_accuracy
+    for key in METRIC_COLUMNS[1:]:
+        row[key] = record.max_stable_step if key == "max_stable_step" else cost.get(key)
+    row.update(epochs_trained=record.epochs_trained, epochs_planned=record.epochs_planned,
+               seconds=record.seconds, history=list(record.history),
+               params_suggested=dict(record.params), worker=record.worker,
+               datetime_start=_time(record.started_at), datetime_complete=_time(record.finished_at))
+    return row
+
+
+def _time(text: str | None) -> pd.Timestamp | None:
+    return pd.Timestamp(text) if text else None
 
 
 def load_trials(run_dir: str | Path) -> pd.DataFrame:
-    """All trials of a run, one row each, from the backend's storage.
+    """All trials of a run, one row each, from the trials' records (the same for every backend).
 
-    Columns: ``number``, ``state`` (the backend's), ``status`` (pdenas's: completed, pruned,
-    stopped, infeasible, diverged, oom, failed), ``failure_reason``, the architecture fields
-    flattened (``depths`` and ``widths`` as tuples), the metrics, ``epochs_trained``,
-    ``epochs_planned``, ``seconds``, ``params_suggested``, the derived ``num_units``,
-    ``total_depth`` (time steps of all units), ``mean_depth``, ``mean_width`` and ``total_width``
-    (over the units, the last connector's output excluded), and ``comparable`` (completed at the
-    full budget of epochs: the trials that may be ranked against each other).
+    Columns: ``number``, ``state`` (RUNNING, COMPLETE, PRUNED or FAIL: ``TrialStatus.state``),
+    ``status`` (``TrialStatus``), ``failure_reason``, the architecture fields flattened
+    (``depths`` and ``widths`` as tuples), the metrics, ``epochs_trained``, ``epochs_planned``,
+    ``seconds``, ``history``, ``params_suggested``, ``worker``, ``datetime_start``,
+    ``datetime_complete``, the derived ``num_units``, ``total_depth`` (time steps of all units),
+    ``mean_depth``, ``mean_width`` and ``total_width`` (over the units, the last connector's
+    output excluded), and ``comparable`` (completed at the full budget of epochs: the trials that
+    may be ranked against each other).
+
+    Raises:
+        ValueError: Not a run folder, or a damaged record (naming its file).
     """
-    info = load_run(run_dir)
-    if info.get("backend") == "ray":
-        from pdenas.backends.ray import load_records
-
-        rows = load_records(run_dir)
-    else:
-        rows = _optuna_rows(info)
-    frame = pd.DataFrame(rows)
+    run = RunFolder(run_dir)
+    run.read_info()
+    frame = pd.DataFrame([trial_row(r) for r in run.records()])
     if frame.empty:
-        frame = pd.DataFrame(columns=["number", "state", "status", "failure_reason",
-                                      *ARCH_COLUMNS, *METRIC_COLUMNS, "epochs_trained",
-                                      "epochs_planned", "seconds"])
+        frame = pd.DataFrame(columns=list(TRIAL_COLUMNS))
     frame = _add_derived(frame)
     return frame.sort_values("number").reset_index(drop=True)
-
-
-def _optuna_rows(info: RunInfo) -> list[dict[str, Any]]:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from pdenas.backends.optuna import FAILURE_STATUSES, make_storage
-
-    try:
-        study = optuna.load_study(study_name=info["study_name"], storage=make_storage(info["storage"]))
-    except KeyError:
-        raise ValueError(f"storage {info['storage']} holds no study named {info['study_name']!r}") from None
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        if t.state.name == "WAITING":
-            continue
-        arch = attrs.get("architecture") or {}
-        status, reason = attrs.get("status", t.state.name.lower()), attrs.get("failure_reason")
-        if t.state.name == "FAIL" and status not in (*FAILURE_STATUSES, "interrupted"):
-            # its worker died (mid-trial, or before telling Optuna); a copy was queued again
-            status, reason = "lost", "the worker stopped sending heartbeats; the trial was queued again"
-        row: dict[str, Any] = {
-            "number": t.number,
-            "state": t.state.name,
-            "status": status,
-            "failure_reason": reason,
-        }
-        for key in ARCH_COLUMNS:
-            value = arch.get(key)
-            row[key] = tuple(value) if isinstance(value, list) else value
-        for key in METRIC_COLUMNS:
-            row[key] = attrs.get(key)
-        row["epochs_trained"] = attrs.get("epochs_trained")
-        row["epochs_planned"] = attrs.get("epochs_planned")
-        row["seconds"] = attrs.get("seconds")
-        row["params_suggested"] = dict(t.params)
-        row["datetime_start"] = t.datetime_start
-        row["datetime_complete"] = t.datetime_complete
-        rows.append(row)
-    return rows
 
 
 def _units(value: Any, last: bool = False) -> list[float]:
@@ -179,7 +142,7 @@ def comparable(trials: pd.DataFrame) -> pd.Series:
     """
     if trials.empty:
         return pd.Series(dtype=bool)
-    done = trials["status"].eq("completed") & trials["val_accuracy"].notna()
+    done = trials["status"].eq(TrialStatus.COMPLETED.value) & trials["val_accuracy"].notna()
     trained = pd.to_numeric(trials["epochs_trained"], errors="coerce").fillna(0)
     planned = pd.to_numeric(trials["epochs_planned"], errors="coerce").fillna(0)
     return (done & (trained >= planned)).astype(bool)
@@ -203,15 +166,12 @@ def family_order(trials: pd.DataFrame) -> list[str]:
 
 
 def load_record(run_dir: str | Path, number: int) -> dict[str, Any]:
-    """A trial's ``record.json`` (architecture, train settings, history, cost, status).
+    """A trial's record as plain data (architecture, train settings, history, cost, status).
 
     Raises:
-        ValueError: When the trial has no record in the run folder.
+        ValueError: When the trial has no record in the run folder, or it is damaged.
     """
-    path = Path(run_dir) / "trials" / str(int(number)) / "record.json"
-    if not path.is_file():
-        raise ValueError(f"{path}: no record of trial {number} in the run folder")
-    return json.loads(path.read_text())
+    return RunFolder(run_dir).trial(int(number)).read_record().to_dict()
 
 
 def load_histories(run_dir: str | Path, numbers: Sequence[int]) -> dict[int, list[dict[str, float]]]:
@@ -219,12 +179,11 @@ def load_histories(run_dir: str | Path, numbers: Sequence[int]) -> dict[int, lis
 
     Trials without a record (a crashed worker's) are left out.
     """
-    histories = {}
+    run, histories = RunFolder(run_dir), {}
     for number in numbers:
-        try:
-            histories[int(number)] = list(load_record(run_dir, number).get("history") or [])
-        except ValueError:
-            continue
+        folder = run.trial(int(number))
+        if folder.has_record():
+            histories[int(number)] = list(folder.read_record().history)
     return histories
 
 

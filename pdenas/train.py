@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdenas._config import Config, ConfigError
+from pdenas.runs import TrialStatus
+
 __all__ = [
     "CHECK_EVERY",
     "Diverged",
@@ -73,6 +76,9 @@ class TrainingFailed(RuntimeError):
         history: The metrics of the epochs completed before the failure (`fit` fills it in).
     """
 
+    status = TrialStatus.FAILED
+    """The trial status this failure records."""
+
     def __init__(self, reason: str, history: Sequence[Mapping[str, float]] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -82,13 +88,17 @@ class TrainingFailed(RuntimeError):
 class Diverged(TrainingFailed):
     """The training or validation loss became non-finite."""
 
+    status = TrialStatus.DIVERGED
+
 
 class OutOfMemory(TrainingFailed):
     """The device (or host) ran out of memory during training or evaluation."""
 
+    status = TrialStatus.OOM
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """How to train one candidate.
 
     Attributes:
@@ -135,86 +145,49 @@ class TrainConfig:
     channels_last: bool | None = None
     grad_clip: float | None = None
 
+    SECTION = "train"
+
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
-        _check(self.schedule in SCHEDULES, "schedule", self.schedule, " | ".join(SCHEDULES))
-        _check(self.amp in AMP_MODES, "amp", self.amp, " | ".join(AMP_MODES))
-        _check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        nesterov_ok = self.momentum > 0 or not self.nesterov
-        _check(nesterov_ok, "nesterov", self.nesterov, "false when momentum is 0")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        _check(0 < self.gamma <= 1, "gamma", self.gamma, "a number in (0, 1]")
-        smoothing = self.label_smoothing
-        _check(0 <= smoothing < 1, "label_smoothing", smoothing, "a number in [0, 1)")
-        _check(self.time_smoothness >= 0, "time_smoothness", self.time_smoothness, "a number >= 0")
+        super().__post_init__()
+        req = self.require
+        req("epochs", self.epochs >= 1, "an integer >= 1")
+        req("batch_size", self.batch_size >= 1, "an integer >= 1")
+        req("optimizer", self.optimizer in OPTIMIZERS, " | ".join(OPTIMIZERS))
+        req("schedule", self.schedule in SCHEDULES, " | ".join(SCHEDULES))
+        req("amp", self.amp in AMP_MODES, " | ".join(AMP_MODES))
+        req("lr", self.lr > 0, "a finite number > 0")
+        req("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        req("nesterov", self.momentum > 0 or not self.nesterov, "false when momentum is 0")
+        req("weight_decay", self.weight_decay >= 0, "a number >= 0")
+        req("gamma", 0 < self.gamma <= 1, "a number in (0, 1]")
+        req("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
+        req("time_smoothness", self.time_smoothness >= 0, "a number >= 0")
         ms = self.milestones
         ok = all(0 < m < 1 for m in ms) and all(a < b for a, b in zip(ms, ms[1:]))
-        _check(ok, "milestones", ms, "increasing fractions of the epochs in (0, 1)")
+        req("milestones", ok, "increasing fractions of the epochs in (0, 1)")
         for name in ("clip_weights", "grad_clip"):
             value = getattr(self, name)
-            _check(value is None or value > 0, name, value, "a number > 0 or null")
+            req(name, value is None or value > 0, "a number > 0 or null")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Any, *, section: str | None = None) -> TrainConfig:
         """Builds a validated config from plain data (a YAML/JSON mapping).
 
         Args:
             data: Field names to values; missing fields keep their defaults. ``amp`` also accepts
                 true (bf16) and false/null (off); ``milestones`` any sequence of numbers.
+            section: The section's dotted name in its file (default "train").
 
         Raises:
-            ValueError: An unknown key or a bad value, naming the key and what is allowed.
+            ValueError: An unknown key or a bad value, naming ``train.KEY`` and what is allowed.
         """
-        annotations = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in annotations:
-                raise ValueError(f"unknown train key {key!r}; allowed: {', '.join(annotations)}")
-            values[key] = _coerce(key, value, annotations[key])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the config as JSON-ready data that `from_dict` reads back."""
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
-
-
-def _check(ok: bool, key: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"bad train.{key}: {value!r}; allowed: {allowed}")
-
-
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Checks one `from_dict` value against its field's annotation and normalises it."""
-    if key == "amp" and not isinstance(value, str):
-        _check(value in (True, False, None), key, value, " | ".join(AMP_MODES) + " | true | false")
-        return "bf16" if value else "off"
-    optional = annotation.endswith("| None")
-    if value is None and optional:
-        return None
-    kind = annotation.split(" |")[0]
-    null = " or null" if optional else ""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "bool":
-        _check(isinstance(value, bool), key, value, "true or false" + null)
-    elif kind == "str":
-        _check(isinstance(value, str), key, value, "a string")
-    elif kind == "int":
-        _check(number and float(value).is_integer(), key, value, "an integer")
-        return int(value)
-    elif kind == "float":
-        _check(number, key, value, "a number" + null)
-        return float(value)
-    else:  # milestones
-        ok = isinstance(value, Sequence) and not isinstance(value, str)
-        ok = ok and all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in value)
-        _check(ok, key, value, "a list of fractions of the epochs in (0, 1)")
-        return tuple(float(m) for m in value)
-    return value
+        if isinstance(data, Mapping) and "amp" in data and not isinstance(data["amp"], str):
+            amp = data["amp"]
+            if amp not in (True, False, None):
+                raise ConfigError(f"train.amp: got {amp!r}; allowed: "
+                                  f"{' | '.join(AMP_MODES)} | true | false")
+            data = {**data, "amp": "bf16" if amp else "off"}
+        return super().from_dict(data, section=section)
 
 
 def learning_rates(config: TrainConfig) -> list[float]:

@@ -1,5 +1,6 @@
-"""The Optuna adapter: samplers and pruners by name, storages by URL, the queued budget, and
-pdenas's own early-stopping rule for multi-objective studies."""
+"""The Optuna adapter: samplers and pruners by name, storages by URL, the exact budget without
+placeholder trials, stale trials marked lost, and pdenas's own early-stopping rule for
+multi-objective studies."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pdenas.backends.optuna import (_EarlyStopRule, make_pruner, make_sampler, make_storage,
-                                    open_study, top_up)
+from pdenas.backends._sampling import make_pruner, make_sampler
+from pdenas.backends._storage import make_storage
+from pdenas.backends.optuna import EarlyStopRule, claim_trial, fail_stale, open_study
+from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
 
@@ -55,17 +58,62 @@ def test_storage_urls(tmp_path: Path) -> None:
         make_storage("just-a-name")
 
 
-def test_top_up_queues_the_budget_once_and_family_seeds_first(tmp_path: Path) -> None:
-    config = StudyConfig(name="budget")
-    study = open_study(config, f"sqlite:///{tmp_path / 's.db'}")
+def _finish(study: optuna.Study, trial: optuna.Trial, status: str = "completed") -> None:
+    trial.set_user_attr("status", status)
+    if status == "completed":
+        study.tell(trial, [0.5])
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def test_claim_trial_keeps_the_budget_exact_without_placeholders(tmp_path: Path) -> None:
+    study = open_study(StudyConfig(name="budget"), f"sqlite:///{tmp_path / 's.db'}")
     seeds = [{"family": "parabolic"}, {"family": "resnet"}]
-    assert top_up(study, 5, seeds) == 5
-    assert top_up(study, 5, seeds) == 0  # a rerun with the same budget queues nothing
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert [t.system_attrs.get("fixed_params") for t in waiting[:2]] == seeds
-    assert all(not t.system_attrs.get("fixed_params") for t in waiting[2:])
-    assert top_up(study, 7, seeds) == 2  # a larger budget tops up, without new seeds
-    assert len(study.get_trials(states=(TrialState.WAITING,))) == 7
+    first = claim_trial(study, 3, seeds)
+    assert first.number == 0 and study._storage.get_trial_system_attrs(first._trial_id)[
+        "fixed_params"] == seeds[0]
+    # Only real trials exist: no WAITING placeholders for the rest of the budget.
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    second = claim_trial(study, 3, seeds)
+    assert study._storage.get_trial_system_attrs(second._trial_id)["fixed_params"] == seeds[1]
+    third = claim_trial(study, 3, seeds)
+    assert "fixed_params" not in study._storage.get_trial_system_attrs(third._trial_id)
+    assert claim_trial(study, 3, seeds) is None  # three running trials use the budget
+    for trial in (first, second, third):
+        _finish(study, trial)
+    assert claim_trial(study, 3, seeds) is None  # a rerun with the same budget runs nothing
+    assert claim_trial(study, 4, seeds).number == 3  # a larger budget tops up
+    assert not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_queued_copy_is_claimed_first(tmp_path: Path) -> None:
+    study = open_study(StudyConfig(name="copy"), f"sqlite:///{tmp_path / 's.db'}")
+    trial = claim_trial(study, 2)
+    _finish(study, trial, "interrupted")  # given back: it does not use the budget
+    study.enqueue_trial({"family": "resnet"}, user_attrs={"status": "queued"})
+    again = claim_trial(study, 1)
+    assert again.number == 1
+    assert study._storage.get_trial_system_attrs(again._trial_id)["fixed_params"] == {
+        "family": "resnet"}
+
+
+def test_fail_stale_marks_the_dead_workers_record_lost(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "run")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=1, grace_period=1,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+    study = optuna.create_study(study_name="stale", storage=storage)
+    trial = claim_trial(study, 2)
+    storage.record_heartbeat(trial._trial_id)
+    run.trial(trial.number).write_record(TrialRecord(number=trial.number))
+    import time
+
+    time.sleep(2.5)
+    assert fail_stale(study, run) == [0]
+    assert run.trial(0).read_record().status is TrialStatus.LOST
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert claim_trial(study, 1).number == 1  # the retry: the lost trial used no budget
 
 
 def test_open_study_refuses_other_objectives(tmp_path: Path) -> None:
@@ -86,18 +134,18 @@ def _study_with_histories(curves: list[list[float]]) -> optuna.Study:
 
 def test_early_stop_rule_uses_a_percentile_after_warmup() -> None:
     study = _study_with_histories([[0.1, 0.2, 0.3], [0.1, 0.4, 0.5], [0.1, 0.6, 0.7], [0.1, 0.8, 0.9]])
-    median = _EarlyStopRule(study, warmup=1)
+    median = EarlyStopRule(study, warmup=1)
     assert median(1, 0.0) is False  # warm-up: never stop
     assert median(2, 0.49) is True  # median at epoch 2 is 0.5
     assert median(2, 0.51) is False
-    quarter = _EarlyStopRule(study, warmup=1, percentile=25)
+    quarter = EarlyStopRule(study, warmup=1, percentile=25)
     assert quarter(2, 0.49) is False  # 25th percentile at epoch 2 is 0.35
     assert quarter(2, 0.34) is True
 
 
 def test_early_stop_rule_waits_for_enough_trials() -> None:
     study = _study_with_histories([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]])
-    assert _EarlyStopRule(study, warmup=0)(1, 0.0) is False  # 3 < min_trials
+    assert EarlyStopRule(study, warmup=0)(1, 0.0) is False  # 3 < min_trials
 
 
 def test_a_trial_whose_worker_died_does_not_use_up_the_budget(tmp_path: Path) -> None:
@@ -107,4 +155,6 @@ def test_a_trial_whose_worker_died_does_not_use_up_the_budget(tmp_path: Path) ->
         # "completed" with state FAIL: the worker died after recording, before telling Optuna
         trial.set_user_attr("status", status)
         study.tell(trial, state=TrialState.FAIL)
-    assert top_up(study, 3) == 2  # only the diverged candidate used up its unit
+    assert claim_trial(study, 1) is None  # the diverged candidate used up its unit
+    assert claim_trial(study, 2).number == 3
+    assert claim_trial(study, 2) is None

@@ -31,18 +31,20 @@ def _records(run_dir: Path) -> dict[int, dict]:
 
 
 def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, tmp_path):
-    from pdenas.backends.ray import search
+    from pdenas.backends import run_search
     from pdenas.results import leaderboard, load_run, load_trials
-    from pdenas.space import SearchSpace
     from pdenas.study import StudyConfig
 
     # Seed 6 suggests good, good, useless, good learning rates: ASHA stops the useless one at
     # the epoch-1 rung (its accuracy is below the median of those recorded before it).
     config = StudyConfig.load(tiny_study(objectives=["val_accuracy", "flops"], ray=RAY))
-    space = SearchSpace.load(config.space_path())
     run_dir = tmp_path / "run"
 
-    assert search(config, space, run_dir, n_trials=4, quiet=True) == 4
+    def search(n_trials: int) -> int:
+        run_search(config.replace(n_trials=n_trials), backend="ray", out=run_dir, quiet=True)
+        return sum(r["status"] != "running" for r in _records(run_dir).values())
+
+    assert search(4) == 4
 
     assert load_run(run_dir)["backend"] == "ray"
     trials = load_trials(run_dir)
@@ -68,12 +70,12 @@ def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, 
 
     # Rerunning restores the finished experiment: nothing is lost, nothing trains again.
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "trials").glob("*/model.pt")}
-    assert search(config, space, run_dir, n_trials=4, quiet=True) == 4
+    assert search(4) == 4
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert sorted(_records(run_dir)) == [0, 1, 2, 3]
 
     # A larger budget tops the study up with new trial numbers in a new experiment.
-    assert search(config, space, run_dir, n_trials=5, quiet=True) == 5
+    assert search(5) == 5
     assert sorted(_records(run_dir)) == [0, 1, 2, 3, 4]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert sorted(p.name for p in (run_dir / "ray").iterdir()) == ["exp-0", "exp-1"]
@@ -125,13 +127,11 @@ def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_
 
 
 def test_bad_sampler_options_raise_before_anything_is_written(tiny_study, tmp_path):
-    from pdenas.backends.ray import search
-    from pdenas.space import SearchSpace
+    from pdenas.backends import run_search
     from pdenas.study import StudyConfig
 
     config = StudyConfig.load(tiny_study(ray=RAY, sampler_options={"colour": "red"}))
-    space = SearchSpace.load(config.space_path())
     run_dir = tmp_path / "run"
     with pytest.raises(ValueError, match="sampler_options"):
-        search(config, space, run_dir, n_trials=1, quiet=True, address="127.0.0.1:1")
+        run_search(config, backend="ray", out=run_dir, quiet=True, address="127.0.0.1:1")
     assert not run_dir.exists()

@@ -158,13 +158,17 @@ def test_bad_inputs_exit_2(tmp_path: Path, capsys) -> None:
         (["search", str(study), "--n-trials", "0"], "n-trials"),
         (["search", str(study), "--n-trials", "many"], "invalid int value"),
         (["search", str(study), "--storage", "not-a-url"], "storage"),
-        (["search", str(study), "--backend", "ray", "--storage", "sqlite:///x.db"], "--storage is for"),
+        (["search", str(study), "--backend", "ray", "--storage", "sqlite:///x.db"],
+         "storage: is for the optuna backend"),
+        (["search", str(study), "--backend", "hyperopt"], "backend: unknown 'hyperopt'; allowed: optuna, ray"),
+        (["search", str(study), "--out", str(study)], "exists and is not a folder"),
         (["search", str(study), "--address", "auto"], "--address is for the ray backend"),
         (["leaderboard", str(tmp_path)], "not a pdenas run folder"),
         (["frobnicate"], "invalid choice"),
     ]
     for argv, needle in cases:
-        assert main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "search" else argv) == 2, argv
+        out = [] if "--out" in argv or argv[0] != "search" else ["--out", str(tmp_path / "run")]
+        assert main([*argv, *out]) == 2, argv
         err = capsys.readouterr().err
         assert needle in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err

@@ -49,7 +49,7 @@ def test_config_defaults_round_trip() -> None:
 
 
 def test_config_unknown_key_names_key_and_allowed() -> None:
-    with pytest.raises(ValueError, match=r"'batch'.*allowed keys: name, root, download, val_fraction"):
+    with pytest.raises(ValueError, match=r"^data.batch: unknown key; allowed: name, root, download, val_fraction"):
         DataConfig.from_dict({"name": "digits", "batch": 3})
 
 
@@ -63,7 +63,7 @@ def test_config_unknown_name_lists_allowed() -> None:
     [
         ("val_fraction", 1.5, "val_fraction"),
         ("val_fraction", 0, "val_fraction"),
-        ("download", "yes", "download must be true or false"),
+        ("download", "yes", "data.download: got 'yes'; allowed: true or false"),
         ("image_size", 0, "image_size"),
         ("train_limit", True, "train_limit"),
         ("seed", 1.5, "seed"),
@@ -76,7 +76,7 @@ def test_config_bad_values(key: str, value: object, message: str) -> None:
 
 
 def test_imagefolder_needs_root() -> None:
-    with pytest.raises(ValueError, match="root is required"):
+    with pytest.raises(ValueError, match="data.root: required for 'imagefolder'"):
         DataConfig(name="imagefolder")
 
 

@@ -318,13 +318,22 @@ def test_export_marker_is_in_the_file(tmp_path: Path) -> None:
     assert payload["note"] == ["x", 1] and payload["normalization"] == {"mean": [0.1], "std": [0.2]}
 
 
-def test_a_trial_without_its_record_exits_2(tiny_run: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("damage", "message"), [
+    ("delete", "--trial 0: no such trial"),  # the record is the trial: without it there is none
+    ("truncate", "trials/0/record.json: not valid JSON"),
+])
+def test_a_trial_without_a_readable_record_exits_2(tiny_run: Path, tmp_path: Path, damage: str,
+                                                   message: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export"))
-    (run / "trials" / "0" / "record.json").unlink()
+    record = run / "trials" / "0" / "record.json"
+    if damage == "delete":
+        record.unlink()
+    else:
+        record.write_text(record.read_text()[:40])
     assert main(["export", str(run), "--trial", "0", "--out", str(tmp_path / "out"),
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "no record of trial 0" in err and len(err.strip().splitlines()) == 1
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

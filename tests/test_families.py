@@ -180,13 +180,13 @@ def test_reversible_is_refused_where_the_scheme_is_not_reversible(family):
         with pytest.raises(ValueError, match="reversible: batch norm"):
             _unit(family, reversible=True, norm="batch")
     else:
-        allowed = "reversible: .*allowed with: hamiltonian, second_order"
+        allowed = "reversible: .*allowed: with hamiltonian, second_order"
         with pytest.raises(ValueError, match=allowed):
             _unit(family, reversible=True)
 
 
 def test_hamiltonian_needs_an_even_width():
-    with pytest.raises(ValueError, match="width: .*even"):
+    with pytest.raises(ValueError, match="width: got 5; allowed: a multiple of 2 for the hamiltonian family"):
         _unit("hamiltonian", width=5)
 
 

@@ -7,19 +7,13 @@ storage, run.json, record.json) with trials of every status; test_compare.py use
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState
 
 from pdenas.architecture import Architecture
-from pdenas.backends.optuna import open_study, write_run_file
 from pdenas.results import (
     comparable,
     export_trials,
@@ -30,6 +24,7 @@ from pdenas.results import (
     load_trials,
     pareto_ranks,
 )
+from pdenas.runs import RunFolder, TrialRecord
 from pdenas.study import StudyConfig
 from pdenas.train import TrainConfig
 
@@ -58,11 +53,6 @@ SPEC = [
 FRONT = {0, 3, 6, 11}  # S0 (cheapest), P0, P3, H0: the comparable non-dominated trials
 
 
-def _state(status: str) -> TrialState:
-    return {"completed": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
-            "infeasible": TrialState.PRUNED, "running": TrialState.RUNNING}.get(status, TrialState.FAIL)
-
-
 def _history(acc: float | None, epochs: int) -> list[dict[str, float]]:
     final = 0.3 if acc is None else acc
     return [{"epoch": e, "train_loss": 2.0 / e, "train_accuracy": final * e / epochs,
@@ -71,48 +61,32 @@ def _history(acc: float | None, epochs: int) -> list[dict[str, float]]:
 
 
 def make_synthetic_run(run_dir: Path) -> Path:
-    """A run folder with the trials of ``SPEC`` (plus one queued trial) in SQLite storage."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """A run folder with the records of ``SPEC``, written through ``RunFolder`` (no storage:
+    every reader reads records)."""
     config = StudyConfig.from_dict({
         "name": "synthetic", "description": "Synthetic trials for the tests.",
         "data": {"name": "digits", "train_limit": 300}, "objectives": ["val_accuracy", "flops"],
         "train": {"epochs": EPOCHS, "batch_size": 64, "optimizer": "adamw", "lr": 0.01,
                   "augment": False, "time_smoothness": 0.0}, "device": "cpu",
     })
-    storage = f"sqlite:///{run_dir / 'study.db'}"
-    study = open_study(config, storage)
-    write_run_file(run_dir, config, storage, "optuna")
+    folder = RunFolder(run_dir)
+    folder.write_info(study_name=config.name, backend="optuna", config=config.to_dict())
     train = TrainConfig.from_dict({**config.train.to_dict(), "epochs": EPOCHS})
-    distributions = {"family": CategoricalDistribution(FAMILIES),
-                     "step_size": FloatDistribution(0.1, 1.0, log=True)}
     for number, (family, status, acc, flops, h, depths, widths, trained) in enumerate(SPEC):
         arch = Architecture(family=family, widths=widths, depths=depths, step_size=h,
                             in_channels=1, num_classes=10).to_dict()
-        history = _history(acc, trained)
-        attrs = {
-            "architecture": arch, "family": family, "status": status, "train": train.to_dict(),
-            "failure_reason": {"diverged": "non-finite training loss at epoch 2",
-                               "failed": "RuntimeError: boom",
-                               "infeasible": "breaks a cost limit: flops"}.get(status),
-            "val_accuracy": acc, "epochs_trained": trained, "epochs_planned": EPOCHS,
-            "history": history, "constraints": [], "seconds": 1.0 + number,
-            "params": int(flops / 20), "flops": flops, "latency_ms": flops / 1e5,
-            "latency_batch_ms": flops / 1e4, "memory_bytes": int(flops * 4),
-        }
-        state = _state(status)
-        values = [acc, flops] if state == TrialState.COMPLETE else None
-        study.add_trial(optuna.trial.create_trial(
-            state=state, values=values, params={"family": family, "step_size": h},
-            distributions=distributions, user_attrs=attrs))
-        folder = run_dir / "trials" / str(number)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "architecture.json").write_text(json.dumps(arch))
-        record = {"number": number, "status": status, "architecture": arch, "train": train.to_dict(),
-                  "val_accuracy": acc, "epochs_trained": trained, "epochs_planned": EPOCHS,
-                  "history": history, "cost": {"flops": flops}, "seconds": 1.0 + number}
-        (folder / "record.json").write_text(json.dumps(record))
-    study.enqueue_trial({}, user_attrs={"status": "queued"})
+        trial = folder.trial(number)
+        trial.write_architecture(arch)
+        trial.write_record(TrialRecord(
+            number=number, status=status, architecture=arch, train=train.to_dict(),
+            params={"family": family, "step_size": h},
+            failure_reason={"diverged": "non-finite training loss at epoch 2",
+                            "failed": "RuntimeError: boom",
+                            "infeasible": "breaks a cost limit: flops"}.get(status),
+            val_accuracy=acc, epochs_trained=trained, epochs_planned=EPOCHS,
+            history=_history(acc, trained), seconds=1.0 + number,
+            cost={"params": int(flops / 20), "flops": flops, "latency_ms": flops / 1e5,
+                  "latency_batch_ms": flops / 1e4, "memory_bytes": int(flops * 4)}))
     return run_dir
 
 
@@ -157,21 +131,32 @@ def test_load_run_refuses_folders_that_are_not_runs(tmp_path: Path, run: Path) -
     assert info.objectives == ["val_accuracy", "flops"] and info.cost_objective == "flops"
 
 
-def test_ray_runs_are_read_through_the_backend_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "run.json").write_text(json.dumps({
-        "study_name": "r", "storage": str(tmp_path), "backend": "ray",
-        "config": {"name": "r", "objectives": ["val_accuracy"]}}))
-    rows = [{"number": n, "state": "TERMINATED", "status": "completed", "family": "parabolic",
-             "step_size": 0.5, "depths": [2, 3], "widths": [8, 16, 16], "val_accuracy": 0.5 + n / 10,
-             "flops": 1e5 * (n + 1), "epochs_trained": 4 - n, "epochs_planned": 4} for n in (1, 0)]
-    fake = types.ModuleType("pdenas.backends.ray")
-    fake.load_records = lambda run_dir: rows
-    monkeypatch.setitem(sys.modules, "pdenas.backends.ray", fake)
-    trials = load_trials(tmp_path)
-    assert list(trials["number"]) == [0, 1]
-    assert trials.iloc[0]["depths"] == (2, 3) and trials.iloc[0]["total_depth"] == 5
-    assert list(trials["comparable"]) == [True, False]  # trial 1 stopped after 3 of 4 epochs
-    assert list(leaderboard(trials, ["val_accuracy"])["number"]) == [0]
+def test_every_backend_is_read_from_the_records_alone(tmp_path: Path, run: Path) -> None:
+    """A Ray run folder reads exactly as an Optuna one: the same rows from the same records, and
+    reading never opens or creates a storage."""
+    import shutil
+
+    copy = tmp_path / "ray-run"
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "backend": "ray"}))
+    pd.testing.assert_frame_equal(load_trials(copy), load_trials(run))
+    assert not (copy / "study.db").exists() and not (run / "study.db").exists()
+
+
+def test_a_newer_or_damaged_run_file_is_refused_with_its_name(tmp_path: Path, run: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "version": 99}))
+    with pytest.raises(ValueError, match=r"run\.json: written by a newer pdenas .*version 99"):
+        load_trials(copy)
+    (copy / "run.json").write_text(json.dumps(info))
+    (copy / "trials" / "3" / "record.json").write_text('{"number": 3, "stat')
+    with pytest.raises(ValueError, match=r"trials/3/record\.json: not valid JSON"):
+        load_trials(copy)
 
 
 def test_pareto_ranks_peel_fronts() -> None:

@@ -85,7 +85,7 @@ def test_config_paper_defaults() -> None:
 
 
 def test_unknown_key_names_key_and_allowed() -> None:
-    with pytest.raises(ValueError, match=r"'learning_rate'.*allowed:.*\blr\b.*time_smoothness"):
+    with pytest.raises(ValueError, match=r"^train\.learning_rate: unknown key; allowed:.*\blr\b.*time_smoothness"):
         TrainConfig.from_dict({"learning_rate": 0.1})
 
 
@@ -99,7 +99,8 @@ def test_unknown_key_names_key_and_allowed() -> None:
         ("epochs", 2.5, "integer"),
         ("epochs", "3", "integer"),
         ("lr", -1.0, "> 0"),
-        ("lr", float("nan"), "> 0"),
+        ("lr", float("nan"), "a finite number"),
+        ("lr", float("inf"), "a finite number"),
         ("momentum", 1.0, r"\[0, 1\)"),
         ("milestones", [0.8, 0.5], "increasing"),
         ("milestones", [1.5], r"\(0, 1\)"),

@@ -1,7 +1,62 @@
-"""Backends: thin adapters from the shared objective (``pdenas.study.run_candidate``) to Optuna
-(``pdenas.backends.optuna``) and Ray Tune (``pdenas.backends.ray``). The rest of pdenas never
-imports optuna or ray; only these modules and the commands that pick a backend do."""
+"""Backends: adapters from pdenas's trials to a tuning library, over one contract
+(``pdenas.backends._base``). ``run_search`` is the one way a search starts; the rest of pdenas
+never imports optuna or ray (only the backend modules do, loaded on demand by name)."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pdenas.backends._base import Backend, DataShape, Progress, TrialRunner
+from pdenas.backends._registry import get_backend, list_backends, register_backend
+from pdenas.runs import RunFolder
+
+if TYPE_CHECKING:
+    from pdenas.study import StudyConfig
+
+__all__ = ["Backend", "DataShape", "Progress", "TrialRunner", "get_backend", "list_backends",
+           "register_backend", "run_search"]
+
+
+def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path | None = None,
+               address: str | None = None, quiet: bool = False,
+               progress: Progress | None = None) -> RunFolder:
+    """Runs (or resumes) a study: the lifecycle of ``pdenas.backends._base``.
+
+    Args:
+        config: The study, with any command-line overrides applied.
+        backend: A name from ``list_backends()``.
+        out: The run folder (default ``runs/<study name>``).
+        address: A cluster address (Ray).
+        quiet: No progress output of the backend's own.
+        progress: Told when the search starts and after each trial.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ValueError: Bad input (one line); nothing of the run was written.
+        KeyboardInterrupt: The search was interrupted; rerunning it resumes.
+    """
+    import torch
+
+    from pdenas.data import load_data
+    from pdenas.space import SearchSpace
+    from pdenas.study import resolve_device
+
+    cls = get_backend(backend)
+    cls.check(config, address=address)
+    run = RunFolder((Path(out) if out else Path("runs") / config.name).resolve())
+    run.claim(config.name)
+    space = SearchSpace.load(config.space_path())
+    device = resolve_device(config.device)
+    if config.threads is not None and cls.trains_in_process:
+        torch.set_num_threads(config.threads)
+    # Out-of-process trials load the data on their own device; here only its shape is needed.
+    data = load_data(config.data, device=device if cls.trains_in_process else "cpu")
+    engine = cls(config, space, run, DataShape.of(data), device, quiet=quiet, address=address)
+    engine.prepare(data)
+    run.write_info(study_name=config.name, backend=cls.name, config=config.to_dict(),
+                   storage=engine.storage, study_file=config.path)
+    engine.search(config.n_trials, config.timeout, progress)
+    return run

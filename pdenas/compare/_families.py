@@ -11,11 +11,13 @@ import pandas as pd
 
 from pdenas.compare._report import pct
 from pdenas.results import family_order, fully_trained, hypervolume_2d, pareto_ranks
+from pdenas.runs import TrialStatus
 
 __all__ = ["NOT_FINAL", "family_table", "format_family_table"]
 
-_PRUNED = ("pruned", "stopped", "infeasible")
-NOT_FINAL = ("running", "queued", "interrupted", "waiting", "lost")
+_PRUNED = tuple(s.value for s in TrialStatus if s.state == "PRUNED")
+"""Stopped early (pruned, stopped, timeout) or not trained (infeasible)."""
+NOT_FINAL = tuple(s.value for s in TrialStatus if not (s.final and s.uses_budget))
 """Statuses of trials that did not use up the budget (under way, or interrupted or lost and
 queued again): left out of the tables."""
 
@@ -67,9 +69,11 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
             "family": family,
             "trials": len(mine),
             "finished": int(full.sum()),
-            "pruned": int((mine["status"].isin(_PRUNED) | (mine["status"].eq("completed") & ~full)).sum()),
-            "diverged": int(mine["status"].eq("diverged").sum()),
-            "failed": int((~mine["status"].isin((*_PRUNED, "completed", "diverged"))).sum()),
+            "pruned": int((mine["status"].isin(_PRUNED)
+                           | (mine["status"].eq(TrialStatus.COMPLETED.value) & ~full)).sum()),
+            "diverged": int(mine["status"].eq(TrialStatus.DIVERGED.value).sum()),
+            "failed": int((~mine["status"].isin((*_PRUNED, TrialStatus.COMPLETED.value,
+                                                   TrialStatus.DIVERGED.value))).sum()),
             "best_accuracy": float(scores.max()) if len(scores) else math.nan,
             "median_accuracy": float(scores.median()) if len(scores) else math.nan,
             "best_within_budget": float(within.max()) if len(within) else math.nan,

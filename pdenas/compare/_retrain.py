@@ -11,6 +11,7 @@ import pandas as pd
 
 from pdenas.compare._report import pct
 from pdenas.results import RunInfo, family_order, fully_trained
+from pdenas.runs import TrialStatus
 
 __all__ = ["RETRAIN_SEED", "format_retrain", "retrain_summary", "retrain_top"]
 
@@ -67,7 +68,7 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
         train = TrainConfig.from_dict(record["train"])
         for s in range(seeds):
             row: dict[str, Any] = {"family": arch.family, "trial": int(trial["number"]), "seed": s,
-                                   "status": "completed", "val_accuracy": math.nan,
+                                   "status": TrialStatus.COMPLETED.value, "val_accuracy": math.nan,
                                    "test_accuracy": math.nan,
                                    "search_val_accuracy": float(trial["val_accuracy"]),
                                    "epochs": 0, "seconds": math.nan}
@@ -80,7 +81,7 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
                 if len(data.test):
                     row["test_accuracy"] = float(evaluate(model, data.test, device)[1])
             except TrainingFailed as failure:
-                row.update(status=type(failure).__name__.lower(), epochs=len(failure.history))
+                row.update(status=failure.status.value, epochs=len(failure.history))
             rows.append(row)
             if log is not None:
                 log(f"retrain #{row['trial']} {row['family']} seed {s + 1}/{seeds}: {row['status']}, "
@@ -99,7 +100,7 @@ def retrain_summary(runs: pd.DataFrame, by: tuple[str, ...] = ("family",)) -> pd
     runs = runs.sort_values(list(by), key=lambda c: c.map(order) if c.name == "family" else c, kind="stable")
     groups = runs.groupby(list(by), sort=False)
     table = groups.agg(runs=("seed", "size"),
-                       failed=("status", lambda s: int((s != "completed").sum())),
+                       failed=("status", lambda s: int((s != TrialStatus.COMPLETED.value).sum())),
                        val_mean=("val_accuracy", "mean"), val_std=("val_accuracy", "std"),
                        test_mean=("test_accuracy", "mean"), test_std=("test_accuracy", "std"))
     return table.reset_index()

@@ -1,7 +1,7 @@
 """The data configuration (`DataConfig`), the catalogue of known data sets, and the data error.
 
-Everything here is validated at the edge: `DataConfig.from_dict` rejects unknown keys and bad values
-with a `ValueError` that names the key and what is allowed.
+Everything here is validated at the edge (``pdenas._config``): `DataConfig.from_dict` rejects unknown
+keys and bad values with one line, ``data.key: problem; allowed: ...``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pdenas._config import Config
 
 __all__ = [
     "DATASET_NAMES",
@@ -81,7 +83,7 @@ def _is_int(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Config):
     """Which data set to load and how to split it.
 
     Attributes:
@@ -105,49 +107,22 @@ class DataConfig:
     train_limit: int | None = None
     seed: int = 0
 
+    SECTION = "data"
+
     def __post_init__(self) -> None:
-        dataset_info(self.name)
-        if self.root is not None:
-            if not isinstance(self.root, (str, Path)) or not str(self.root):
-                raise ValueError(f"data.root must be a non-empty path or null, got {self.root!r}")
+        if isinstance(self.root, Path):
             object.__setattr__(self, "root", str(self.root))
-        elif dataset_info(self.name).needs_root:
-            raise ValueError(f"data.root is required for {self.name!r}: a folder of class subfolders")
-        if not isinstance(self.download, bool):
-            raise ValueError(f"data.download must be true or false, got {self.download!r}")
-        if not (_is_int(self.val_fraction) or isinstance(self.val_fraction, float)) or not (
-            0.0 < self.val_fraction < 1.0
-        ):
-            raise ValueError(f"data.val_fraction must be a number in (0, 1), got {self.val_fraction!r}")
-        object.__setattr__(self, "val_fraction", float(self.val_fraction))
+        super().__post_init__()
+        self.require("name", self.name in _INFO, ", ".join(DATASET_NAMES),
+                     problem=f"unknown data set {self.name!r}")
+        self.require("root", self.root is None or bool(self.root), "a non-empty path or null")
+        self.require("root", self.root is not None or not dataset_info(self.name).needs_root,
+                     "a folder of class subfolders",
+                     problem=f"required for {self.name!r}")
+        self.require("val_fraction", 0.0 < self.val_fraction < 1.0, "a number in (0, 1)")
         for key in ("image_size", "train_limit"):
             value = getattr(self, key)
-            if value is not None and (not _is_int(value) or value < 2):
-                raise ValueError(f"data.{key} must be an integer >= 2 or null, got {value!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"data.seed must be an integer, got {self.seed!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        """Builds a config from a mapping (a YAML/JSON section), validating every key and value.
-
-        Args:
-            data: Keys are the field names; missing keys take their defaults.
-
-        Raises:
-            ValueError: An unknown key (naming it and the allowed keys) or a bad value.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"data config must be a mapping, got {type(data).__name__}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in allowed:
-                raise ValueError(f"unknown data key {key!r}; allowed keys: {', '.join(allowed)}")
-        return cls(**dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the config as a JSON-ready dict that `from_dict` reads back."""
-        return dataclasses.asdict(self)
+            self.require(key, value is None or value >= 2, "an integer >= 2 or null")
 
     def resolved_root(self) -> Path:
         """Returns the folder the data set is read from (or downloaded to)."""

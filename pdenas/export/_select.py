@@ -10,6 +10,7 @@ import torch
 
 from pdenas.architecture import Architecture
 from pdenas.network import PDENet, build_model
+from pdenas.runs import RunFolder
 
 __all__ = ["retrain", "saved_model", "select_trial", "trial_record"]
 
@@ -59,33 +60,27 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
 
 
 def trial_record(run_dir: Path, number: int, need_weights: bool) -> dict[str, Any]:
-    """The trial's ``record.json``; ``ValueError`` when it is missing, or with ``need_weights``
-    when the trial saved no weights."""
-    from pdenas.results import load_record
-    from pdenas.study import trial_dir
-
-    record = load_record(run_dir, number)
-    if need_weights and not (trial_dir(run_dir, number) / "model.pt").is_file():
-        reason = f": {record['failure_reason']}" if record.get("failure_reason") else ""
-        raise ValueError(f"trial {number} has no saved weights (status {record.get('status')}"
+    """The trial's record as plain data; ``ValueError`` when it is missing, or with
+    ``need_weights`` when the trial saved no weights."""
+    folder = RunFolder(run_dir).trial(number)
+    record = folder.read_record()
+    if need_weights and not folder.has_weights():
+        reason = f": {record.failure_reason}" if record.failure_reason else ""
+        raise ValueError(f"trial {number} has no saved weights (status {record.status}"
                          f"{reason}); retrain it with --retrain-epochs E")
-    return record
-
+    return record.to_dict()
 
 
 def saved_model(run_dir: Path, number: int, arch: Architecture) -> PDENet:
     """The trial's saved best-validation weights in a freshly built model."""
-    from pdenas.study import trial_dir
-
-    path = trial_dir(run_dir, number) / "model.pt"
+    folder = RunFolder(run_dir).trial(number)
     model = build_model(arch)
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as error:  # noqa: BLE001 - a damaged or foreign file: one line, exit 2
-        raise ValueError(f"{path}: cannot load the trial's weights: "
+        model.load_state_dict(folder.load_weights())
+    except (RuntimeError, KeyError) as error:  # weights of another architecture
+        raise ValueError(f"{folder.weights_path}: cannot load the trial's weights: "
                          f"{str(error).splitlines()[0][:160]}") from None
     return model
-
 
 
 def retrain(arch: Architecture, train: Any, data: Any, device: torch.device, *, seed: int,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -54,9 +55,65 @@ class PDEUnit(nn.Module):
             h = 1): see the module docstring.
     """
 
-    reversible_scheme: bool = False
-    output_holds_state: bool = True
+    reversible_scheme: ClassVar[bool] = False
+    """Whether the scheme can be run backwards (``inverse_step``)."""
+    output_holds_state: ClassVar[bool] = True
     """Whether ``init_state(output)`` is the last state (not for leapfrog: it needs Y_{n-1})."""
+    width_multiple: ClassVar[int] = 1
+    """Unit widths must be multiples of this (2 for schemes that split the channels in halves)."""
+    family_name: ClassVar[str]
+    """The registry name (set by ``register_family``)."""
+
+    # --- what is true of the family: asked by Architecture and the search space -------------
+    @classmethod
+    def option_problems(cls, *, width: int, depth: int, norm: str = "tv",
+                        activation: str = "relu", reversible: bool = False
+                        ) -> list[tuple[str, str, str]]:
+        """What this family refuses in a unit's options, as (option, problem, allowed) triples.
+
+        A family with rules of its own extends the list (call the base first). ``Architecture``
+        and the search space ask this before anything is built; ``__init__`` raises the first.
+        """
+        from pdenas.families._layers import ACTIVATIONS, NORMS
+
+        problems = []
+        if width < 1 or width % cls.width_multiple:
+            allowed = ("an integer >= 1" if cls.width_multiple == 1 else
+                       f"a multiple of {cls.width_multiple} for the {cls._name()} family")
+            problems.append(("width", f"got {width}", allowed))
+        if depth < 1:
+            problems.append(("depth", f"got {depth}", "an integer >= 1"))
+        if norm not in NORMS:
+            problems.append(("norm", f"unknown {norm!r}", ", ".join(NORMS)))
+        if activation not in ACTIVATIONS:
+            problems.append(("activation", f"unknown {activation!r}", ", ".join(sorted(ACTIVATIONS))))
+        if reversible and not cls.reversible_scheme:
+            from pdenas.families._registry import get_family, list_families
+
+            schemes = [f for f in list_families() if get_family(f).reversible_scheme]
+            problems.append(("reversible", f"the {cls._name()} scheme is not reversible",
+                             "with " + ", ".join(schemes)))
+        elif reversible and norm == "batch":
+            problems.append(("reversible", "batch norm breaks exact recomputation",
+                             "norm 'tv' or 'none'"))
+        return problems
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Raises ``ValueError`` (``option: problem; allowed: ...``) for the first problem."""
+        problems = cls.option_problems(**options)
+        if problems:
+            key, problem, allowed = problems[0]
+            raise ValueError(f"{key}: {problem}; allowed: {allowed}")
+
+    @classmethod
+    def round_width(cls, width: int) -> int:
+        """``width`` rounded up to the family's width multiple (what the search space asks)."""
+        return max(1, -(-int(width) // cls.width_multiple) * cls.width_multiple)
+
+    @classmethod
+    def _name(cls) -> str:
+        return getattr(cls, "family_name", cls.__name__)
 
     def __init__(
         self,
@@ -69,19 +126,8 @@ class PDEUnit(nn.Module):
         reversible: bool = False,
     ) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width: must be >= 1, got {width}")
-        if depth < 1:
-            raise ValueError(f"depth: must be >= 1, got {depth}")
-        if reversible and not self.reversible_scheme:
-            raise ValueError(
-                f"reversible: the {type(self).__name__} scheme is not reversible; "
-                "allowed with: hamiltonian, second_order"
-            )
-        if reversible and norm == "batch":
-            raise ValueError(
-                "reversible: batch norm breaks exact recomputation; use norm 'tv' or 'none'"
-            )
+        type(self).check_options(width=width, depth=depth, norm=norm, activation=activation,
+                                 reversible=reversible)
         self.width = width
         self.depth = depth
         self.norm_name = norm

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
+from pdenas._registry import Registry
 from pdenas.families._base import PDEUnit
 
 __all__ = ["register_family", "list_families", "get_family", "build_unit"]
 
-_FAMILIES: dict[str, type[PDEUnit]] = {}
+_FAMILIES: Registry[type[PDEUnit]] = Registry("family", PDEUnit, "family_name")
 
-T = TypeVar("T", bound=type[PDEUnit])
-
-
-def register_family(name: str):
-    """Class decorator that registers a ``PDEUnit`` subclass under ``name``.
-
-    Raises:
-        ValueError: If the name is already registered.
-    """
-
-    def decorate(cls: T) -> T:
-        if name in _FAMILIES:
-            raise ValueError(f"family {name!r} is already registered ({_FAMILIES[name].__name__})")
-        if not (isinstance(cls, type) and issubclass(cls, PDEUnit)):
-            raise TypeError(f"family {name!r}: {cls!r} is not a PDEUnit subclass")
-        cls.family_name = name
-        _FAMILIES[name] = cls
-        return cls
-
-    return decorate
+register_family = _FAMILIES.register
+"""Class decorator that registers a ``PDEUnit`` subclass under a name (a duplicate name raises
+``ValueError``); the class gets ``family_name``."""
 
 
 def list_families() -> list[str]:
     """The registered family names, sorted."""
-    return sorted(_FAMILIES)
+    return _FAMILIES.names()
 
 
 def get_family(name: str) -> type[PDEUnit]:
@@ -43,12 +25,7 @@ def get_family(name: str) -> type[PDEUnit]:
     Raises:
         ValueError: Naming the allowed families when ``name`` is unknown.
     """
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise ValueError(
-            f"family: unknown {name!r}; allowed: {', '.join(list_families())}"
-        ) from None
+    return _FAMILIES.get(name)
 
 
 def build_unit(family: str, width: int, depth: int, step_size: float, **options) -> PDEUnit:

@@ -29,10 +29,9 @@ class HamiltonianUnit(PDEUnit):
     """
 
     reversible_scheme = True
+    width_multiple = 2
 
     def __init__(self, width: int, depth: int, step_size: float, **options) -> None:
-        if width % 2:
-            raise ValueError(f"width: the hamiltonian family needs an even width, got {width}")
         super().__init__(width, depth, step_size, **options)
         half = width // 2
 

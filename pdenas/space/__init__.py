@@ -33,7 +33,7 @@ Param names are the dimension names (``family``, ``num_units``, ``depth``, ``wid
 ``width_growth``, ``width_last``, ``step_size``, ``activation``, ``norm``, ``reversible``, the train
 keys); a family override appends ``_<family>`` (``step_size_hamiltonian``) and per-unit params
 append ``_<unit index>`` (``depth_0``, ``width_hamiltonian_1``). Fixed dimensions make no param.
-Hamiltonian unit widths are rounded up to even numbers.
+Unit widths are rounded up to the family's width multiple (even for hamiltonian).
 
 The module map: ``_dimension`` (``Dimension``: fixed, choices or a range, asked of a trial, its grid
 values and file form; ``Dimensions``: one family's dimensions), ``_width`` (``WidthRule``),

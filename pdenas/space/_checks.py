@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pdenas._config import ConfigError
 from pdenas.train import TrainConfig
 
 __all__ = ["Check", "at_least", "boolean", "member", "positive", "train_check", "width_or"]
@@ -21,15 +22,15 @@ def member(allowed: Sequence[str]) -> Check:
 
 
 def at_least(minimum: int) -> Check:
-    return lambda value: None if value >= minimum else f"must be >= {minimum}, got {value}"
+    return lambda value: None if value >= minimum else f"got {value}; allowed: >= {minimum}"
 
 
 def positive(value: Any) -> str | None:
-    return None if math.isfinite(value) and value > 0 else f"must be a finite number > 0, got {value}"
+    return None if math.isfinite(value) and value > 0 else f"got {value}; allowed: a finite number > 0"
 
 
 def boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    return None if isinstance(value, bool) else f"got {value!r}; allowed: true or false"
 
 
 def width_or(words: Sequence[str]) -> Check:
@@ -40,8 +41,8 @@ def train_check(key: str) -> Check:
     def check(value: Any) -> str | None:
         try:
             TrainConfig.from_dict({key: list(value) if isinstance(value, tuple) else value})
-        except ValueError as exc:
-            return str(exc)
+        except ConfigError as exc:  # the parser names the key itself
+            return exc.detail
         return None
 
     return check

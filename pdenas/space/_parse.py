@@ -4,10 +4,10 @@ family overrides; every error names the file and the key."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from pdenas._config import field_kinds
 from pdenas.families import ACTIVATIONS, NORMS, list_families
 from pdenas.space._checks import (
     Check,
@@ -44,11 +44,11 @@ class Parser:
     ) -> dict[str, Any]:
         """Checks a mapping's keys (``allowed`` empty: any key)."""
         if not isinstance(raw, Mapping):
-            raise self.fail(path or "search space", f"expected a mapping, got {raw!r}")
+            raise self.fail(path or "search space", f"got {raw!r}; allowed: a mapping")
         for key in raw:
             if allowed and key not in allowed:
                 names = ", ".join(map(str, allowed))
-                raise self.fail(_join(path, key), f"unknown key; allowed keys: {names}")
+                raise self.fail(_join(path, key), f"unknown key; allowed: {names}")
         for key in required:
             if key not in raw:
                 raise self.fail(_join(path, key), f"missing; required keys: {', '.join(required)}")
@@ -128,7 +128,7 @@ class Parser:
         if not geometric:
             units = data["units"]
             if not isinstance(units, list) or not units:
-                raise self.fail(f"{path}.units", f"expected one width per unit, got {units!r}")
+                raise self.fail(f"{path}.units", f"got {units!r}; allowed: one width per unit")
             return WidthRule(last=last, units=tuple(
                 self.dimension(u, f"{path}.units[{k}]", f"width{suffix}_{k}", INT, at_least(1))
                 for k, u in enumerate(units)))
@@ -145,7 +145,7 @@ class Parser:
     def flag(self, raw: Any, path: str) -> bool:
         """A plain true/false setting."""
         if not isinstance(raw, bool):
-            raise self.fail(path, f"expected true or false, got {raw!r}")
+            raise self.fail(path, f"got {raw!r}; allowed: true or false")
         return raw
 
     def dimension(
@@ -197,7 +197,7 @@ class Parser:
     def choices(self, raw: Any, path: str, name: str, kind: str, words: Sequence[str]) -> Dimension:
         """A categorical dimension from a list."""
         if not isinstance(raw, list) or not raw:
-            raise self.fail(path, f"expected a non-empty list of choices, got {raw!r}")
+            raise self.fail(path, f"got {raw!r}; allowed: a non-empty list of choices")
         values = tuple(self.scalar(v, path, kind, words) for v in raw)
         if len(set(map(repr, values))) != len(values):
             raise self.fail(path, f"repeated choices in {list(raw)!r}")
@@ -210,13 +210,13 @@ class Parser:
         if fixed and isinstance(raw, list):
             return tuple(raw)
         if not isinstance(raw, _SCALARS):
-            raise self.fail(path, f"expected a number, text, true/false or null, got {raw!r}")
+            raise self.fail(path, f"got {raw!r}; allowed: a number, text, true/false or null")
         if kind == INT and (isinstance(raw, bool) or not isinstance(raw, int)):
             allowed = " or ".join([*map(repr, words), "an integer"])
-            raise self.fail(path, f"expected {allowed}, got {raw!r}")
+            raise self.fail(path, f"got {raw!r}; allowed: {allowed}")
         if kind == FLOAT:
             if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-                raise self.fail(path, f"expected a number, got {raw!r}")
+                raise self.fail(path, f"got {raw!r}; allowed: a number")
             return float(raw)
         return raw
 
@@ -231,7 +231,7 @@ class Parser:
         log = data.get("log", False)
         step = data.get("step")
         if not isinstance(log, bool):
-            raise self.fail(f"{path}.log", f"expected true or false, got {log!r}")
+            raise self.fail(f"{path}.log", f"got {log!r}; allowed: true or false")
         if low > high:
             raise self.fail(path, f"low ({low}) is above high ({high})")
         if log and low <= 0:
@@ -239,7 +239,7 @@ class Parser:
         if step is not None:
             step = self.scalar(step, f"{path}.step", kind, ())
             if step <= 0:
-                raise self.fail(f"{path}.step", f"must be > 0, got {step}")
+                raise self.fail(f"{path}.step", f"got {step}; allowed: > 0")
             if log and (kind == FLOAT or step != 1):
                 raise self.fail(f"{path}.step", "a log range cannot have a step")
         return Dimension(name, kind, low=low, high=high, log=log, step=step)
@@ -249,17 +249,16 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-_TRAIN_FIELDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-
-
 def _train_kind(key: str, path: str, parser: Parser) -> tuple[str, bool]:
     """How a TrainConfig field may vary, and whether null is a value: int/float ranges for
-    numbers, choices for flags and names, a fixed value for list-valued fields."""
-    annotation = _TRAIN_FIELDS.get(key)
-    if annotation is None:
-        raise parser.fail(path, f"unknown key; allowed keys: {', '.join(_TRAIN_FIELDS)}")
-    if "tuple" in annotation:
+    numbers, choices for flags and names, a fixed value for list-valued fields (the field types
+    come from ``pdenas._config.field_kinds``, declared once on ``TrainConfig``)."""
+    kinds = field_kinds(TrainConfig)
+    kind = kinds.get(key)
+    if kind is None:
+        raise parser.fail(path, f"unknown key; allowed: {', '.join(kinds)}")
+    if kind.base == "tuple":
         return FIXED, False
-    if "bool" in annotation or "str" in annotation:
+    if kind.base in ("bool", "str"):
         return CHOICE, True
-    return (INT if annotation == "int" else FLOAT), "None" in annotation
+    return (INT if kind.base == "int" else FLOAT), kind.optional

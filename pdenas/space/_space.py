@@ -15,7 +15,6 @@ from pdenas.space._dimension import CHOICE, FIXED, Dimension, Dimensions
 from pdenas.space._files import read_space_file
 from pdenas.space._parse import Parser
 from pdenas.space._trial import ReplayTrial, Trial
-from pdenas.space._width import EVEN_WIDTH_FAMILIES
 from pdenas.train import TrainConfig
 
 __all__ = ["SearchSpace"]
@@ -80,7 +79,7 @@ class SearchSpace:
         data = {**_DEFAULTS, **data}
         description = data.get("description", "")
         if not isinstance(description, str):
-            raise p.fail("description", f"expected text, got {description!r}")
+            raise p.fail("description", f"got {description!r}; allowed: text")
         families = p.dimension(data.get("families", list_families()), "family", "family", CHOICE,
                                member(list_families()))
         dims = p.dimensions(data)
@@ -148,7 +147,7 @@ class SearchSpace:
             depths = tuple(dims.depth.suggest(trial, f"{dims.depth.name}_{k}") for k in range(num_units))
         else:
             depths = (dims.depth.suggest(trial),) * num_units
-        widths = dims.width.suggest(trial, num_units, even=family in EVEN_WIDTH_FAMILIES)
+        widths = dims.width.suggest(trial, num_units, round_width=get_family(family).round_width)
         step_size = dims.step_size.suggest(trial)
         activation = dims.activation.suggest(trial)
         norm = dims.norm.suggest(trial)

@@ -1,19 +1,17 @@
 """Unit widths: ``WidthRule``, geometric (``base * growth**k``) or one dimension per unit, plus the
-last connector's output (``same``, ``grow`` or a number); even widths for channel-splitting
-families."""
+last connector's output (``same``, ``grow`` or a number), each unit width rounded by the family
+(``PDEUnit.round_width``: up to its width multiple)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pdenas.space._dimension import Dimension
 from pdenas.space._trial import Trial
 
-__all__ = ["EVEN_WIDTH_FAMILIES", "WidthRule"]
-
-EVEN_WIDTH_FAMILIES = frozenset({"hamiltonian"})
-"""Families that split channels in halves: their unit widths are rounded up to even."""
+__all__ = ["WidthRule"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +31,14 @@ class WidthRule:
     growth: Dimension | None = None
     units: tuple[Dimension, ...] = ()
 
-    def suggest(self, trial: Trial, num_units: int, *, even: bool) -> tuple[int, ...]:
+    def suggest(self, trial: Trial, num_units: int, *,
+                round_width: Callable[[int], int] = int) -> tuple[int, ...]:
         """The K + 1 widths for ``num_units`` units.
 
         Args:
             trial: The trial.
             num_units: K.
-            even: Round unit widths up to even numbers.
+            round_width: The family's rounding of a unit width (``PDEUnit.round_width``).
         """
         if self.units:
             widths = [dim.suggest(trial) for dim in self.units[:num_units]]
@@ -48,8 +47,7 @@ class WidthRule:
             assert self.base is not None and self.growth is not None
             base, factor = self.base.suggest(trial), self.growth.suggest(trial)
             widths = [max(1, round(base * factor**k)) for k in range(num_units)]
-        if even:
-            widths = [w + w % 2 for w in widths]
+        widths = [round_width(w) for w in widths]
         last = self.last.suggest(trial)
         if last == "same":
             last = widths[-1]

@@ -1,0 +1,232 @@
+"""The one configuration helper: frozen dataclasses whose field types are declared once.
+
+Every configuration (``TrainConfig``, ``DataConfig``, ``StudyConfig``, ``Constraints``,
+``Architecture``, a backend's options) subclasses ``Config``. Construction checks each field
+against its annotation (``int``, ``float`` (finite), ``bool``, ``str``, ``X | None``,
+``tuple[T, ...]``, ``Mapping``, a nested ``Config``) and normalises it (an integral float to
+``int``, a list to a tuple, a mapping to the nested config); the class's ``__post_init__`` then
+checks ranges with ``require``. ``from_dict`` refuses unknown keys. Every error is a
+``ConfigError`` (a ``ValueError``) of one form::
+
+    section.key: problem; allowed: what is allowed
+
+where ``section`` is the class's ``SECTION`` ("train", "data", ...; empty for top-level objects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any, ClassVar
+
+__all__ = ["INTERNAL", "Config", "ConfigError", "FieldKind", "field_kinds", "file_keys", "key_of"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: ``section.key: problem; allowed: ...``."""
+
+    @property
+    def key(self) -> str:
+        """The dotted key the error names."""
+        return str(self).partition(": ")[0]
+
+    @property
+    def detail(self) -> str:
+        """What follows the key: ``problem; allowed: ...``."""
+        return str(self).partition(": ")[2]
+
+
+def key_of(section: str, key: str) -> str:
+    """The dotted name of ``key`` in ``section``."""
+    return f"{section}.{key}" if section else key
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldKind:
+    """What a field's annotation allows.
+
+    Attributes:
+        base: "int", "float", "bool", "str", "tuple", "mapping", "config" or "any".
+        optional: Whether None is allowed.
+        item: For tuples, the items' base kind.
+        config: For nested configs, the class.
+    """
+
+    base: str
+    optional: bool = False
+    item: str | None = None
+    config: type | None = None
+
+    def describe(self) -> str:
+        """What is allowed, in words."""
+        words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+                 "str": "a string", "mapping": "a mapping", "config": "a mapping", "any": "anything",
+                 "tuple": f"a list of {'integers' if self.item == 'int' else 'numbers' if self.item == 'float' else 'strings'}"}
+        text = words[self.base]
+        return f"{text} or null" if self.optional else text
+
+
+_BASES = {int: "int", float: "float", bool: "bool", str: "str"}
+
+
+def _kind(annotation: Any) -> FieldKind:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner = _kind(args[0]) if len(args) == 1 else FieldKind("any")
+        return dataclasses.replace(inner, optional=True)
+    if annotation in _BASES:
+        return FieldKind(_BASES[annotation])
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        return FieldKind("tuple", item=_BASES.get(args[0], "any") if args else "any")
+    if origin in (Mapping, dict) or annotation in (Mapping, dict):
+        return FieldKind("mapping")
+    if isinstance(annotation, type) and issubclass(annotation, Config):
+        return FieldKind("config", config=annotation)
+    return FieldKind("any")
+
+
+@cache
+def field_kinds(cls: type) -> dict[str, FieldKind]:
+    """The kind of every init field of a dataclass, from its (resolved) annotations."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _kind(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+
+
+INTERNAL = {"internal": True}
+"""Field metadata of a field set by code, not by files (``from_dict`` and ``to_dict`` skip it)."""
+
+
+def file_keys(cls: type) -> list[str]:
+    """The fields a file may set: every init field not marked ``INTERNAL``."""
+    return [f.name for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def coerce(key: str, value: Any, kind: FieldKind) -> Any:
+    """``value`` checked against ``kind`` and normalised.
+
+    Raises:
+        ConfigError: Naming ``key`` and what is allowed.
+    """
+    if value is None:
+        if kind.optional or kind.base == "any":
+            return None
+        raise ConfigError(f"{key}: got null; allowed: {kind.describe()}")
+    bad = ConfigError(f"{key}: got {value!r}; allowed: {kind.describe()}")
+    if kind.base == "bool":
+        if not isinstance(value, bool):
+            raise bad
+    elif kind.base == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad
+    elif kind.base == "float":
+        if not _is_number(value) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    elif kind.base == "str":
+        if not isinstance(value, str):
+            raise bad
+    elif kind.base == "tuple":
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            raise bad
+        item = FieldKind(kind.item or "any")
+        return tuple(coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    elif kind.base == "mapping":
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    elif kind.base == "config":
+        assert kind.config is not None
+        if isinstance(value, kind.config):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return kind.config.from_dict(value, section=key)
+    return value
+
+
+class Config:
+    """Base of every frozen configuration dataclass (see the module docstring).
+
+    Subclasses are ``@dataclass(frozen=True)``, set ``SECTION``, and call
+    ``super().__post_init__()`` first in their own ``__post_init__``.
+    """
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        section = self._section()
+        for name, kind in field_kinds(type(self)).items():
+            value = coerce(key_of(section, name), getattr(self, name), kind)
+            object.__setattr__(self, name, value)
+
+    def _section(self) -> str:
+        return type(self).SECTION
+
+    def require(self, name: str, ok: bool, allowed: str, problem: str | None = None) -> None:
+        """Raises ``section.name: problem; allowed: ...`` unless ``ok``.
+
+        Args:
+            name: The field (or a dotted path below the section).
+            ok: The check's result.
+            allowed: What is allowed, in words.
+            problem: What is wrong (default: ``got <the field's value>``).
+        """
+        if ok:
+            return
+        if problem is None:
+            problem = f"got {getattr(self, name.split('.')[0], None)!r}"
+        raise ConfigError(f"{key_of(self._section(), name)}: {problem}; allowed: {allowed}")
+
+    @classmethod
+    def from_dict(cls, data: Any, *, section: str | None = None):
+        """A validated config from plain data (a YAML/JSON mapping); missing keys take their
+        defaults.
+
+        Args:
+            data: Field names to values.
+            section: The dotted name of the section in its file (default: ``SECTION``), for
+                errors about its keys.
+
+        Raises:
+            ConfigError: A non-mapping, an unknown key or a bad value.
+        """
+        section = cls.SECTION if section is None else section
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{section or cls.__name__}: expected a mapping, "
+                              f"got {type(data).__name__}")
+        kinds, allowed = field_kinds(cls), file_keys(cls)
+        for key in data:
+            if key not in allowed:
+                raise ConfigError(f"{key_of(section, str(key))}: unknown key; allowed: "
+                                  f"{', '.join(allowed)}")
+        values = {}
+        for key, value in data.items():  # nested sections get their dotted names
+            kind = kinds[key]
+            values[key] = (coerce(key_of(section, key), value, kind)
+                           if kind.base == "config" else value)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data that ``from_dict`` reads back."""
+        return _plain({name: getattr(self, name) for name in file_keys(type(self))})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+

@@ -1,0 +1,272 @@
+"""The backend contract, and the trial runner every backend shares.
+
+A backend maps pdenas's trials onto a tuning library (Optuna, Ray Tune); everything else about a
+trial is the same for every backend and lives here, in ``TrialRunner``.
+
+Lifecycle of a search (``pdenas.backends.run_search`` drives it; the CLI and the Python API call
+that, never a backend directly):
+
+1. ``get_backend(name)`` finds the backend class in the registry; ``cls.check(config)``
+   validates the backend's own options (samplers, pruners, Ray settings). Bad input is a
+   ``ValueError`` before anything is written.
+2. The run folder is claimed (``RunFolder.claim``: a folder holding another study is refused),
+   the data is loaded (on the trial device when ``cls.trains_in_process``, else only for its
+   shape), and ``backend = cls(config, space, run, shape, device, quiet=...)`` is made.
+3. ``backend.prepare(data)`` opens what the backend needs (its storage, its sampler); bad
+   options, a storage that cannot be opened or a stored study with other objectives are a
+   ``ValueError``. It may create its own storage and nothing else.
+4. ``run.json`` is written with ``backend.storage`` (None: the folder's own SQLite file).
+5. ``backend.search(n_trials, timeout, progress)`` runs trials until the study holds
+   ``n_trials`` that count toward the budget (``TrialStatus.uses_budget``) or ``timeout``
+   seconds have passed. Each trial goes through ``TrialRunner``: ``suggest`` (or ``replay``)
+   turns the backend's suggestions into a candidate, ``run`` builds, measures, trains and
+   records it, calling the backend's ``report`` hook after every epoch (return True to stop
+   it). Ctrl-C raises ``KeyboardInterrupt`` after giving the running trial back; rerunning the
+   same search resumes.
+
+A backend never writes trial files itself: ``TrialRunner`` writes ``record.json`` (the one
+source of truth for every reader), the architecture and the weights through ``TrialFolder``.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+
+from pdenas.architecture import Architecture
+from pdenas.runs import RunFolder, TrialRecord, TrialStatus, plain
+from pdenas.study import StudyConfig
+from pdenas.train import TrainConfig
+
+if TYPE_CHECKING:
+    from pdenas.data import DataSplits
+    from pdenas.space import SearchSpace
+
+__all__ = ["Backend", "DataShape", "Progress", "Report", "TrialRunner", "finished_summary", "now"]
+
+Report = Callable[[TrialRecord, Mapping[str, float]], bool]
+"""Called after each epoch with the trial's record so far (already written) and this epoch's
+metrics; returns True to stop the trial early (the backend's pruner or scheduler)."""
+
+
+def now() -> str:
+    """The current time, ISO 8601 in UTC (what records store)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Progress(Protocol):
+    """What a search tells its caller (a progress bar)."""
+
+    def start(self, done: int, total: int, best: float | None) -> None: ...
+
+    def update(self, record: TrialRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a candidate needs of the data before training: its input and output sizes."""
+
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+
+    @classmethod
+    def of(cls, data: DataSplits) -> DataShape:
+        return cls(data.in_channels, data.num_classes, tuple(int(s) for s in data.image_size))
+
+
+class TrialRunner:
+    """Turns a backend's suggestions into candidates and runs them: the same for every backend.
+
+    Args:
+        config: The study.
+        space: Its search space.
+        run: The run folder.
+        shape: The data's shape.
+    """
+
+    def __init__(self, config: StudyConfig, space: SearchSpace, run: RunFolder,
+                 shape: DataShape) -> None:
+        self.config, self.space, self.run_folder, self.shape = config, space, run, shape
+
+    def first_params(self) -> list[dict[str, Any]]:
+        """Fixed params of a new study's first trials: one per family (``cover_families``), so
+        every family is tried before the sampler narrows down."""
+        families = self.space.families
+        if not self.config.cover_families or getattr(families, "kind", None) != "choice":
+            return []
+        return [{families.name: family} for family in families.choices]
+
+    def _build(self, method: Callable[..., tuple[Architecture, TrainConfig]], source: Any
+               ) -> tuple[Architecture, TrainConfig]:
+        return method(source, in_channels=self.shape.in_channels,
+                      num_classes=self.shape.num_classes, image_size=self.shape.image_size,
+                      base_train=self.config.train.to_dict())
+
+    def suggest(self, trial: Any) -> tuple[Architecture, TrainConfig]:
+        """The candidate of a define-by-run trial (``optuna.Trial`` or Ray's)."""
+        return self._build(self.space.suggest, trial)
+
+    def replay(self, params: Mapping[str, Any]) -> tuple[Architecture, TrainConfig]:
+        """The candidate of stored params (``ValueError`` when they do not fit the space)."""
+        return self._build(self.space.replay, params)
+
+    def record_failure(self, number: int, reason: str,
+                       params: Mapping[str, Any] | None = None) -> TrialRecord:
+        """Records a trial whose candidate could not even be built (status failed)."""
+        record = TrialRecord(number=number, status=TrialStatus.FAILED, failure_reason=reason,
+                             params=plain(dict(params or {})), epochs_planned=self.config.train.epochs,
+                             started_at=now(), finished_at=now())
+        self.run_folder.trial(number).write_record(record)
+        return record
+
+    def run(self, number: int, arch: Architecture, train: TrainConfig, *, data: DataSplits,
+            device: torch.device, params: Mapping[str, Any] | None = None,
+            report: Report | None = None,
+            on_cost: Callable[[TrialRecord], None] | None = None) -> TrialRecord:
+        """Builds, measures, trains and records one candidate; never raises for a bad candidate.
+
+        The record is written when the trial starts (status running), after every epoch and at
+        the end; the best-validation weights when training finished or stopped early. A
+        diverging, out-of-memory or otherwise failing candidate becomes a record with its status
+        and reason. Ctrl-C writes the record as interrupted and re-raises.
+
+        Args:
+            number: The trial number (also offsets the seed of the initial weights).
+            arch: The candidate.
+            train: Its training settings.
+            data: Data splits on ``device``.
+            device: Where to train.
+            params: The suggested params (stored so the trial can be rebuilt).
+            report: The backend's per-epoch hook (see ``Report``).
+            on_cost: Called with the record once the cost is known, before training.
+
+        Returns:
+            The final record (also in ``trials/<number>/record.json``).
+        """
+        from pdenas.cost import measure_cost
+        from pdenas.families import stability_report
+        from pdenas.network import build_model
+        from pdenas.train import TrainingFailed, fit
+
+        config = self.config
+        folder = self.run_folder.trial(number)
+        record = TrialRecord(number=number, architecture=arch.to_dict(), train=train.to_dict(),
+                             params=plain(dict(params or {})), epochs_planned=train.epochs,
+                             worker=f"{socket.gethostname()}:{os.getpid()}", started_at=now())
+        start = time.perf_counter()
+
+        def save() -> None:
+            record.seconds = time.perf_counter() - start
+            folder.write_record(record)
+
+        folder.write_architecture(arch.to_dict())
+        save()
+
+        def epoch_done(epoch: int, metrics: Mapping[str, float]) -> bool:
+            record.history.append({k: float(v) for k, v in metrics.items()})
+            record.epochs_trained = epoch
+            record.val_accuracy = max(h["val_accuracy"] for h in record.history)
+            save()
+            return bool(report(record, metrics)) if report is not None else False
+
+        try:
+            torch.manual_seed(config.seed * 100_003 + number)
+            model = build_model(arch).to(device)
+            shape = (arch.in_channels, *self.shape.image_size)
+            record.cost = measure_cost(model, shape, train.batch_size, device,
+                                       repeats=config.latency_repeats).to_dict()
+            record.constraints = config.constraints.violations(record.cost)
+            record.max_stable_step = min(row["max_stable_step"] for row in stability_report(model))
+            if on_cost is not None:
+                on_cost(record)
+            if config.constraints.skip_infeasible and any(v > 0 for v in record.constraints):
+                record.status = TrialStatus.INFEASIBLE
+                record.failure_reason = "breaks a cost limit: " + config.constraints.describe(record.cost)
+                return record
+            result = fit(model, data, train, device, callback=epoch_done, seed=config.seed + number)
+            record.history = [plain(h) for h in result.history]
+            record.epochs_trained = result.epochs_trained
+            record.val_accuracy = float(result.best_val_accuracy) if result.history else None
+            folder.write_weights(result.best_state)
+            record.status = TrialStatus.PRUNED if result.stopped else TrialStatus.COMPLETED
+        except TrainingFailed as error:
+            record.status = error.status
+            record.failure_reason = str(error)
+            record.history = [plain(h) for h in error.history]  # the epochs completed before
+            record.epochs_trained = len(record.history)
+        except torch.OutOfMemoryError as error:  # while building or measuring, before training
+            record.status = TrialStatus.OOM
+            record.failure_reason = f"out of memory before training: {str(error).splitlines()[0]}"
+        except (RuntimeError, ValueError) as error:
+            record.status = TrialStatus.FAILED
+            text = str(error).splitlines()[0] if str(error) else ""
+            record.failure_reason = f"{type(error).__name__}: {text}"
+        except KeyboardInterrupt:
+            record.status = TrialStatus.INTERRUPTED
+            record.failure_reason = "interrupted (Ctrl-C); a copy was queued for the next run"
+            raise
+        finally:
+            if record.status.final:
+                record.finished_at = now()
+            save()
+        return record
+
+
+class Backend(abc.ABC):
+    """One tuning library behind pdenas's search (see the module docstring for the lifecycle).
+
+    Args:
+        config: The study (checked with ``check``).
+        space: Its search space.
+        run: The run folder (claimed).
+        shape: The data's shape.
+        device: Where in-process trials train.
+        quiet: No progress output of the library's own.
+        address: A cluster address, for backends that have one.
+    """
+
+    name: ClassVar[str]
+    """The registry name (``--backend``)."""
+    trains_in_process: ClassVar[bool] = True
+    """Whether trials train in this process on the loaded data (else each loads its own)."""
+    storage: str | None = None
+    """What ``run.json`` records as the storage (None: the folder's own SQLite file)."""
+
+    def __init__(self, config: StudyConfig, space: SearchSpace, run: RunFolder,
+                 shape: DataShape, device: torch.device, *, quiet: bool = False,
+                 address: str | None = None) -> None:
+        self.config, self.space, self.run_folder = config, space, run
+        self.shape, self.device, self.quiet, self.address = shape, device, quiet, address
+        self.runner = TrialRunner(config, space, run, shape)
+
+    @classmethod
+    def check(cls, config: StudyConfig, *, storage: str | None = None,
+              address: str | None = None) -> None:
+        """Validates the backend's own options and arguments (``ValueError`` for bad input)."""
+
+    @abc.abstractmethod
+    def prepare(self, data: DataSplits) -> None:
+        """Opens the backend's storage and sampler; ``ValueError`` for bad input."""
+
+    @abc.abstractmethod
+    def search(self, n_trials: int, timeout: float | None = None,
+               progress: Progress | None = None) -> None:
+        """Runs trials until the budget is used or ``timeout`` seconds passed."""
+
+
+def finished_summary(records: Sequence[TrialRecord]) -> tuple[int, float | None]:
+    """(trials that used their unit of the budget and are over, best completed accuracy)."""
+    done = [r for r in records if r.status.final and r.status.uses_budget]
+    accuracies = [r.val_accuracy for r in done
+                  if r.status is TrialStatus.COMPLETED and r.val_accuracy is not None]
+    return len(done), max(accuracies, default=None)
+
