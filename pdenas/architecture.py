@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pdenas.families import ACTIVATIONS, NORMS, get_family, list_families
+from pdenas.families import ACTIVATIONS, INITS, NORMS, get_family, list_families
 
 __all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS"]
 
@@ -26,11 +26,16 @@ class Architecture:
         depths: K time-step counts, one per unit.
         step_size: The time step h of every unit (> 0).
         activation: Activation inside the units.
-        norm: Normalisation inside the units: "tv" (the paper's), "batch" or "none".
+        norm: Normalisation inside the units: "tv" (the paper's), "batch" or "none". None (the
+            default) takes the family's ``default_norm``: "tv" for the PDE families, "batch"
+            for the resnet baseline (its conv-BN-ReLU-conv-BN block); the stored value is the
+            resolved name.
         in_channels: Channels of the input images.
         num_classes: Classes of the classifier.
         reversible: Train the units with the memory-saving reversible backward pass
             (hamiltonian and second_order only, norm "tv" or "none").
+        init: How the time steps of each unit start: "repeat" (all from the same weights, as
+            Meganet.m; the smoothness-in-time penalty starts at 0) or "independent".
     """
 
     family: str
@@ -38,10 +43,11 @@ class Architecture:
     depths: tuple[int, ...]
     step_size: float = 1.0
     activation: str = "relu"
-    norm: str = "tv"
+    norm: str | None = None
     in_channels: int = 3
     num_classes: int = 10
     reversible: bool = False
+    init: str = "repeat"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", _int_tuple("widths", self.widths))
@@ -69,6 +75,8 @@ class Architecture:
             raise ValueError(
                 f"activation: unknown {self.activation!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
             )
+        if self.norm is None:
+            object.__setattr__(self, "norm", cls.default_norm)
         if self.norm not in NORMS:
             raise ValueError(f"norm: unknown {self.norm!r}; allowed: {', '.join(NORMS)}")
         for key in ("in_channels", "num_classes"):
@@ -85,6 +93,8 @@ class Architecture:
             )
         if self.reversible and self.norm == "batch":
             raise ValueError("reversible: batch norm breaks exact recomputation; use norm 'tv' or 'none'")
+        if self.init not in INITS:
+            raise ValueError(f"init: unknown {self.init!r}; allowed: {', '.join(INITS)}")
 
     @property
     def num_units(self) -> int:
@@ -150,7 +160,8 @@ PAPER_LAYOUTS: dict[str, dict[str, Any]] = {
     "cifar10": {"widths": (32, 64, 112, 112), "depths": (3, 3, 3), "num_classes": 10},
     "cifar100": {"widths": (32, 64, 128, 256), "depths": (3, 3, 3), "num_classes": 100},
 }
-"""The paper's layouts (PAPER.md): n_t = 3 per unit, h = 1, TV normalisation, ReLU."""
+"""The paper's layouts (PAPER.md): n_t = 3 per unit, h = 1, ReLU, and each family's own
+normalisation (TV for the PDE families, batch norm for the resnet baseline)."""
 
 
 def paper_architecture(dataset: str, family: str, **overrides: Any) -> Architecture:
@@ -167,6 +178,6 @@ def paper_architecture(dataset: str, family: str, **overrides: Any) -> Architect
         raise ValueError(
             f"dataset: no paper layout for {dataset!r}; allowed: {', '.join(PAPER_LAYOUTS)}"
         ) from None
-    fields = {"family": family, "step_size": 1.0, "activation": "relu", "norm": "tv",
+    fields = {"family": family, "step_size": 1.0, "activation": "relu", "norm": None,
               "in_channels": 3, **layout, **overrides}
     return Architecture.from_dict(fields)
