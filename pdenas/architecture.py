@@ -26,11 +26,16 @@ class Architecture(Config):
         depths: K time-step counts, one per unit.
         step_size: The time step h of every unit (> 0).
         activation: Activation inside the units.
-        norm: Normalisation inside the units: "tv" (the paper's), "batch" or "none".
+        norm: Normalisation inside the units: "tv" (the paper's), "batch" or "none". None (the
+            default) takes the family's ``default_norm``: "tv" for the PDE families, "batch"
+            for the resnet baseline (its conv-BN-ReLU-conv-BN block); the stored value is the
+            resolved name.
         in_channels: Channels of the input images.
         num_classes: Classes of the classifier.
         reversible: Train the units with the memory-saving reversible backward pass
             (hamiltonian and second_order only, norm "tv" or "none").
+        init: How the time steps of each unit start: "repeat" (all from the same weights, as
+            Meganet.m; the smoothness-in-time penalty starts at 0) or "independent".
     """
 
     family: str
@@ -38,12 +43,16 @@ class Architecture(Config):
     depths: tuple[int, ...]
     step_size: float = 1.0
     activation: str = "relu"
-    norm: str = "tv"
+    norm: str | None = None
     in_channels: int = 3
     num_classes: int = 10
     reversible: bool = False
+    init: str = "repeat"
 
     def __post_init__(self) -> None:
+        cls = get_family(self.family) if isinstance(self.family, str) else None
+        if self.norm is None and cls is not None:  # the family's own (batch for resnet)
+            object.__setattr__(self, "norm", cls.default_norm)
         super().__post_init__()
         cls = get_family(self.family)
         self.require("widths", bool(self.widths), "a non-empty list of integers")
@@ -58,7 +67,8 @@ class Architecture(Config):
         keys = {"width": "widths", "depth": "depths"}
         for width, depth in zip(self.widths, self.depths):  # what the family itself refuses
             problems = cls.option_problems(width=width, depth=depth, norm=self.norm,
-                                           activation=self.activation, reversible=self.reversible)
+                                           activation=self.activation, reversible=self.reversible,
+                                           init=self.init)
             if problems:
                 key, problem, allowed = problems[0]
                 where = f" in {list(self.widths if key == 'width' else self.depths)}" if key in keys else ""
@@ -110,7 +120,8 @@ PAPER_LAYOUTS: dict[str, dict[str, Any]] = {
     "cifar10": {"widths": (32, 64, 112, 112), "depths": (3, 3, 3), "num_classes": 10},
     "cifar100": {"widths": (32, 64, 128, 256), "depths": (3, 3, 3), "num_classes": 100},
 }
-"""The paper's layouts (PAPER.md): n_t = 3 per unit, h = 1, TV normalisation, ReLU."""
+"""The paper's layouts (PAPER.md): n_t = 3 per unit, h = 1, ReLU, and each family's own
+normalisation (TV for the PDE families, batch norm for the resnet baseline)."""
 
 
 def paper_architecture(dataset: str, family: str, **overrides: Any) -> Architecture:
@@ -127,6 +138,6 @@ def paper_architecture(dataset: str, family: str, **overrides: Any) -> Architect
         raise ValueError(
             f"dataset: no paper layout for {dataset!r}; allowed: {', '.join(PAPER_LAYOUTS)}"
         ) from None
-    fields = {"family": family, "step_size": 1.0, "activation": "relu", "norm": "tv",
+    fields = {"family": family, "step_size": 1.0, "activation": "relu", "norm": None,
               "in_channels": 3, **layout, **overrides}
     return Architecture.from_dict(fields)

@@ -46,7 +46,8 @@ class PDENet(nn.Module):
             nn.BatchNorm2d(c[0]),
             nn.ReLU(inplace=True),
         )
-        options = {"norm": arch.norm, "activation": arch.activation, "reversible": arch.reversible}
+        options = {"norm": arch.norm, "activation": arch.activation,
+                   "reversible": arch.reversible, "init": arch.init}
         self.units = nn.ModuleList(
             build_unit(arch.family, c[k], n, arch.step_size, **options)
             for k, n in enumerate(arch.depths)

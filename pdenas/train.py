@@ -38,6 +38,7 @@ __all__ = [
     "evaluate",
     "fit",
     "learning_rates",
+    "weight_decay_groups",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ class TrainConfig(Config):
         lr: The peak learning rate.
         momentum: SGD momentum (ignored by AdamW).
         nesterov: Nesterov momentum for SGD (needs momentum > 0).
-        weight_decay: L2 penalty for SGD, decoupled weight decay for AdamW.
+        weight_decay: L2 penalty for SGD, decoupled weight decay for AdamW; on the convolution
+            kernels and the classifier only, not on the normalisations' scales and shifts
+            (``weight_decay_groups``, as Meganet.m's ``cnnDriver``).
         schedule: Learning rate per epoch: "cosine" (to zero), "step" (times ``gamma`` at each
             milestone) or "constant".
         milestones: For "step": the epochs of the drops as increasing fractions of ``epochs`` in
@@ -117,8 +120,9 @@ class TrainConfig(Config):
         label_smoothing: Cross-entropy label smoothing in [0, 1).
         clip_weights: Box-clip every parameter to [-bound, bound] after each step (the paper:
             1.0), or None for no clipping.
-        time_smoothness: Weight of the total variation in time of the per-step weights added to
-            the loss (the paper: about 2e-4); 0 turns it off.
+        time_smoothness: Weight α of the smoothness in time of the per-step weights added to the
+            loss (``families.time_smoothness``: Meganet.m's ``l1Reg`` of ``opTimeDer``,
+            ``α Σ sqrt(((θ_{j+1} - θ_j) / h)² + eps)``; the paper: about 2e-4); 0 turns it off.
         augment: Random flips (where the data allows) and padded crops of training batches.
         amp: Mixed precision on CUDA: "off", "bf16", or "fp16" (with a gradient scaler). Ignored
             on the CPU.
@@ -383,6 +387,49 @@ def evaluate(
     return loss_sum.item() / n, correct.item() / n
 
 
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimiser parameter groups: weight decay on all but the normalisations' parameters.
+
+    Meganet.m's ``cnnDriver`` decays the kernels of the opening, the units and the connectors
+    (``tikhonovReg`` / ``l1Reg`` with ``regD`` = 1 on a kernel's entries, 0 on its norm layer's)
+    and the classifier ``W`` (bias column included), but not the scales and shifts of the
+    normalisation layers. Here: every parameter owned by a batch/group/layer norm or by a
+    ``families`` normalisation (TV's or the bare affine's scale and shift) gets no decay; the
+    rest (convolution kernels, the symmetric layers' K, the classifier's weight and bias) does.
+
+    Args:
+        model: The network.
+        weight_decay: The decay of the first group.
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": others,
+        "weight_decay": 0.0}]``, each parameter once, in ``model.parameters()`` order; an empty
+        group is left out.
+    """
+    from pdenas.families._layers import AffineOnly
+
+    norm_types = (*_NORM_TYPES, AffineOnly)
+    undecayed = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, norm_types)
+        for p in m.parameters(recurse=False)
+    }
+    decayed, others = [], []
+    for p in model.parameters():
+        (others if id(p) in undecayed else decayed).append(p)
+    groups = [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": others, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 class _Step:
     """The optimiser, scaler, regulariser and clipping of one run; trains one epoch at a time."""
 
@@ -396,7 +443,7 @@ class _Step:
     ) -> None:
         self.model, self.config, self.device = model, config, device
         self.amp, self.channels_last = amp, channels_last
-        params = list(model.parameters())
+        params = weight_decay_groups(model, config.weight_decay)
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,

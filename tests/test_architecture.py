@@ -25,6 +25,7 @@ def test_from_dict_builds_and_fills_defaults():
     assert arch.widths == (8, 16, 16) and arch.depths == (2, 3)
     assert (arch.step_size, arch.activation, arch.norm) == (1.0, "relu", "tv")
     assert (arch.in_channels, arch.num_classes, arch.reversible) == (3, 10, False)
+    assert arch.init == "repeat"
     assert arch.num_units == 2
     assert isinstance(arch.step_size, float)
 
@@ -142,7 +143,8 @@ def test_paper_presets(family):
     assert cifar100.widths == (32, 64, 128, 256) and cifar100.num_classes == 100
     for arch in (stl, cifar10, cifar100):
         assert (arch.family, arch.step_size) == (family, 1.0)
-        assert (arch.norm, arch.activation) == ("tv", "relu")
+        norm = "batch" if family == "resnet" else "tv"  # the family's own block
+        assert (arch.norm, arch.activation) == (norm, "relu")
         assert arch.in_channels == 3
 
 
@@ -168,3 +170,20 @@ def test_check_input_needs_two_to_the_units_minus_one_pixels():
     assert "use at most 3 units" in message
     single = Architecture.from_dict({**BASE, "widths": [8, 8], "depths": [1]})
     single.check_input(1, 1)
+
+
+def test_the_norm_defaults_to_the_familys_own():
+    resnet = Architecture.from_dict({**BASE, "family": "resnet"})
+    assert resnet.norm == "batch" and resnet.to_dict()["norm"] == "batch"
+    assert Architecture.from_dict({**BASE, "family": "resnet", "norm": "tv"}).norm == "tv"
+    assert Architecture.from_dict({**BASE, "family": "parabolic", "norm": None}).norm == "tv"
+    for dataset in PAPER_LAYOUTS:
+        assert paper_architecture(dataset, "resnet").norm == "batch"
+        assert paper_architecture(dataset, "hamiltonian").norm == "tv"
+
+
+def test_init_is_validated_and_round_trips():
+    arch = Architecture.from_dict({**BASE, "init": "independent"})
+    assert Architecture.from_dict(json.loads(json.dumps(arch.to_dict()))) == arch
+    message = _refused(r"^init: unknown 'tied'; allowed: repeat, independent", init="tied")
+    assert "tied" in message

@@ -64,7 +64,7 @@ def test_run_candidate_pruned_by_report(tmp_path: Path) -> None:
 def test_diverging_candidate_is_a_record_not_a_crash(tmp_path: Path) -> None:
     data = _tiny_data()
     arch = Architecture("resnet", (8, 8, 8), (2, 2), 50.0, norm="none", in_channels=1)
-    train = TrainConfig.from_dict({"epochs": 3, "batch_size": 64, "lr": 1e4, "clip_weights": None,
+    train = TrainConfig.from_dict({"epochs": 3, "batch_size": 64, "lr": 1e8, "clip_weights": None,
                                    "optimizer": "sgd", "momentum": 0.0})
     record = run_candidate(0, arch, train, StudyConfig(name="t", latency_repeats=2), data,
                            torch.device("cpu"), tmp_path)

@@ -24,6 +24,7 @@ from pdenas.train import (
     evaluate,
     fit,
     learning_rates,
+    weight_decay_groups,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -364,3 +365,48 @@ def test_failures_carry_the_completed_epochs() -> None:
     with pytest.raises(Diverged, match="validation loss at epoch 3") as info:
         fit(NaNFromEpoch3(), toy_data(), config(epochs=5), "cpu")
     assert [h["epoch"] for h in info.value.history] == [1, 2]
+
+
+@pytest.mark.parametrize("family", ["parabolic", "hamiltonian", "second_order", "resnet"])
+def test_weight_decay_falls_on_kernels_and_classifier_only(family: str) -> None:
+    model = build_model(Architecture(family=family, widths=(4, 8, 8), depths=(2, 1), in_channels=1))
+    decayed, others = weight_decay_groups(model, 3e-4)
+    assert (decayed["weight_decay"], others["weight_decay"]) == (3e-4, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    other_names = {names[id(p)] for p in others["params"]}
+    assert decayed_names | other_names == set(names.values())
+    assert not decayed_names & other_names
+    # 4-d kernels and the classifier (weight and bias) decay; norm scales and shifts do not
+    for name, p in model.named_parameters():
+        kernel = p.dim() == 4
+        classifier = name.startswith("classifier.")
+        assert (name in decayed_names) == (kernel or classifier), name
+    assert {"classifier.weight", "classifier.bias"} <= decayed_names
+    unit_norm = {
+        "resnet": "units.0.blocks.0.norm1.weight",
+        "hamiltonian": "units.0.layers_y.0.norm.bias",
+    }.get(family, "units.0.layers.0.norm.bias")
+    assert {"opening.1.weight", "connectors.0.1.bias", unit_norm} <= other_names
+    [only] = weight_decay_groups(nn.Linear(2, 2), 0.1)
+    assert only["weight_decay"] == 0.1 and len(only["params"]) == 2
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_optimiser_uses_the_weight_decay_groups(optimizer: str) -> None:
+    model = build_model(Architecture(family="parabolic", widths=(4, 4), depths=(2,), in_channels=1))
+    step = train_module._Step(model, config(optimizer=optimizer, weight_decay=0.01),
+                              torch.device("cpu"), "off", False)
+    groups = step.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # a step with zero gradients: the decay moves the kernels and leaves the norms alone
+    with torch.no_grad():
+        norms = [p.clone() for p in groups[1]["params"]]
+        kernels = [p.clone() for p in groups[0]["params"]]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    step.optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(norms, groups[1]["params"]))
+    moved = [not torch.equal(a, b) for a, b in zip(kernels, groups[0]["params"]) if a.abs().sum() > 0]
+    assert moved and all(moved)

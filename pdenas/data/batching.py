@@ -16,9 +16,14 @@ __all__ = ["augment_batch", "batches", "default_pad", "random_crop", "random_fli
 
 
 def default_pad(height: int) -> int:
-    """The crop padding used when none is given: an eighth of the image side, at least 1
-    (4 for 32x32, 12 for STL-10's 96x96, 1 for 8x8 digits)."""
-    return max(1, round(height / 8))
+    """The crop padding used when none is given: a sixteenth of the image side, at least 1.
+
+    So images move by up to H/16 pixels each way: 2 for 32x32, 6 for STL-10's 96x96, 2 for
+    28x28, 1 for 8x8 digits. This is what Meganet.m's drivers do: ``randomCrop(Y, crop)`` pads
+    ``crop / 2`` per side and shifts by up to ``crop``, with ``crop`` = 4 for CIFAR
+    (``cnnDriver``) and 12 for STL-10 (``runSTL10``).
+    """
+    return max(1, round(height / 16))
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -55,7 +60,7 @@ def augment_batch(
     Args:
         x: A batch (N, C, H, W); it is not modified.
         flip: Whether horizontal flips preserve the labels.
-        pad: Crop padding per side; None uses `default_pad`.
+        pad: Crop padding per side; None uses `default_pad` (H/16, Meganet.m's drivers).
         generator: Source of randomness.
     """
     x = random_crop(x, default_pad(x.shape[2]) if pad is None else pad, generator)

@@ -7,17 +7,19 @@ and the resnet baseline.
 from __future__ import annotations
 
 from pdenas.families import hamiltonian, parabolic, resnet, second_order  # noqa: F401  (register)
-from pdenas.families._base import PDEUnit
-from pdenas.families._layers import ACTIVATIONS, NORMS, SymmetricLayer, TVNorm
+from pdenas.families._base import INITS, PDEUnit
+from pdenas.families._layers import ACTIVATIONS, NORMS, TV_EPS, SymmetricLayer, TVNorm
 from pdenas.families._registry import build_unit, get_family, list_families, register_family
 from pdenas.families._stability import clip_weights_, stability_report, time_smoothness
 
 __all__ = [
     "ACTIVATIONS",
+    "INITS",
     "NORMS",
     "PDEUnit",
     "SymmetricLayer",
     "TVNorm",
+    "TV_EPS",
     "build_unit",
     "clip_weights_",
     "get_family",

@@ -5,6 +5,9 @@ Lifecycle of a unit:
 1. ``build_unit`` looks the family up in the registry and constructs it with a width, a depth
    (number of time steps) and a step size h. The weights are drawn before h is known and do not
    depend on it; ``unit.step_size`` may be changed later (a search over h reuses one init).
+   With ``init="repeat"`` (the default, as every integrator's ``initTheta`` in Meganet.m does
+   with ``repmat``) one set of step weights is drawn and copied to every time step, so the
+   smoothness-in-time penalty starts at 0; ``init="independent"`` draws each step afresh.
 2. ``forward(x)`` turns the input into the scheme's state (``init_state``), applies ``step`` once
    per time step with that step's own weights, and maps the last state back to feature maps
    (``output``). A family writes only these three methods (plus ``inverse_step`` when its
@@ -25,30 +28,39 @@ Deeper units: use float64, a smaller h, or more units of fewer steps.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-__all__ = ["PDEUnit", "State"]
+__all__ = ["INITS", "PDEUnit", "State"]
 
 State = tuple[torch.Tensor, ...]
+
+INITS = ("repeat", "independent")
+"""How the time steps of a unit start: "repeat" (one draw copied to every step, Meganet.m's
+``initTheta``) or "independent" (one draw per step)."""
 
 
 class PDEUnit(nn.Module):
     """One PDE unit: ``depth`` time steps of size ``step_size`` at fixed width.
 
-    Subclasses set ``reversible_scheme`` and implement ``init_state``, ``step``, ``output``,
+    Subclasses set ``reversible_scheme`` (and ``default_norm`` where it is not "tv"), build their
+    per-step layers with ``per_step`` and implement ``init_state``, ``step``, ``output``,
     ``step_bound`` and, for reversible schemes, ``inverse_step``.
 
     Args:
         width: Channels in and out.
         depth: Number of time steps, each with its own weights.
         step_size: The time step h (> 0).
-        norm: Normalisation inside the layer: "tv", "batch" or "none".
+        norm: Normalisation inside the layer: "tv", "batch" or "none"; None means the family's
+            ``default_norm``.
         activation: Activation name.
+        init: "repeat" (every step starts from the same weights; the default) or "independent"
+            (see ``INITS``).
         reversible: Recompute states in the backward pass instead of storing them
             (reversible schemes only, not with batch norm). Safe in float32 up to 30 steps
             per unit (hamiltonian; second_order with h <= 0.1) or 10 steps (second_order,
@@ -67,8 +79,8 @@ class PDEUnit(nn.Module):
     # --- what is true of the family: asked by Architecture and the search space -------------
     @classmethod
     def option_problems(cls, *, width: int, depth: int, norm: str = "tv",
-                        activation: str = "relu", reversible: bool = False
-                        ) -> list[tuple[str, str, str]]:
+                        activation: str = "relu", reversible: bool = False,
+                        init: str = "repeat") -> list[tuple[str, str, str]]:
         """What this family refuses in a unit's options, as (option, problem, allowed) triples.
 
         A family with rules of its own extends the list (call the base first). ``Architecture``
@@ -87,6 +99,8 @@ class PDEUnit(nn.Module):
             problems.append(("norm", f"unknown {norm!r}", ", ".join(NORMS)))
         if activation not in ACTIVATIONS:
             problems.append(("activation", f"unknown {activation!r}", ", ".join(sorted(ACTIVATIONS))))
+        if init not in INITS:
+            problems.append(("init", f"unknown {init!r}", ", ".join(INITS)))
         if reversible and not cls.reversible_scheme:
             from pdenas.families._registry import get_family, list_families
 
@@ -114,6 +128,8 @@ class PDEUnit(nn.Module):
     @classmethod
     def _name(cls) -> str:
         return getattr(cls, "family_name", cls.__name__)
+    default_norm: ClassVar[str] = "tv"
+    """The normalisation used when none is asked for: the paper's TV normalisation."""
 
     def __init__(
         self,
@@ -121,18 +137,22 @@ class PDEUnit(nn.Module):
         depth: int,
         step_size: float,
         *,
-        norm: str = "tv",
+        norm: str | None = None,
         activation: str = "relu",
         reversible: bool = False,
+        init: str = "repeat",
     ) -> None:
         super().__init__()
+        if norm is None:
+            norm = self.default_norm
         type(self).check_options(width=width, depth=depth, norm=norm, activation=activation,
-                                 reversible=reversible)
+                                 reversible=reversible, init=init)
         self.width = width
         self.depth = depth
         self.norm_name = norm
         self.activation_name = activation
         self.reversible = reversible
+        self.init = init
         self.step_size = step_size
 
     @property
@@ -150,8 +170,19 @@ class PDEUnit(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"width={self.width}, depth={self.depth}, step_size={self.step_size:g}, "
-            f"norm={self.norm_name!r}, reversible={self.reversible}"
+            f"norm={self.norm_name!r}, reversible={self.reversible}, init={self.init!r}"
         )
+
+    def per_step(self, make: Callable[[], nn.Module]) -> nn.ModuleList:
+        """``depth`` layers for the time steps, following ``init``.
+
+        "repeat" calls ``make`` once and gives every step a copy (own parameters, equal values:
+        ``θ_0 = θ_1 = ... = θ_{n-1}``); "independent" calls it once per step.
+        """
+        if self.init == "repeat":
+            first = make()
+            return nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(self.depth - 1)])
+        return nn.ModuleList(make() for _ in range(self.depth))
 
     # --- the scheme: what a family writes -------------------------------------------------
     def init_state(self, x: torch.Tensor) -> State:

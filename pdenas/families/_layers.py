@@ -3,6 +3,11 @@
 ``F(θ, Y) = -Kᵀ σ(N(K Y; θ))``: K is a 3x3 convolution without bias, Kᵀ the transposed
 convolution with the same weight tensor, N a normalisation followed by a per-channel affine
 (its shift is the layer's only bias) and σ an activation.
+
+Initialisation and constants follow the authors' code (Meganet.m), not the paper's text:
+the kernels are drawn as in ``convKernel.initTheta`` (std ``sqrt(2 / (3 c_in))``, truncated at
+two standard deviations), the affine starts at scale 1 and shift 0 (``tvNormLayer.initTheta``),
+and the TV normalisation's eps is ``tvNormLayer``'s default, 1e-4.
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdenas.families._krylov import ritz_values
+
 __all__ = [
     "ACTIVATIONS",
     "NORMS",
     "SymmetricLayer",
     "TVNorm",
     "AffineOnly",
+    "TV_EPS",
     "make_activation",
     "make_norm",
     "conv_spectral_norm",
+    "init_kernel_",
 ]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -37,6 +46,22 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 paper's stability argument needs; silu and gelu are not (offered because searches use them)."""
 
 NORMS = ("tv", "batch", "none")
+
+TV_EPS = 1e-4
+"""eps of the TV normalisation: Meganet.m's ``tvNormLayer`` default (PAPER.md's text says about
+1e-3; the authors' code, which pdenas follows, uses 1e-4)."""
+
+
+def init_kernel_(weight: torch.Tensor) -> torch.Tensor:
+    """Draws a (out, in, 3, 3) kernel in place as Meganet.m's ``convKernel.initTheta`` does.
+
+    ``K ~ N(0, sd²)`` with ``sd = sqrt(2 / (3 c_in))`` (``sqrt(2 / (sK(3) sK(2)))`` for a kernel
+    of size ``[3 3 c_in c_out]``), truncated to ``[-2 sd, 2 sd]``. Meganet redraws the values
+    outside once and then clamps them; ``torch.nn.init.trunc_normal_`` samples the truncated
+    normal exactly, which is what that code approximates.
+    """
+    sd = math.sqrt(2.0 / (weight.shape[-1] * weight.shape[1]))
+    return nn.init.trunc_normal_(weight, mean=0.0, std=sd, a=-2 * sd, b=2 * sd)
 
 
 class AffineOnly(nn.Module):
@@ -58,10 +83,11 @@ class TVNorm(AffineOnly):
     """Total-variation normalisation (Meganet's tvNormLayer) and a per-channel affine.
 
     ``N(y) = s ⊙ y / sqrt(Σ_c y_c² + eps) + b``, per pixel and per example: no batch statistics,
-    so recomputing it during a reversible backward pass is exact.
+    so recomputing it during a reversible backward pass is exact. ``eps`` defaults to
+    ``TV_EPS`` (1e-4, as Meganet.m's ``tvNormLayer``).
     """
 
-    def __init__(self, channels: int, eps: float = 1e-3) -> None:
+    def __init__(self, channels: int, eps: float = TV_EPS) -> None:
         super().__init__(channels)
         self.eps = eps
 
@@ -92,15 +118,25 @@ def make_activation(name: str) -> nn.Module:
 
 
 def conv_spectral_norm(
-    weight: torch.Tensor, size: int = 16, iterations: int = 30, seed: int = 0
+    weight: torch.Tensor,
+    size: int = 16,
+    iterations: int = 100,
+    seed: int = 0,
+    tol: float = 1e-7,
 ) -> float:
-    """Estimates the spectral norm of a stride-1, padding-1 convolution by power iteration.
+    """Estimates the spectral norm of a stride-1, padding-1 convolution on size x size images.
+
+    Lanczos on ``KᵀK`` (``ritz_values``): the largest Ritz value approaches ``||K||²`` from below
+    and much faster than power iteration, which after 30 iterations on 16x16 images was up to 5 %
+    low (the top of a convolution's spectrum is nearly continuous in the frequency). The run
+    stops when the estimate changes by at most ``tol`` (relative), or after ``iterations``.
 
     Args:
         weight: The (out, in, k, k) kernel.
         size: Side of the square image on which the operator acts.
-        iterations: Power iterations on KᵀK.
+        iterations: The most products with ``KᵀK``.
         seed: Seed of the starting vector, so the estimate is reproducible.
+        tol: Relative change of the estimate that stops the run.
 
     Returns:
         The estimate of ``||K||₂`` (a lower bound that converges from below).
@@ -109,17 +145,15 @@ def conv_spectral_norm(
     pad = w.shape[-1] // 2
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(1, w.shape[1], size, size, generator=gen, dtype=w.dtype).to(w.device)
-    v = v / v.norm()
-    sigma = 0.0
+    if not bool(w.abs().max() > 0):
+        return 0.0
+
+    def normal(u: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(F.conv2d(u, w, padding=pad), w, padding=pad)
+
     with torch.no_grad():
-        for _ in range(iterations):
-            u = F.conv_transpose2d(F.conv2d(v, w, padding=pad), w, padding=pad)
-            norm = u.norm()
-            if norm == 0:
-                return 0.0
-            sigma = math.sqrt(norm.item())
-            v = u / norm
-    return sigma
+        values, _ = ritz_values(normal, v, max_iterations=iterations, tol=tol, symmetric=True)
+    return math.sqrt(max(float(values.max()), 0.0))
 
 
 class SymmetricLayer(nn.Module):
@@ -131,7 +165,7 @@ class SymmetricLayer(nn.Module):
     def __init__(self, channels: int, *, norm: str = "tv", activation: str = "relu") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
-        nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
+        init_kernel_(self.weight)
         self.norm = make_norm(norm, channels)
         self.activation = make_activation(activation)
 

@@ -36,6 +36,9 @@ def build_unit(family: str, width: int, depth: int, step_size: float, **options)
         width: Channels.
         depth: Time steps, each with its own weights.
         step_size: The time step h; the weights do not depend on it.
-        **options: ``norm`` ("tv", "batch", "none"), ``activation`` (a name), ``reversible``.
+        **options: ``norm`` ("tv", "batch", "none"; None or absent: the family's
+            ``default_norm``, "tv" except "batch" for resnet), ``activation`` (a name),
+            ``reversible``, ``init`` ("repeat": every step starts from the same weights, as
+            Meganet.m; "independent": one draw per step).
     """
     return get_family(family)(width, depth, step_size, **options)

@@ -38,8 +38,10 @@ class HamiltonianUnit(PDEUnit):
         def layer() -> SymmetricLayer:
             return SymmetricLayer(half, norm=self.norm_name, activation=self.activation_name)
 
-        self.layers_y = nn.ModuleList(layer() for _ in range(depth))
-        self.layers_z = nn.ModuleList(layer() for _ in range(depth))
+        # Two independent draws (Meganet's DoubleHamiltonianNN.initTheta calls initTheta of each
+        # layer), each repeated in time under init "repeat".
+        self.layers_y = self.per_step(layer)
+        self.layers_z = self.per_step(layer)
 
     def init_state(self, x: torch.Tensor) -> State:
         y, z = x.chunk(2, dim=1)

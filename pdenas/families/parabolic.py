@@ -23,9 +23,8 @@ class ParabolicUnit(PDEUnit):
 
     def __init__(self, width: int, depth: int, step_size: float, **options) -> None:
         super().__init__(width, depth, step_size, **options)
-        self.layers = nn.ModuleList(
-            SymmetricLayer(width, norm=self.norm_name, activation=self.activation_name)
-            for _ in range(depth)
+        self.layers = self.per_step(
+            lambda: SymmetricLayer(width, norm=self.norm_name, activation=self.activation_name)
         )
 
     def init_state(self, x) -> State:

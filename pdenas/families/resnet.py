@@ -1,4 +1,10 @@
-"""The baseline family: a plain residual network with a step size."""
+"""The baseline family: a plain residual network with a step size.
+
+Its block is the standard conv-BN-ReLU-conv-BN (PAPER.md: "a plain ResNet unit ... is the natural
+baseline"), so the family's ``default_norm`` is "batch": an architecture or a search space that
+does not name a norm for this family gets batch norm, whatever the PDE families use. A space may
+still ask for "tv" or "none" by name (``family_overrides: {resnet: {norm: tv}}``).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,13 @@ __all__ = ["ResNetUnit", "ResidualBlock"]
 
 
 class ResidualBlock(nn.Module):
-    """``G(Y) = N₂(K₂ σ(N₁(K₁ Y)))`` with two independent 3x3 convolutions without bias."""
+    """``G(Y) = N₂(K₂ σ(N₁(K₁ Y)))`` with two independent 3x3 convolutions without bias.
 
-    def __init__(self, channels: int, *, norm: str, activation: str) -> None:
+    The kernels keep PyTorch's default ``nn.Conv2d`` initialisation (the usual ResNet one), not
+    the symmetric layer's Meganet rule.
+    """
+
+    def __init__(self, channels: int, *, norm: str = "batch", activation: str = "relu") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.norm1 = make_norm(norm, channels)
@@ -44,15 +54,17 @@ class ResidualBlock(nn.Module):
 class ResNetUnit(PDEUnit):
     """Forward Euler with an unconstrained residual block: ``Y_{j+1} = Y_j + h G(θ_j, Y_j)``.
 
-    The block is conv-norm-act-conv-norm. G's Jacobian has no sign, so the bound
-    ``h ≤ 2 / (||K₂|| ||K₁||)`` is a heuristic (a Lipschitz bound), not a stability guarantee.
+    The block is conv-norm-act-conv-norm, batch norm unless another norm is named
+    (``default_norm``). G's Jacobian has no sign, so the bound ``h ≤ 2 / (||K₂|| ||K₁||)`` is a
+    heuristic (a Lipschitz bound), not a stability guarantee.
     """
+
+    default_norm = "batch"
 
     def __init__(self, width: int, depth: int, step_size: float, **options) -> None:
         super().__init__(width, depth, step_size, **options)
-        self.blocks = nn.ModuleList(
-            ResidualBlock(width, norm=self.norm_name, activation=self.activation_name)
-            for _ in range(depth)
+        self.blocks = self.per_step(
+            lambda: ResidualBlock(width, norm=self.norm_name, activation=self.activation_name)
         )
 
     def init_state(self, x: torch.Tensor) -> State:
