@@ -44,6 +44,10 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Removes ``name`` (a plugin unloading, a test cleaning up); unknown names are ignored."""
+        self._classes.pop(name, None)
+
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._classes)

@@ -153,7 +153,6 @@ class TrialRunner:
             The final record (also in ``trials/<number>/record.json``).
         """
         from pdenas.cost import measure_cost
-        from pdenas.families import stability_report
         from pdenas.network import build_model
         from pdenas.train import TrainingFailed, fit
 
@@ -185,7 +184,7 @@ class TrialRunner:
             record.cost = measure_cost(model, shape, train.batch_size, device,
                                        repeats=config.latency_repeats).to_dict()
             record.constraints = config.constraints.violations(record.cost)
-            record.max_stable_step = min(row["max_stable_step"] for row in stability_report(model))
+            record.max_stable_step = min(unit.max_stable_step() for unit in model.units)
             if on_cost is not None:
                 on_cost(record)
             if config.constraints.skip_infeasible and any(v > 0 for v in record.constraints):

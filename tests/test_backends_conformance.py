@@ -1,0 +1,79 @@
+"""The backend contract, run over every registered backend: the same tiny study through each
+gives the same record schema and statuses, and the leaderboard, the comparison and the export
+work on its run folder the same way (as timm tests every registered model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from pdenas.backends import get_backend, list_backends, run_search
+from pdenas.cli import main
+from pdenas.results import leaderboard, load_run, load_trials
+from pdenas.runs import TrialRecord, TrialStatus
+from pdenas.study import StudyConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+BACKENDS = [pytest.param(name, marks=[pytest.mark.ray] if name == "ray" else [])
+            for name in list_backends()]
+RECORD_KEYS = {f.name for f in dataclasses.fields(TrialRecord)}
+
+
+@pytest.fixture(params=BACKENDS)
+def searched(request, tiny_study, tmp_path) -> tuple[str, Path, StudyConfig]:
+    backend = request.param
+    if backend == "ray":
+        request.getfixturevalue("ray_address")  # a local Ray runtime for the session
+    config = StudyConfig.load(tiny_study(
+        n_trials=3, ray={"cpus_per_trial": 1, "max_concurrent": 2, "scheduler": "fifo"}))
+    run = run_search(config, backend=backend, out=tmp_path / "run", quiet=True)
+    return backend, run.path, config
+
+
+def test_the_registry_names_every_backend() -> None:
+    assert {"optuna", "ray"} <= set(list_backends())
+    for name in list_backends():
+        assert get_backend(name).name == name
+    with pytest.raises(ValueError, match="backend: unknown 'nope'; allowed: optuna, ray"):
+        get_backend("nope")
+
+
+def test_a_search_writes_the_same_records_through_every_backend(searched) -> None:
+    backend, run, config = searched
+    info = load_run(run)
+    assert info["backend"] == backend and info["study_name"] == config.name
+    records = sorted((run / "trials").glob("*/record.json"))
+    assert len(records) == 3
+    for path in records:
+        data = json.loads(path.read_text())
+        assert set(data) == RECORD_KEYS  # one schema for every backend
+        record = TrialRecord.from_dict(data)
+        assert record.status.final and record.status.uses_budget
+        assert record.params["family"] == record.architecture["family"]
+        assert record.worker and record.started_at and record.finished_at
+        if record.status is TrialStatus.COMPLETED:
+            assert len(record.history) == record.epochs_trained == config.train.epochs
+            assert (path.parent / "model.pt").is_file()
+            assert json.loads((path.parent / "architecture.json").read_text()) == record.architecture
+    trials = load_trials(run)
+    assert sorted(trials["family"].unique()) == ["parabolic", "resnet"]  # cover_families first
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
+
+
+def test_leaderboard_compare_and_export_read_every_backend(searched, tmp_path, capsys) -> None:
+    backend, run, config = searched
+    board = leaderboard(load_trials(run), config.objectives)
+    assert len(board) >= 1
+    assert main(["leaderboard", str(run), "--all"]) == 0
+    assert f"study {config.name}: 3 trials" in capsys.readouterr().out
+    assert main(["compare", str(run), "--out", str(tmp_path / "compare")]) == 0
+    assert (tmp_path / "compare" / "report.md").is_file()
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--format", "pt", "--out", str(out), "--device", "cpu"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["source"]["trial"] == int(board.sort_values(
+        ["val_accuracy", "flops", "number"], ascending=[False, True, True]).iloc[0]["number"])
