@@ -82,7 +82,7 @@ def driver_url(url: str) -> str:
 def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
     """Serialises the budget bookkeeping of the workers that share a study.
 
-    Counting the budget and queueing the missing trials (``top_up``), and failing a dead worker's
+    Counting the budget and asking for the next trial (``claim_trial``), and failing a dead worker's
     trial and queueing its retry, must not interleave between workers, or a study would get more
     trials than asked for. PostgreSQL and MySQL use an advisory lock named after the study;
     SQLite and journal files a file lock beside them; other storages are not locked.
