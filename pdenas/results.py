@@ -58,7 +58,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
 
 TRIAL_COLUMNS = ("number", "state", "status", "failure_reason", *ARCH_COLUMNS, *METRIC_COLUMNS,
                  "epochs_trained", "epochs_planned", "seconds", "history", "params_suggested",
-                 "worker", "datetime_start", "datetime_complete")
+                 "worker", "device", "datetime_start", "datetime_complete")
 
 
 def trial_row(record: TrialRecord) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def trial_row(record: TrialRecord) -> dict[str, Any]:
         row[key] = record.max_stable_step if key == "max_stable_step" else cost.get(key)
     row.update(epochs_trained=record.epochs_trained, epochs_planned=record.epochs_planned,
                seconds=record.seconds, history=list(record.history),
-               params_suggested=dict(record.params), worker=record.worker,
+               params_suggested=dict(record.params), worker=record.worker, device=record.device,
                datetime_start=_time(record.started_at), datetime_complete=_time(record.finished_at))
     return row
 

@@ -22,7 +22,8 @@ from pdenas._config import INTERNAL, Config, ConfigError
 from pdenas.data import DataConfig
 from pdenas.train import TrainConfig
 
-__all__ = ["COST_OBJECTIVES", "DEVICES", "Constraints", "StudyConfig", "resolve_device"]
+__all__ = ["COST_OBJECTIVES", "DEVICES", "STABILITY_MODES", "Constraints", "StabilityCheck",
+           "StudyConfig", "resolve_device"]
 
 COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_bytes")
 """Cost metrics that can be a second objective (minimised) against validation accuracy."""
@@ -75,6 +76,45 @@ class Constraints(Config):
                          for key, limit in self._limits() if float(cost[key]) > limit)
 
 
+STABILITY_MODES = ("off", "record", "refuse", "shorten")
+
+
+@dataclass(frozen=True)
+class StabilityCheck(Config):
+    """The ``stability:`` section: the spectral-radius estimate of each candidate's linearised
+    time steps at real training images (``pdenas.families.stability_report``), and what to do
+    with a candidate estimated unstable before training.
+
+    Attributes:
+        mode: "off"; "record" (the estimate at initialisation and after training, in the
+            record); "refuse" (also: an unstable candidate is recorded as infeasible with the
+            estimate in the reason, not trained, and the sampler is told); "shorten" (also:
+            halve h until the estimate is stable, at most ``max_halvings`` times, then train
+            with that h, or refuse).
+        radius: The largest spectral radius of one linearised step counted as stable (1 plus
+            the estimate's slack).
+        images: Training images the estimate is taken at.
+        iterations: The most Jacobian-vector products per time step.
+        max_halvings: How often "shorten" may halve h.
+    """
+
+    SECTION = "stability"
+
+    mode: str = "off"
+    radius: float = 1.05
+    images: int = 4
+    iterations: int = 20
+    max_halvings: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require("mode", self.mode in STABILITY_MODES, ", ".join(STABILITY_MODES))
+        self.require("radius", self.radius >= 1, "a number >= 1")
+        self.require("images", 1 <= self.images <= 512, "an integer from 1 to 512")
+        self.require("iterations", 2 <= self.iterations <= 500, "an integer from 2 to 500")
+        self.require("max_halvings", 0 <= self.max_halvings <= 20, "an integer from 0 to 20")
+
+
 @dataclass(frozen=True)
 class StudyConfig(Config):
     """A validated study file.
@@ -91,6 +131,10 @@ class StudyConfig(Config):
         pruner_options: Keyword arguments for the pruner.
         cover_families: Start a new study with one trial per family, so every family is
             tried before the sampler narrows down.
+        balance_families: Give every family an equal share of the trials (in turn) and its own
+            sampler state (the sampler sees only that family's trials), so the family table
+            compares equals. Optuna backend.
+        stability: The stability estimate and what to do with unstable candidates.
         early_stop_warmup: Multi-objective studies: epochs before pdenas's own rule may stop a
             candidate (Optuna's pruners refuse multi-objective studies).
         early_stop_percentile: Multi-objective studies: a candidate is stopped when its best
@@ -119,6 +163,8 @@ class StudyConfig(Config):
     pruner: str = "median"
     pruner_options: Mapping[str, Any] = field(default_factory=dict)
     cover_families: bool = True
+    balance_families: bool = False
+    stability: StabilityCheck = field(default_factory=StabilityCheck)
     early_stop_warmup: int = 2
     early_stop_percentile: float = 50.0
     n_trials: int = 20

@@ -158,3 +158,24 @@ def test_a_trial_whose_worker_died_does_not_use_up_the_budget(tmp_path: Path) ->
     assert claim_trial(study, 1) is None  # the diverged candidate used up its unit
     assert claim_trial(study, 2).number == 3
     assert claim_trial(study, 2) is None
+
+
+def test_balanced_claims_take_the_families_in_turn_with_their_own_sampler(tmp_path: Path) -> None:
+    from pdenas.backends._balanced import FamilyBalancedSampler, _FamilyView, check_balanced
+
+    families = ["parabolic", "hamiltonian", "resnet"]
+    sampler = FamilyBalancedSampler(lambda: optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(study_name="b", storage=f"sqlite:///{tmp_path / 's.db'}",
+                                sampler=sampler)
+    seen = []
+    for _ in range(7):
+        trial = claim_trial(study, 7, balance=("family", families))
+        seen.append(trial.suggest_categorical("family", families))
+        trial.suggest_float("step_size", 0.1, 1.0)
+        study.tell(trial, 0.5)
+    assert seen == families * 2 + families[:1]  # equal shares, in the space's order
+    assert set(sampler._samplers) == set(families)  # one sampler state per family
+    view = _FamilyView(study, "resnet", "family")
+    assert [t.number for t in view.get_trials()] == [2, 5]  # a family's sampler sees its own
+    with pytest.raises(ValueError, match="balance_families: not with the nsga2 sampler"):
+        check_balanced("nsga2")

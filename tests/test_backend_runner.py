@@ -116,3 +116,37 @@ def test_out_of_memory_in_training_keeps_the_completed_epochs(tmp_path: Path, mo
                            torch.device("cpu"), tmp_path)
     assert record.status == "oom" and "epoch 3" in record.failure_reason
     assert record.epochs_trained == 2 and [h["epoch"] for h in record.history] == [1, 2]
+
+
+@pytest.mark.parametrize(("mode", "h", "status", "trained_h"), [
+    ("record", 2.0, "completed", 2.0),
+    ("refuse", 2.0, "infeasible", None),
+    ("shorten", 2.0, "completed", 0.125),  # halved three times until the estimate is stable
+    ("shorten", 8.0, "infeasible", None),  # still unstable after four halvings
+])
+def test_the_stability_check_records_refuses_or_shortens(mode: str, h: float, status: str,
+                                                         trained_h: float | None,
+                                                         tmp_path: Path) -> None:
+    """A TV parabolic unit at h = 2 has linearised steps of spectral radius about 8 at digits
+    images (the ||K|| bound does not see it); the check acts on that before training."""
+    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1,
+                                    "stability": {"mode": mode}})
+    arch = Architecture("parabolic", (8, 8, 8), (2, 2), h, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 1, "batch_size": 64})
+    record = run_candidate(0, arch, train, config, _tiny_data(), torch.device("cpu"), tmp_path)
+    assert record.status == status
+    first = record.stability["init"]
+    assert len(first["units"]) == 2 and first["spectral_radius"] == max(
+        u["spectral_radius"] for u in first["units"])
+    stored = json.loads((tmp_path / "trials" / "0" / "architecture.json").read_text())
+    if status == "infeasible":
+        assert "estimated unstable before training: spectral radius" in record.failure_reason
+        assert record.epochs_trained == 0 and "final" not in record.stability
+        assert first["spectral_radius"] > 1.05
+        return
+    assert record.architecture["step_size"] == stored["step_size"] == trained_h
+    assert "final" in record.stability  # and after training, at the best weights
+    if mode == "shorten":
+        assert record.stability["shortened_from"] == h and first["stable"]
+    else:
+        assert not first["stable"]

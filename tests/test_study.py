@@ -41,6 +41,9 @@ def test_round_trip() -> None:
         ({"name": ".."}, "name: got '..'"),
         ({"timeout": float("nan")}, "timeout: got nan; allowed: a finite number"),
         ({"data": {"name": ["digits"]}}, "data.name: got ['digits']"),
+        ({"stability": {"mode": "sometimes"}}, "stability.mode: got 'sometimes'; allowed: off, record"),
+        ({"stability": {"radius": 0.5}}, "stability.radius: got 0.5; allowed: a number >= 1"),
+        ({"balance_families": "yes"}, "balance_families: got 'yes'; allowed: true or false"),
         ({"train": {"lr": -1}}, "train.lr"),
         ({"train": {"learning_rate": 0.1}}, "learning_rate"),
         ({"data": {"name": "imagenet"}}, "imagenet"),
@@ -62,6 +65,9 @@ def test_bad_values_name_the_key(change: dict, needle: str) -> None:
         ("ray", {"ray": {"gpus_per_trial": float("nan")}}, "ray.gpus_per_trial: got nan"),
         ("ray", {"ray": {"colour": 1}}, "ray.colour: unknown key; allowed: cpus_per_trial"),
         ("ray", {"storage": "sqlite:///x.db"}, "storage: is for the optuna backend"),
+        ("ray", {"balance_families": True}, "balance_families: is for the optuna backend"),
+        ("optuna", {"balance_families": True, "sampler": "nsga2"},
+         "balance_families: not with the nsga2 sampler"),
     ],
 )
 def test_each_backend_checks_its_own_options(backend: str, change: dict, needle: str) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 
 from pdenas.architecture import Architecture
+from pdenas.backends._stability import estimate, stabilise
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, plain
 from pdenas.study import StudyConfig
 from pdenas.train import TrainConfig
@@ -97,13 +98,18 @@ class TrialRunner:
                  shape: DataShape) -> None:
         self.config, self.space, self.run_folder, self.shape = config, space, run, shape
 
+    def family_choices(self) -> tuple[str, list[str]]:
+        """The family param's name and the families the space chooses from (empty when the
+        space fixes one family)."""
+        families = self.space.families
+        choices = list(families.choices) if getattr(families, "kind", None) == "choice" else []
+        return families.name, choices
+
     def first_params(self) -> list[dict[str, Any]]:
         """Fixed params of a new study's first trials: one per family (``cover_families``), so
         every family is tried before the sampler narrows down."""
-        families = self.space.families
-        if not self.config.cover_families or getattr(families, "kind", None) != "choice":
-            return []
-        return [{families.name: family} for family in families.choices]
+        name, choices = self.family_choices()
+        return [{name: family} for family in choices] if self.config.cover_families else []
 
     def _build(self, method: Callable[..., tuple[Architecture, TrainConfig]], source: Any
                ) -> tuple[Architecture, TrainConfig]:
@@ -160,7 +166,8 @@ class TrialRunner:
         folder = self.run_folder.trial(number)
         record = TrialRecord(number=number, architecture=arch.to_dict(), train=train.to_dict(),
                              params=plain(dict(params or {})), epochs_planned=train.epochs,
-                             worker=f"{socket.gethostname()}:{os.getpid()}", started_at=now())
+                             worker=f"{socket.gethostname()}:{os.getpid()}", device=str(device),
+                             started_at=now())
         start = time.perf_counter()
 
         def save() -> None:
@@ -191,7 +198,18 @@ class TrialRunner:
                 record.status = TrialStatus.INFEASIBLE
                 record.failure_reason = "breaks a cost limit: " + config.constraints.describe(record.cost)
                 return record
+            check = config.stability
+            if check.mode != "off":
+                images = data.train.x[:check.images]
+                arch, record.stability, refused = stabilise(model, arch, images, check)
+                record.architecture = arch.to_dict()
+                folder.write_architecture(record.architecture)
+                if refused is not None:
+                    record.status, record.failure_reason = TrialStatus.INFEASIBLE, refused
+                    return record
             result = fit(model, data, train, device, callback=epoch_done, seed=config.seed + number)
+            if check.mode != "off":  # the best-validation weights, as trained
+                record.stability["final"] = estimate(model, images, check)
             record.history = [plain(h) for h in result.history]
             record.epochs_trained = result.epochs_trained
             record.val_accuracy = float(result.best_val_accuracy) if result.history else None

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pdenas.backends._balanced import FamilyBalancedSampler, check_balanced, family_of
 from pdenas.backends._base import Backend, Progress
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, directions, make_pruner, make_sampler
@@ -83,19 +85,29 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
 
 
 def claim_trial(study: optuna.Study, n_trials: int,
-                first_params: Sequence[Mapping[str, Any]] = ()) -> optuna.Trial | None:
+                first_params: Sequence[Mapping[str, Any]] = (), *,
+                balance: tuple[str, Sequence[str]] | None = None) -> optuna.Trial | None:
     """Takes the next trial of the budget, or None when the budget is used (call under the lock).
 
     A queued copy (a retry, an interrupted trial) is taken first; otherwise a new trial is
-    asked for, fixed to ``first_params[k]`` when it is the study's k-th trial.
+    asked for, fixed to ``first_params[k]`` when it is the study's k-th trial, or, with
+    ``balance`` (the family param and its choices), to the family with the fewest trials that
+    use the budget (ties: the first in the space's order).
     """
     trials = study.get_trials(deepcopy=False)
     used = sum(counts_toward_budget(t) for t in trials if t.state != TrialState.WAITING)
     if used >= n_trials:
         return None
-    waiting = any(t.state == TrialState.WAITING for t in trials)
-    if not waiting and len(trials) < len(first_params):
-        study.enqueue_trial(dict(first_params[len(trials)]), user_attrs={"status": "queued"})
+    if not any(t.state == TrialState.WAITING for t in trials):
+        fixed: dict[str, Any] | None = None
+        if balance is not None:
+            param, families = balance
+            counts = Counter(family_of(t, param) for t in trials if counts_toward_budget(t))
+            fixed = {param: min(families, key=lambda f: (counts[f], families.index(f)))}
+        elif len(trials) < len(first_params):
+            fixed = dict(first_params[len(trials)])
+        if fixed is not None:
+            study.enqueue_trial(fixed, user_attrs={"status": "queued"})
     return study.ask()
 
 
@@ -204,6 +216,8 @@ class OptunaBackend(Backend):
         if address:
             raise ValueError("--address is for the ray backend (--backend ray)")
         check_names(config)
+        if config.balance_families:
+            check_balanced(config.sampler)
 
     def prepare(self, data: DataSplits) -> None:
         def grid() -> dict[str, list[Any]]:
@@ -212,6 +226,14 @@ class OptunaBackend(Backend):
         self.data = data
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler, pruner = make_sampler(self.config, grid), make_pruner(self.config)
+        self.balance: tuple[str, list[str]] | None = None
+        if self.config.balance_families:
+            param, families = self.runner.family_choices()
+            if len(families) < 2:
+                raise ValueError("balance_families: the search space must choose between "
+                                 "families; allowed: a space with a families list")
+            self.balance = (param, families)
+            sampler = FamilyBalancedSampler(lambda: make_sampler(self.config, grid), param)
         self.storage = self.config.storage
         if self.storage is None:
             self.run_folder.path.mkdir(parents=True, exist_ok=True)
@@ -233,7 +255,7 @@ class OptunaBackend(Backend):
         while deadline is None or time.monotonic() < deadline:
             with lock():
                 fail_stale(study, run)
-                trial = claim_trial(study, n_trials, first)
+                trial = claim_trial(study, n_trials, first, balance=self.balance)
             if trial is None:
                 # Wait while other workers run trials: a dead worker's trial comes back to the
                 # queue once its heartbeat is stale. Without heartbeats (journal files) it never

@@ -271,6 +271,9 @@ class RayBackend(Backend):
         if config.storage or storage:
             raise ValueError("storage: is for the optuna backend; the ray backend keeps its "
                              "results in the run folder (--out)")
+        if config.balance_families:
+            raise ValueError("balance_families: is for the optuna backend (Ray's searcher keeps "
+                             "one sampler state); allowed: false with --backend ray")
         if config.device == "cuda" and options.gpus_per_trial <= 0:
             raise ValueError("device: cuda with the Ray backend needs ray.gpus_per_trial > 0")
 

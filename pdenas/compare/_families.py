@@ -42,7 +42,9 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
     Returns:
         Columns ``family, trials, finished, pruned, diverged, failed, best_accuracy,
         median_accuracy, best_within_budget, front_points, front_share, hv_contribution,
-        hv_share``. ``finished`` counts trials completed at the full budget; ``pruned`` also counts
+        hv_share, norms, epochs, seconds, devices`` (the normalisation each family's units used,
+        and the compute it got: epochs trained and wall seconds of its trials, on which devices).
+        ``finished`` counts trials completed at the full budget; ``pruned`` also counts
         early-stopped and infeasible (over a cost limit, not trained) ones; ``failed`` crashes and
         out-of-memory. ``attrs`` holds ``cost``, ``budget`` (the median cost of the finished trials),
         ``front_size`` and ``hypervolume`` (of all finished trials, in accuracy × decades of cost).
@@ -81,10 +83,16 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
             "front_share": float(on_front[ok].sum() / on_front.sum()) if on_front.any() else math.nan,
             "hv_contribution": float(contribution),
             "hv_share": float(contribution / total_hv) if total_hv > 0 else math.nan,
+            "norms": ", ".join(sorted(str(n) for n in mine["norm"].dropna().unique())) or "-",
+            "epochs": int(pd.to_numeric(mine["epochs_trained"], errors="coerce").fillna(0).sum()),
+            "seconds": float(pd.to_numeric(mine["seconds"], errors="coerce").fillna(0).sum()),
+            "devices": ", ".join(sorted(str(d) for d in mine.get("device", pd.Series(dtype=object))
+                                        .dropna().unique())) or "-",
         })
     table = pd.DataFrame(rows, columns=["family", "trials", "finished", "pruned", "diverged", "failed",
                                         "best_accuracy", "median_accuracy", "best_within_budget",
-                                        "front_points", "front_share", "hv_contribution", "hv_share"])
+                                        "front_points", "front_share", "hv_contribution", "hv_share",
+                                        "norms", "epochs", "seconds", "devices"])
     table.attrs.update(cost=cost, budget=budget, front_size=int(on_front.sum()), hypervolume=total_hv)
     return table
 
@@ -105,4 +113,7 @@ def format_family_table(table: pd.DataFrame) -> pd.DataFrame:
         "Pareto front": [f"{n}/{front} ({pct(s)})" if front else "-"
                          for n, s in zip(table["front_points"], table["front_share"])],
         "HV contribution": table["hv_share"].map(pct),
+        "norm": table["norms"],
+        "epochs": table["epochs"],
+        "seconds": [f"{t:,.0f} ({d})" for t, d in zip(table["seconds"], table["devices"])],
     })

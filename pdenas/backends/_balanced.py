@@ -1,0 +1,112 @@
+"""Balanced family comparison for the Optuna backend: every family gets its own sampler state.
+
+``FamilyBalancedSampler`` keeps one sampler per family; each sees the study through
+``_FamilyView``, which shows only that family's trials, so the TPE (or GP, or random) model of
+one family is never shaped by another family's results. Together with ``claim_trial``'s
+balancing (each new trial goes to the family with the fewest trials so far), every family gets
+an equal share of the trials. Written here because Optuna has no partitioned sampler; samplers
+that keep per-study state in system attributes (NSGA-II's generations, CMA-ES, grid) would mix
+the families' state, so balanced studies refuse them (``check_balanced``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["BALANCED_SAMPLERS", "FamilyBalancedSampler", "check_balanced", "family_of"]
+
+BALANCED_SAMPLERS = ("tpe", "random", "gp")
+"""Samplers whose whole state is the trials they are shown (so a filtered view partitions it)."""
+
+
+def check_balanced(sampler: str) -> None:
+    """Refuses a sampler a balanced study cannot partition (one line)."""
+    if sampler not in BALANCED_SAMPLERS:
+        raise ValueError(f"balance_families: not with the {sampler} sampler (it keeps state of "
+                         f"its own across trials); allowed: {', '.join(BALANCED_SAMPLERS)}")
+
+
+def family_of(trial: FrozenTrial, param: str = "family") -> Any:
+    """The trial's family: its fixed param (set when it was queued) or its suggested one."""
+    fixed = trial.system_attrs.get("fixed_params") or {}
+    return fixed.get(param, trial.params.get(param))
+
+
+class _FamilyView:
+    """The study as one family's sampler sees it: every attribute of the study, but only the
+    trials of ``family``."""
+
+    def __init__(self, study: optuna.Study, family: Any, param: str) -> None:
+        self._study, self._family, self._param = study, family, param
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _mine(self, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+        return [t for t in trials if family_of(t, self._param) == self._family]
+
+    def _get_trials(self, deepcopy: bool = True, states: Sequence[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        return self._mine(self._study._get_trials(deepcopy=deepcopy, states=states,
+                                                  use_cache=use_cache))
+
+    def get_trials(self, deepcopy: bool = True,
+                   states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class FamilyBalancedSampler(BaseSampler):
+    """One sampler per family (made by ``make``), each shown only its family's trials.
+
+    Args:
+        make: Builds a fresh sampler (the study's, seeded).
+        param: The family's param name.
+    """
+
+    def __init__(self, make: Callable[[], BaseSampler], param: str = "family") -> None:
+        self._make, self._param = make, param
+        self._samplers: dict[Any, BaseSampler] = {}
+
+    def _for(self, study: optuna.Study, trial: FrozenTrial) -> tuple[BaseSampler, _FamilyView]:
+        family = family_of(trial, self._param)
+        if family not in self._samplers:
+            self._samplers[family] = self._make()
+        return self._samplers[family], _FamilyView(study, family, self._param)
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        sampler, view = self._for(study, trial)
+        return sampler.infer_relative_search_space(view, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        sampler, view = self._for(study, trial)
+        return sampler.sample_relative(view, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        sampler, view = self._for(study, trial)
+        return sampler.sample_independent(view, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        sampler, view = self._for(study, trial)
+        sampler.before_trial(view, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        sampler, view = self._for(study, trial)
+        sampler.after_trial(view, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.reseed_rng()

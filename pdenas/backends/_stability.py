@@ -1,0 +1,66 @@
+"""The study's stability check of a candidate before training (``stability:`` in the study):
+estimate each unit's linearised step at real training images, then record, refuse or shorten h.
+
+Why: the ``||K||`` bound on h ignores the normalisation's Jacobian and does not hold under TV
+normalisation (PAPER.md); the spectral radius of the linearised step, estimated with
+Jacobian-vector products at the unit's real inputs, does (``families.stability_report``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdenas.architecture import Architecture
+from pdenas.families import PDEUnit, stability_report
+from pdenas.study import StabilityCheck
+
+__all__ = ["estimate", "stabilise"]
+
+
+def estimate(model: nn.Module, images: torch.Tensor, check: StabilityCheck) -> dict[str, Any]:
+    """The estimate at ``images``: ``spectral_radius`` (largest over the units), ``stable``,
+    ``step_size`` and one row per unit."""
+    rows = stability_report(model, images, batch=check.images, iterations=check.iterations)
+    radius = max(row["spectral_radius"] for row in rows)
+    units = [{"unit": row["unit"], "spectral_radius": row["spectral_radius"],
+              "amplification": row["amplification"]} for row in rows]
+    return {"spectral_radius": float(radius), "stable": bool(radius <= check.radius),
+            "step_size": float(rows[0]["step_size"]), "units": units}
+
+
+def _set_step_size(model: nn.Module, h: float) -> None:
+    for unit in model.modules():
+        if isinstance(unit, PDEUnit):
+            unit.step_size = h
+
+
+def stabilise(model: nn.Module, arch: Architecture, images: torch.Tensor,
+              check: StabilityCheck) -> tuple[Architecture, dict[str, Any], str | None]:
+    """Applies the check's mode before training.
+
+    Returns:
+        The architecture to train (h possibly shortened), the record's ``stability`` entry so
+        far, and the reason to refuse the candidate (None to train it).
+    """
+    first = estimate(model, images, check)
+    entry: dict[str, Any] = {"init": first}
+    if first["stable"] or check.mode == "record":
+        return arch, entry, None
+    h, current = arch.step_size, first
+    if check.mode == "shorten":
+        for _ in range(check.max_halvings):
+            h /= 2
+            _set_step_size(model, h)
+            current = estimate(model, images, check)
+            if current["stable"]:
+                entry.update(init=current, shortened_from=arch.step_size)
+                return dataclasses.replace(arch, step_size=h), entry, None
+        _set_step_size(model, arch.step_size)
+    tried = f" (also at h = {h:g} after {check.max_halvings} halvings)" if check.mode == "shorten" else ""
+    reason = (f"estimated unstable before training: spectral radius {first['spectral_radius']:.3g} "
+              f"> {check.radius:g} at h = {arch.step_size:g}{tried}")
+    return arch, entry, reason
