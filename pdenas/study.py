@@ -77,6 +77,7 @@ class Constraints(Config):
 
 
 STABILITY_MODES = ("off", "record", "refuse", "shorten")
+EARLY_STOP_RULES = ("mo_asha", "percentile", "none")
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,15 @@ class StudyConfig(Config):
             sampler state (the sampler sees only that family's trials), so the family table
             compares equals. Optuna backend.
         stability: The stability estimate and what to do with unstable candidates.
-        early_stop_warmup: Multi-objective studies: epochs before pdenas's own rule may stop a
-            candidate (Optuna's pruners refuse multi-objective studies).
-        early_stop_percentile: Multi-objective studies: a candidate is stopped when its best
-            accuracy is below this percentile of the others at the same epoch (50: the median).
+        early_stop_rule: Multi-objective studies (Optuna's pruners refuse them): "mo_asha"
+            (successive halving with non-dominated sorting of accuracy and cost at each rung,
+            so the Pareto front is kept: ``backends/_early_stop.py``), "percentile" (accuracy
+            alone, below ``early_stop_percentile`` of the others at the same epoch) or "none".
+        early_stop_warmup: Multi-objective studies: epochs before the rule may stop a candidate
+            (MO-ASHA's first rung is the epoch after it).
+        early_stop_reduction: MO-ASHA's reduction factor eta: rungs at (warmup + 1) * eta**k
+            epochs, the best 1/eta of the trials at a rung go on.
+        early_stop_percentile: The percentile rule's threshold (50: the median).
         n_trials: Total trials of the study (all workers together; a rerun tops up to it).
         timeout: Seconds this command may run; None for no limit.
         storage: Optuna storage URL; None for SQLite in the run folder.
@@ -165,7 +171,9 @@ class StudyConfig(Config):
     cover_families: bool = True
     balance_families: bool = False
     stability: StabilityCheck = field(default_factory=StabilityCheck)
+    early_stop_rule: str = "mo_asha"
     early_stop_warmup: int = 2
+    early_stop_reduction: int = 3
     early_stop_percentile: float = 50.0
     n_trials: int = 20
     timeout: float | None = None
@@ -202,6 +210,10 @@ class StudyConfig(Config):
         self.require("early_stop_percentile", 0 <= self.early_stop_percentile <= 100,
                      "a number from 0 to 100")
         self.require("early_stop_warmup", self.early_stop_warmup >= 0, "an integer >= 0")
+        self.require("early_stop_rule", self.early_stop_rule in EARLY_STOP_RULES,
+                     ", ".join(EARLY_STOP_RULES))
+        self.require("early_stop_reduction", 2 <= self.early_stop_reduction <= 16,
+                     "an integer from 2 to 16")
 
     @property
     def multi_objective(self) -> bool:

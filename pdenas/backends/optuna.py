@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pdenas.backends._balanced import FamilyBalancedSampler, check_balanced, family_of
 from pdenas.backends._base import Backend, Progress
+from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, directions, make_pruner, make_sampler
 from pdenas.backends._storage import HEARTBEAT_INTERVAL, budget_lock, make_storage
@@ -165,6 +166,31 @@ def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
+class MOASHARule:
+    """Multi-objective studies: MO-ASHA (``backends/_early_stop.py``) over the study's trials
+    that reached each rung (running ones included, from their live ``history``), by best
+    validation accuracy so far against the cost objective."""
+
+    def __init__(self, study: optuna.Study, config: StudyConfig, min_trials: int = 4) -> None:
+        self.study, self.min_trials = study, min_trials
+        self.grace, self.eta = config.early_stop_warmup + 1, config.early_stop_reduction
+        self.cost = config.objectives[1]
+
+    def __call__(self, epoch: int, record: TrialRecord) -> bool:
+        if not is_rung(epoch, self.grace, self.eta):
+            return False
+        others = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                              TrialState.PRUNED,
+                                                              TrialState.RUNNING)):
+            history = t.user_attrs.get("history") or []
+            if t.number != record.number and len(history) >= epoch:
+                best = max(h["val_accuracy"] for h in history[:epoch])
+                others.append((best, float(t.user_attrs.get(self.cost, math.inf))))
+        me = (float(record.val_accuracy or 0.0), float(record.cost.get(self.cost, math.inf)))
+        return not mo_asha_keeps(me, others, self.eta, self.min_trials)
+
+
 class EarlyStopRule:
     """Multi-objective studies: stop a candidate whose best validation accuracy so far is below
     a percentile (the median by default), at the same epoch, of the trials that reached it
@@ -281,6 +307,17 @@ class OptunaBackend(Backend):
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return budget_lock(self.storage_url, self.config.name)
 
+    def _early_stop_rule(self) -> Callable[[int, TrialRecord], bool] | None:
+        """The multi-objective study's rule (None: never stop early)."""
+        config = self.config
+        if config.early_stop_rule == "mo_asha":
+            return MOASHARule(self.study, config)
+        if config.early_stop_rule == "percentile":
+            percentile = EarlyStopRule(self.study, config.early_stop_warmup,
+                                       config.early_stop_percentile)
+            return lambda epoch, record: percentile(epoch, float(record.val_accuracy or 0.0))
+        return None
+
     def _run_one(self, trial: optuna.Trial) -> TrialRecord:
         study, config, runner = self.study, self.config, self.runner
         trial.set_user_attr("status", TrialStatus.RUNNING.value)
@@ -294,13 +331,12 @@ class OptunaBackend(Backend):
             return record
         trial.set_user_attr("architecture", arch.to_dict())
         trial.set_user_attr("family", arch.family)
-        rule = (EarlyStopRule(study, config.early_stop_warmup, config.early_stop_percentile)
-                if config.multi_objective else None)
+        rule = self._early_stop_rule()
 
         def report(record: TrialRecord, metrics: Mapping[str, float]) -> bool:
             trial.set_user_attr("history", record.history)  # live curves in optuna-dashboard
-            if rule is not None:
-                return rule(record.epochs_trained, float(record.val_accuracy or 0.0))
+            if config.multi_objective:
+                return rule(record.epochs_trained, record) if rule is not None else False
             trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
             return trial.should_prune()
 

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import os
 import re
 import shutil
@@ -60,6 +61,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pdenas._config import Config
 from pdenas.backends._base import Backend, Progress, TrialRunner, finished_summary
+from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, read_json
@@ -78,7 +80,7 @@ NUMBER_KEY = "pdenas_trial_number"
 EXPERIMENTS_DIR = "ray"
 """The folder of a run folder that holds the Tune experiments (``storage_path``)."""
 
-SCHEDULERS = ("asha", "hyperband", "fifo")
+SCHEDULERS = ("asha", "hyperband", "mo_asha", "fifo")
 
 _EXPERIMENT = re.compile(r"^exp-(\d+)$")
 
@@ -96,7 +98,9 @@ class RayOptions(Config):
         cpus_per_trial: CPUs reserved for each trial (Ray sets its thread count to this).
         gpus_per_trial: GPUs per trial; fractions share one GPU between trials.
         max_concurrent: Most trials running at once.
-        scheduler: "asha", "hyperband" or "fifo" (no early stopping).
+        scheduler: "asha", "hyperband", "mo_asha" (multi-objective studies: successive halving
+            by non-dominated sorting of accuracy and cost, keeping the Pareto front) or "fifo"
+            (no early stopping).
         grace_period: Epochs every trial trains before ASHA may stop it.
         reduction_factor: ASHA/HyperBand's reduction factor.
         address: Ray cluster address ("auto", "HOST:PORT") or None for a local runtime.
@@ -214,9 +218,37 @@ def max_epochs(config: StudyConfig, space: SearchSpace) -> int:
     return most
 
 
+class MOASHAScheduler(FIFOScheduler):
+    """MO-ASHA as a Tune scheduler: at each rung (``grace * eta**k`` epochs) a trial goes on
+    only when ``mo_asha_keeps`` says so against the trials that reached that rung before it
+    (asynchronous, as ASHA). Accuracy is the trial's best so far; cost its reported cost metric.
+    """
+
+    def __init__(self, cost: str, grace: int, eta: int, min_trials: int = 4) -> None:
+        super().__init__()
+        self.cost, self.grace, self.eta, self.min_trials = cost, grace, eta, min_trials
+        self._best: dict[str, float] = {}
+        self._rungs: dict[int, dict[str, tuple[float, float]]] = {}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        epoch = int(result.get("epoch", 0))
+        best = max(self._best.get(trial.trial_id, 0.0), float(result.get("val_accuracy", 0.0)))
+        self._best[trial.trial_id] = best
+        if not is_rung(epoch, self.grace, self.eta) or epoch >= int(result.get("epochs_planned", 0)):
+            return TrialScheduler.CONTINUE
+        rung = self._rungs.setdefault(epoch, {})
+        me = (best, float(result.get(self.cost, math.inf)))
+        others = [point for trial_id, point in rung.items() if trial_id != trial.trial_id]
+        rung[trial.trial_id] = me
+        keeps = mo_asha_keeps(me, others, self.eta, self.min_trials)
+        return TrialScheduler.CONTINUE if keeps else TrialScheduler.STOP
+
+
 def _scheduler(config: StudyConfig, options: RayOptions, space: SearchSpace) -> TrialScheduler:
     if options.scheduler == "fifo":
         return FIFOScheduler()
+    if options.scheduler == "mo_asha":
+        return MOASHAScheduler(config.objectives[1], options.grace_period, options.reduction_factor)
     max_t = max_epochs(config, space)
     grace = min(options.grace_period, max_t)
     brackets = 1
@@ -271,6 +303,9 @@ class RayBackend(Backend):
         if config.storage or storage:
             raise ValueError("storage: is for the optuna backend; the ray backend keeps its "
                              "results in the run folder (--out)")
+        if options.scheduler == "mo_asha" and not config.multi_objective:
+            raise ValueError("ray.scheduler: mo_asha needs a cost objective; allowed: asha, "
+                             "hyperband or fifo for accuracy alone")
         if config.balance_families:
             raise ValueError("balance_families: is for the optuna backend (Ray's searcher keeps "
                              "one sampler state); allowed: false with --backend ray")
