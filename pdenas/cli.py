@@ -135,7 +135,8 @@ class _Progress:
 
 def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
                  csv: str | None = None, parquet: str | None = None) -> int:
-    from pdenas.results import format_leaderboard, leaderboard, load_run, load_trials
+    from pdenas.results import (format_leaderboard, format_predictions, leaderboard, load_run,
+                                load_trials)
 
     info = load_run(run_dir)
     trials = load_trials(run_dir)
@@ -149,6 +150,7 @@ def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
             print("\nnot ranked:")
             cols = ["number", "family", "status", "epochs_trained", "failure_reason"]
             print(other[cols].to_string(index=False))
+        print("\n" + format_predictions(trials))
     for path, write in ((csv, board.to_csv), (parquet, board.to_parquet)):
         if path:
             write(path, index=False)

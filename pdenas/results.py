@@ -29,6 +29,7 @@ __all__ = [
     "export_trials",
     "family_order",
     "format_leaderboard",
+    "format_predictions",
     "fully_trained",
     "hypervolume_2d",
     "leaderboard",
@@ -42,7 +43,7 @@ __all__ = [
 
 ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible")
 METRIC_COLUMNS = ("val_accuracy", "params", "flops", "latency_ms", "latency_batch_ms",
-                  "memory_bytes", "max_stable_step")
+                  "memory_bytes", "predicted_seconds", "max_stable_step")
 DERIVED_COLUMNS = ("num_units", "total_depth", "mean_depth", "mean_width", "total_width")
 """Per-unit lists reduced to one number each (what importance and plots use)."""
 
@@ -295,6 +296,24 @@ def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
         "latency_ms": rows["latency_ms"].map(lambda t: _fmt(t, "{:.2f}")),
     })
     return table.to_string(index=False)
+
+
+def format_predictions(trials: pd.DataFrame) -> str:
+    """Predicted against actual seconds of every trial, and how well the prediction held (the
+    median and the range of actual / predicted over the trials that trained all their epochs)."""
+    if trials.empty or trials["predicted_seconds"].isna().all():
+        return "no time predictions recorded"
+    table = pd.DataFrame({
+        "trial": trials["number"], "family": trials["family"], "status": trials["status"],
+        "predicted_s": trials["predicted_seconds"].map(lambda t: _fmt(t, "{:,.1f}")),
+        "actual_s": trials["seconds"].map(lambda t: _fmt(t, "{:,.1f}")),
+    })
+    full = trials[trials["comparable"].astype(bool) & trials["predicted_seconds"].gt(0)]
+    ratio = (full["seconds"] / full["predicted_seconds"]).dropna()
+    held = (f"actual / predicted over {len(ratio)} fully trained trials: median {ratio.median():.2f}"
+            f" (range {ratio.min():.2f}-{ratio.max():.2f})" if len(ratio) else
+            "no fully trained trial to compare the prediction with yet")
+    return "time per trial, predicted before training and actual:\n" + table.to_string(index=False) + "\n" + held
 
 
 def _plain_value(value: Any, as_text: bool) -> Any:

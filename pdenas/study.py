@@ -39,6 +39,8 @@ class Constraints(Config):
         max_params: Most parameters a candidate may have.
         max_flops: Most FLOPs per image.
         max_latency_ms: Most batch-1 latency on the trial's device.
+        max_memory_bytes: Most training memory (CUDA: the peak of one training step at the
+            training batch size; CPU: the activations saved for backward).
         skip_infeasible: Do not train a candidate that breaks a limit (it is recorded as
             "infeasible" with its cost, so the sampler still learns from it).
     """
@@ -48,22 +50,23 @@ class Constraints(Config):
     max_params: int | None = None
     max_flops: int | None = None
     max_latency_ms: float | None = None
+    max_memory_bytes: int | None = None
     skip_infeasible: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("max_params", "max_flops", "max_latency_ms"):
+        for key in ("max_params", "max_flops", "max_latency_ms", "max_memory_bytes"):
             value = getattr(self, key)
             self.require(key, value is None or value > 0, "a number > 0 or null")
 
     @property
     def active(self) -> bool:
         """Whether any limit is set."""
-        return any(v is not None for v in (self.max_params, self.max_flops, self.max_latency_ms))
+        return bool(self._limits())
 
     def _limits(self) -> list[tuple[str, float]]:
         limits = (("params", self.max_params), ("flops", self.max_flops),
-                  ("latency_ms", self.max_latency_ms))
+                  ("latency_ms", self.max_latency_ms), ("memory_bytes", self.max_memory_bytes))
         return [(key, float(limit)) for key, limit in limits if limit is not None]
 
     def violations(self, cost: Mapping[str, float]) -> list[float]:
@@ -146,7 +149,12 @@ class StudyConfig(Config):
             epochs, the best 1/eta of the trials at a rung go on.
         early_stop_percentile: The percentile rule's threshold (50: the median).
         n_trials: Total trials of the study (all workers together; a rerun tops up to it).
-        timeout: Seconds this command may run; None for no limit.
+        timeout: Seconds this command may run; None for no limit. A candidate predicted to need
+            more than the time left is recorded as infeasible, not trained.
+        trial_timeout: Seconds one trial may take (None: no limit). A candidate predicted to
+            need more is infeasible (a constraint for the sampler); one that reaches the limit
+            stops at the next training step with status "timeout", its best epoch's weights
+            kept.
         storage: Optuna storage URL; None for SQLite in the run folder.
         device: "auto", "cpu" or "cuda".
         seed: Seeds the sampler, the data split and every trial's initialisation.
@@ -177,6 +185,7 @@ class StudyConfig(Config):
     early_stop_percentile: float = 50.0
     n_trials: int = 20
     timeout: float | None = None
+    trial_timeout: float | None = None
     storage: str | None = None
     device: str = "auto"
     seed: int = 0
@@ -205,6 +214,8 @@ class StudyConfig(Config):
         self.require("device", self.device in DEVICES, ", ".join(DEVICES))
         self.require("n_trials", self.n_trials >= 1, "an integer >= 1")
         self.require("timeout", self.timeout is None or self.timeout > 0, "a number > 0 or null")
+        self.require("trial_timeout", self.trial_timeout is None or self.trial_timeout > 0,
+                     "a number > 0 or null")
         self.require("latency_repeats", self.latency_repeats >= 1, "an integer >= 1")
         self.require("threads", self.threads is None or self.threads >= 1, "an integer >= 1 or null")
         self.require("early_stop_percentile", 0 <= self.early_stop_percentile <= 100,

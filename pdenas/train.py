@@ -34,7 +34,9 @@ __all__ = [
     "FitResult",
     "OutOfMemory",
     "TrainConfig",
+    "TimedOut",
     "TrainingFailed",
+    "estimate_seconds",
     "evaluate",
     "fit",
     "learning_rates",
@@ -90,6 +92,13 @@ class Diverged(TrainingFailed):
     """The training or validation loss became non-finite."""
 
     status = TrialStatus.DIVERGED
+
+
+class TimedOut(TrainingFailed):
+    """The run reached its deadline (checked before every training step). ``fit`` attaches the
+    run so far as ``result`` (its best completed epoch's weights included)."""
+
+    status = TrialStatus.TIMEOUT
 
 
 class OutOfMemory(TrainingFailed):
@@ -247,6 +256,7 @@ def fit(
     seed: int = 0,
     *,
     restore_best: bool = True,
+    deadline: float | None = None,
 ) -> FitResult:
     """Trains a model and keeps its best-validation weights.
 
@@ -261,6 +271,8 @@ def fit(
             True stops training (pruning).
         seed: Seeds the batch order and augmentation.
         restore_best: Load the best-validation weights into the model at the end.
+        deadline: A ``time.monotonic()`` value; training stops before the first step after it
+            with ``TimedOut`` (the model then holds the best completed epoch's weights).
 
     Returns:
         The history, the best validation accuracy and its weights.
@@ -273,9 +285,14 @@ def fit(
     """
     result = FitResult()
     try:
-        return _fit(model, data, config, torch.device(device), callback, seed, restore_best, result)
+        return _fit(model, data, config, torch.device(device), callback, seed, restore_best, result,
+                    deadline)
     except TrainingFailed as failure:
         failure.history = list(result.history)
+        if isinstance(failure, TimedOut):
+            failure.result = result
+            if restore_best and result.best_state:
+                model.load_state_dict(result.best_state)
         raise
 
 
@@ -288,6 +305,7 @@ def _fit(
     seed: int,
     restore_best: bool,
     result: FitResult,
+    deadline: float | None = None,
 ) -> FitResult:
     if len(data.val.y) == 0:
         raise ValueError("fit needs a non-empty validation split")
@@ -304,7 +322,7 @@ def _fit(
         epoch_start = time.perf_counter()
         for group in step.optimizer.param_groups:
             group["lr"] = lr
-        batches = _training_batches(data, config, generator)
+        batches = _until(deadline, _training_batches(data, config, generator), epoch)
         with _out_of_memory(f"at epoch {epoch}"):
             train_loss, train_accuracy = step.epoch(batches, epoch)
             val_loss, val_accuracy = evaluate(
@@ -338,6 +356,64 @@ def _fit(
         model.load_state_dict(result.best_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _until(deadline: float | None, batches: Iterable[Any], epoch: int) -> Iterable[Any]:
+    """``batches``, ending with ``TimedOut`` at the first step after ``deadline``."""
+    if deadline is None:
+        return batches
+
+    def bounded() -> Iterator[Any]:
+        for step, batch in enumerate(batches, start=1):
+            if time.monotonic() >= deadline:
+                raise TimedOut(f"timeout: reached the time limit at epoch {epoch} step {step}")
+            yield batch
+
+    return bounded()
+
+
+def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
+                     device: torch.device | str, *, steps: int = 3) -> float:
+    """Predicts the wall seconds of ``fit(model, data, config, device)`` from a short calibration.
+
+    Runs ``steps`` real training steps (the run's optimiser, regulariser, clipping and precision)
+    on a copy of the model after one untimed warm-up step, and times one validation batch; the
+    prediction scales them to the whole run. The model is left as it was.
+
+    Returns:
+        The predicted seconds (training steps plus validation passes, all epochs).
+    """
+    import copy
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    channels_last = cuda if config.channels_last is None else config.channels_last
+    amp = config.amp if cuda else "off"
+    probe = copy.deepcopy(model).to(device)
+    if channels_last:
+        probe.to(memory_format=torch.channels_last)
+    step = _Step(probe, config, device, amp, channels_last)
+    size = min(config.batch_size, len(data.train.y))
+    batch = (data.train.x[:size], data.train.y[:size])
+    step.epoch([batch], 1)  # warm-up: allocator, kernels, lazy state
+    _sync(device)
+    start = time.perf_counter()
+    step.epoch([batch] * steps, 1)
+    _sync(device)
+    per_step = (time.perf_counter() - start) / steps
+    val_size = min(_EVAL_BATCH, len(data.val.y))
+    start = time.perf_counter()
+    evaluate(probe, type(data.val)(data.val.x[:val_size], data.val.y[:val_size]), device,
+             amp=amp, channels_last=channels_last)
+    per_eval = time.perf_counter() - start
+    train_steps = len(data.train.y) // config.batch_size or 1
+    eval_batches = -(-len(data.val.y) // _EVAL_BATCH)
+    return config.epochs * (train_steps * per_step + eval_batches * per_eval)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def evaluate(

@@ -150,3 +150,58 @@ def test_the_stability_check_records_refuses_or_shortens(mode: str, h: float, st
         assert record.stability["shortened_from"] == h and first["stable"]
     else:
         assert not first["stable"]
+
+
+def test_a_trial_at_its_time_limit_stops_within_a_step_and_keeps_its_best_epoch(tmp_path: Path) -> None:
+    """500 epochs would take minutes: with the prediction ignored (skip_infeasible false) the
+    trial trains until its 4 s limit, stops at the next step as "timeout", and keeps the weights
+    of its best completed epoch."""
+    import time
+
+    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1, "trial_timeout": 8,
+                                    "constraints": {"skip_infeasible": False}})
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 500, "batch_size": 32})
+    start = time.monotonic()
+    record = run_candidate(0, arch, train, config, _tiny_data(), torch.device("cpu"), tmp_path)
+    assert time.monotonic() - start < 20
+    assert record.status == "timeout" and record.status.state == "PRUNED"
+    assert "stopped at the trial time limit (8 s) after" in record.failure_reason
+    assert 1 <= record.epochs_trained < 500 and len(record.history) == record.epochs_trained
+    assert record.val_accuracy == max(h["val_accuracy"] for h in record.history)
+    assert (tmp_path / "trials" / "0" / "model.pt").is_file()
+    assert record.cost["predicted_seconds"] > 8  # the prediction saw it coming
+
+
+def test_a_candidate_predicted_over_the_limit_is_infeasible_untrained(tmp_path: Path) -> None:
+    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1, "trial_timeout": 4})
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 500, "batch_size": 32})
+    record = run_candidate(0, arch, train, config, _tiny_data(), torch.device("cpu"), tmp_path)
+    assert record.status == "infeasible" and record.epochs_trained == 0
+    assert "predicted to need" in record.failure_reason and "trial time limit (4 s)" in record.failure_reason
+    assert record.constraints[-1] == pytest.approx(record.cost["predicted_seconds"] - 4)
+    assert record.constraints[-1] > 0  # told to the sampler as a broken constraint
+
+
+def test_the_time_prediction_holds_for_a_short_run(tmp_path: Path) -> None:
+    config = StudyConfig(name="t", latency_repeats=1)
+    arch = Architecture("resnet", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 6, "batch_size": 32, "augment": False})
+    record = run_candidate(0, arch, train, config, _tiny_data(), torch.device("cpu"), tmp_path)
+    assert record.status == "completed"
+    ratio = record.seconds / record.cost["predicted_seconds"]
+    assert 0.3 < ratio < 3, ratio  # the same order of magnitude on a busy 2-core machine
+
+
+def test_fit_stops_at_its_deadline_before_the_next_step() -> None:
+    import time
+
+    from pdenas.network import build_model
+    from pdenas.train import TimedOut, fit
+
+    model = build_model(Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1))
+    with pytest.raises(TimedOut, match="timeout: reached the time limit at epoch 1 step 1") as info:
+        fit(model, _tiny_data(), TrainConfig.from_dict({"epochs": 2}), "cpu",
+            deadline=time.monotonic() - 1)
+    assert info.value.history == [] and info.value.status == "timeout"

@@ -137,7 +137,8 @@ class TrialRunner:
     def run(self, number: int, arch: Architecture, train: TrainConfig, *, data: DataSplits,
             device: torch.device, params: Mapping[str, Any] | None = None,
             report: Report | None = None,
-            on_cost: Callable[[TrialRecord], None] | None = None) -> TrialRecord:
+            on_cost: Callable[[TrialRecord], None] | None = None,
+            time_left: float | None = None) -> TrialRecord:
         """Builds, measures, trains and records one candidate; never raises for a bad candidate.
 
         The record is written when the trial starts (status running), after every epoch and at
@@ -154,13 +155,15 @@ class TrialRunner:
             params: The suggested params (stored so the trial can be rebuilt).
             report: The backend's per-epoch hook (see ``Report``).
             on_cost: Called with the record once the cost is known, before training.
+            time_left: Seconds the search has left (``--timeout``): a candidate predicted to
+                need more is infeasible.
 
         Returns:
             The final record (also in ``trials/<number>/record.json``).
         """
         from pdenas.cost import measure_cost
         from pdenas.network import build_model
-        from pdenas.train import TrainingFailed, fit
+        from pdenas.train import TimedOut, TrainingFailed, estimate_seconds, fit
 
         config = self.config
         folder = self.run_folder.trial(number)
@@ -190,13 +193,17 @@ class TrialRunner:
             shape = (arch.in_channels, *self.shape.image_size)
             record.cost = measure_cost(model, shape, train.batch_size, device,
                                        repeats=config.latency_repeats).to_dict()
+            training = estimate_seconds(model, data, train, device)  # its time is the trial's
+            record.cost["predicted_seconds"] = time.perf_counter() - start + training
             record.constraints = config.constraints.violations(record.cost)
+            if config.trial_timeout is not None:  # the same number of values for every trial
+                record.constraints.append(record.cost["predicted_seconds"] - config.trial_timeout)
             record.max_stable_step = min(unit.max_stable_step() for unit in model.units)
             if on_cost is not None:
                 on_cost(record)
-            if config.constraints.skip_infeasible and any(v > 0 for v in record.constraints):
-                record.status = TrialStatus.INFEASIBLE
-                record.failure_reason = "breaks a cost limit: " + config.constraints.describe(record.cost)
+            refused = self._refusal(record, time_left)
+            if refused is not None:
+                record.status, record.failure_reason = TrialStatus.INFEASIBLE, refused
                 return record
             check = config.stability
             if check.mode != "off":
@@ -207,7 +214,10 @@ class TrialRunner:
                 if refused is not None:
                     record.status, record.failure_reason = TrialStatus.INFEASIBLE, refused
                     return record
-            result = fit(model, data, train, device, callback=epoch_done, seed=config.seed + number)
+            deadline = (None if config.trial_timeout is None
+                        else time.monotonic() + config.trial_timeout - (time.perf_counter() - start))
+            result = fit(model, data, train, device, callback=epoch_done, seed=config.seed + number,
+                         deadline=deadline)
             if check.mode != "off":  # the best-validation weights, as trained
                 record.stability["final"] = estimate(model, images, check)
             record.history = [plain(h) for h in result.history]
@@ -220,6 +230,12 @@ class TrialRunner:
             record.failure_reason = str(error)
             record.history = [plain(h) for h in error.history]  # the epochs completed before
             record.epochs_trained = len(record.history)
+            if isinstance(error, TimedOut):  # ranked as a stopped trial, its best epoch kept
+                record.failure_reason = (f"stopped at the trial time limit ({config.trial_timeout:g} s)"
+                                         f" after {record.epochs_trained} of {train.epochs} epochs")
+                if error.result.best_state:
+                    record.val_accuracy = float(error.result.best_val_accuracy)
+                    folder.write_weights(error.result.best_state)
         except torch.OutOfMemoryError as error:  # while building or measuring, before training
             record.status = TrialStatus.OOM
             record.failure_reason = f"out of memory before training: {str(error).splitlines()[0]}"
@@ -236,6 +252,24 @@ class TrialRunner:
                 record.finished_at = now()
             save()
         return record
+
+
+    def _refusal(self, record: TrialRecord, time_left: float | None) -> str | None:
+        """Why a measured candidate is not trained (a cost limit, or its predicted time), or
+        None to train it."""
+        config, cost = self.config, record.cost
+        if not config.constraints.skip_infeasible:
+            return None
+        predicted = cost["predicted_seconds"]
+        broken = config.constraints.describe(cost)
+        if broken:
+            return "breaks a cost limit: " + broken
+        if config.trial_timeout is not None and predicted > config.trial_timeout:
+            return (f"predicted to need {predicted:,.0f} s, over the trial time limit "
+                    f"({config.trial_timeout:g} s)")
+        if time_left is not None and predicted > time_left:
+            return f"predicted to need {predicted:,.0f} s, more than the search has left ({time_left:,.0f} s)"
+        return None
 
 
 class Backend(abc.ABC):

@@ -291,8 +291,9 @@ class OptunaBackend(Backend):
                     continue
                 break
             try:
+                time_left = None if deadline is None else deadline - time.monotonic()
                 with _heartbeat(study, trial._trial_id):
-                    record = self._run_one(trial)
+                    record = self._run_one(trial, time_left)
             except KeyboardInterrupt:
                 # Give the slot back so a rerun does the trial again, then stop. Queue the copy
                 # before failing the trial: the budget never looks short.
@@ -318,7 +319,7 @@ class OptunaBackend(Backend):
             return lambda epoch, record: percentile(epoch, float(record.val_accuracy or 0.0))
         return None
 
-    def _run_one(self, trial: optuna.Trial) -> TrialRecord:
+    def _run_one(self, trial: optuna.Trial, time_left: float | None = None) -> TrialRecord:
         study, config, runner = self.study, self.config, self.runner
         trial.set_user_attr("status", TrialStatus.RUNNING.value)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -346,7 +347,8 @@ class OptunaBackend(Backend):
             trial.set_user_attr("constraints", record.constraints)
 
         record = runner.run(trial.number, arch, train, data=self.data, device=self.device,
-                            params=trial.params, report=report, on_cost=on_cost)
+                            params=trial.params, report=report, on_cost=on_cost,
+                            time_left=time_left)
         tell(study, trial, record, config.objectives)
         return record
 
