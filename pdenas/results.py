@@ -57,7 +57,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
     return RunFolder(run_dir).read_info()
 
 
-TRIAL_COLUMNS = ("number", "state", "status", "failure_reason", *ARCH_COLUMNS, *METRIC_COLUMNS,
+TRIAL_COLUMNS = ("number", "state", "status", "failure_reason", *ARCH_COLUMNS, *METRIC_COLUMNS, "val_loss",
                  "epochs_trained", "epochs_planned", "seconds", "history", "params_suggested",
                  "worker", "device", "datetime_start", "datetime_complete")
 
@@ -71,6 +71,7 @@ def trial_row(record: TrialRecord) -> dict[str, Any]:
         value = arch.get(key)
         row[key] = tuple(value) if isinstance(value, list) else value
     row["val_accuracy"] = record.val_accuracy
+    row["val_loss"] = _loss_at_best(record)
     for key in METRIC_COLUMNS[1:]:
         row[key] = record.max_stable_step if key == "max_stable_step" else cost.get(key)
     row.update(epochs_trained=record.epochs_trained, epochs_planned=record.epochs_planned,
@@ -78,6 +79,15 @@ def trial_row(record: TrialRecord) -> dict[str, Any]:
                params_suggested=dict(record.params), worker=record.worker, device=record.device,
                datetime_start=_time(record.started_at), datetime_complete=_time(record.finished_at))
     return row
+
+
+def _loss_at_best(record: TrialRecord) -> float | None:
+    """The validation loss of the epoch with the best accuracy (ties: the lower loss), what
+    breaks accuracy ties in the rankings."""
+    epochs = [h for h in record.history if "val_accuracy" in h and "val_loss" in h]
+    if not epochs:
+        return None
+    return float(max(epochs, key=lambda h: (h["val_accuracy"], -h["val_loss"]))["val_loss"])
 
 
 def _time(text: str | None) -> pd.Timestamp | None:
@@ -127,7 +137,8 @@ def _add_derived(frame: pd.DataFrame) -> pd.DataFrame:
     frame["mean_depth"] = depths.map(lambda d: float(np.mean(d)) if d else np.nan)
     frame["mean_width"] = widths.map(lambda w: float(np.mean(w)) if w else np.nan)
     frame["total_width"] = widths.map(lambda w: sum(w) if w else np.nan)
-    for key in (*METRIC_COLUMNS, "epochs_trained", "epochs_planned", "seconds", "step_size"):
+    for key in (*METRIC_COLUMNS, "val_loss", "epochs_trained", "epochs_planned", "seconds",
+                "step_size"):
         if key not in frame:
             frame[key] = np.nan
         frame[key] = pd.to_numeric(frame[key], errors="coerce")
@@ -250,7 +261,8 @@ def hypervolume_2d(points: np.ndarray, reference: Sequence[float]) -> float:
 
 
 def leaderboard(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy", "flops")) -> pd.DataFrame:
-    """The finished, fully trained trials ranked by Pareto rank, then accuracy.
+    """The finished, fully trained trials ranked by Pareto rank, then accuracy, then validation
+    loss (so equal accuracies, common on small validation sets, are not ties).
 
     Only trials that trained their whole budget are ranked (pruned or early-stopped trials would
     be compared at fewer epochs). The Pareto rank uses accuracy against the run's cost objective
@@ -266,8 +278,8 @@ def leaderboard(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy
     values = done[["val_accuracy", cost]].to_numpy(dtype=float, copy=True)
     values[np.isnan(values[:, 1]), 1] = np.inf  # unknown cost never dominates
     done["pareto_rank"] = pareto_ranks(values, [True, False])
-    order = ["pareto_rank", "val_accuracy", "number"]
-    return done.sort_values(order, ascending=[True, False, True]).reset_index(drop=True)
+    order = ["pareto_rank", "val_accuracy", "val_loss", "number"]
+    return done.sort_values(order, ascending=[True, False, True, True]).reset_index(drop=True)
 
 
 def _fmt(value: Any, pattern: str) -> str:

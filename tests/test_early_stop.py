@@ -52,11 +52,13 @@ def test_a_cheaper_candidate_is_not_stopped_for_accuracy_alone() -> None:
     config = StudyConfig(name="mo", objectives=("val_accuracy", "flops"), early_stop_warmup=0,
                          early_stop_reduction=2)
     rule = MOASHARule(study, config)  # rungs at epochs 1, 2, 4
-    cheap = TrialRecord(number=99, val_accuracy=0.05, cost={"flops": 1e4})
-    costly = TrialRecord(number=98, val_accuracy=0.05, cost={"flops": 1e6})
+    cheap = TrialRecord(number=99, val_accuracy=0.05, cost={"flops": 1e4}, epochs_planned=8)
+    costly = TrialRecord(number=98, val_accuracy=0.05, cost={"flops": 1e6}, epochs_planned=8)
     assert rule(2, cheap) is False
     assert rule(2, costly) is True
     assert rule(3, costly) is False  # not a rung
+    assert rule(4, TrialRecord(number=97, val_accuracy=0.05, cost={"flops": 1e6},
+                               epochs_planned=4)) is False  # its last epoch: nothing to save
     assert EarlyStopRule(study, warmup=0)(2, 0.05) is True  # accuracy alone would stop it
 
 

@@ -217,3 +217,21 @@ def test_histories_come_from_the_trial_records(run: Path) -> None:
     assert [h["epoch"] for h in histories[5]] == [1, 2, 3]
     assert histories[5][-1]["val_accuracy"] == pytest.approx(0.95)
     assert len(histories[9]) == 1  # pruned after one epoch
+
+
+def test_equal_accuracies_are_ranked_by_validation_loss(tmp_path: Path) -> None:
+    """On a small validation set many trials reach the same accuracy; the lower validation loss
+    (at the best epoch) ranks first instead of the trial number."""
+    run = RunFolder(tmp_path / "run")
+    config = StudyConfig.from_dict({"name": "ties", "objectives": ["val_accuracy"]})
+    run.write_info(study_name="ties", backend="optuna", config=config.to_dict())
+    arch = Architecture(family="resnet", widths=(8, 8), depths=(1,), in_channels=1).to_dict()
+    for number, loss in enumerate((0.30, 0.10, 0.20)):
+        history = [{"epoch": 1, "val_accuracy": 0.9, "val_loss": loss + 0.5},
+                   {"epoch": 2, "val_accuracy": 1.0, "val_loss": loss}]
+        run.trial(number).write_record(TrialRecord(
+            number=number, status="completed", architecture=arch, val_accuracy=1.0,
+            epochs_trained=2, epochs_planned=2, history=history, cost={"flops": 1e5}))
+    trials = load_trials(run.path)
+    assert list(trials["val_loss"]) == [0.30, 0.10, 0.20]
+    assert list(leaderboard(trials, ["val_accuracy"])["number"]) == [1, 2, 0]

@@ -177,7 +177,7 @@ class MOASHARule:
         self.cost = config.objectives[1]
 
     def __call__(self, epoch: int, record: TrialRecord) -> bool:
-        if not is_rung(epoch, self.grace, self.eta):
+        if epoch >= record.epochs_planned or not is_rung(epoch, self.grace, self.eta):
             return False
         others = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,

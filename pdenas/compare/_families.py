@@ -41,7 +41,8 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
 
     Returns:
         Columns ``family, trials, finished, pruned, diverged, failed, best_accuracy,
-        median_accuracy, best_within_budget, front_points, front_share, hv_contribution,
+        best_val_loss`` (the lowest validation loss, which separates equal accuracies),
+        ``median_accuracy, best_within_budget, front_points, front_share, hv_contribution,
         hv_share, norms, epochs, seconds, devices`` (the normalisation each family's units used,
         and the compute it got: epochs trained and wall seconds of its trials, on which devices).
         ``finished`` counts trials completed at the full budget; ``pruned`` also counts
@@ -77,6 +78,8 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
             "failed": int((~mine["status"].isin((*_PRUNED, TrialStatus.COMPLETED.value,
                                                    TrialStatus.DIVERGED.value))).sum()),
             "best_accuracy": float(scores.max()) if len(scores) else math.nan,
+            "best_val_loss": (float(done.loc[ok, "val_loss"].min())
+                              if len(scores) and "val_loss" in done else math.nan),
             "median_accuracy": float(scores.median()) if len(scores) else math.nan,
             "best_within_budget": float(within.max()) if len(within) else math.nan,
             "front_points": int(on_front[ok].sum()),
@@ -90,7 +93,8 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
                                         .dropna().unique())) or "-",
         })
     table = pd.DataFrame(rows, columns=["family", "trials", "finished", "pruned", "diverged", "failed",
-                                        "best_accuracy", "median_accuracy", "best_within_budget",
+                                        "best_accuracy", "best_val_loss", "median_accuracy",
+                                        "best_within_budget",
                                         "front_points", "front_share", "hv_contribution", "hv_share",
                                         "norms", "epochs", "seconds", "devices"])
     table.attrs.update(cost=cost, budget=budget, front_size=int(on_front.sum()), hypervolume=total_hv)
@@ -108,6 +112,7 @@ def format_family_table(table: pd.DataFrame) -> pd.DataFrame:
         "diverged": table["diverged"],
         "failed": table["failed"],
         "best acc": table["best_accuracy"].map(pct),
+        "best loss": table["best_val_loss"].map(lambda v: "-" if v != v else f"{v:.3f}"),
         "median acc": table["median_accuracy"].map(pct),
         "best acc ≤ budget": table["best_within_budget"].map(pct),
         "Pareto front": [f"{n}/{front} ({pct(s)})" if front else "-"

@@ -21,7 +21,7 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
     Args:
         run_dir: The run folder.
         spec: ``"best"`` (highest validation accuracy among completed, fully trained trials; ties
-            go to the lower cost), a trial number, or ``"pareto:K"`` (the K-th point of the
+            go to the lower validation loss, then the lower cost), a trial number, or ``"pareto:K"`` (the K-th point of the
             Pareto front, by accuracy, from 1; ``pareto:1`` is ``best``).
 
     Raises:
@@ -47,8 +47,8 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
         raise ValueError(f"{run_dir}: no completed, fully trained trial yet; "
                          "name one with --trial N")
     cost = info.cost_objective
-    keys = ["val_accuracy"] + ([cost] if cost in board else []) + ["number"]
-    order = [False] + [True] * (len(keys) - 1)
+    keys = ["val_accuracy", "val_loss"] + ([cost] if cost in board else []) + ["number"]
+    order = [False] + [True] * (len(keys) - 1)  # accuracy, then the lower loss, cost, number
     if text == "best":
         return int(board.sort_values(keys, ascending=order).iloc[0]["number"])
     k = text.split(":", 1)[1]
