@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -9,12 +10,14 @@ import torch
 from torch import nn
 
 import pdenas
+from pdenas import train as train_module
 from pdenas.architecture import Architecture
 from pdenas.data import DataConfig, load_data
 from pdenas.families import PDEUnit, SymmetricLayer, list_families, time_smoothness
 from pdenas.families._base import State
-from pdenas.multilevel import deepen, pde_units, resample_model
+from pdenas.multilevel import MultilevelConfig, deepen, pde_units, resample_model
 from pdenas.network import build_model
+from pdenas.train import TrainConfig, fit, learning_rates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -191,3 +194,125 @@ def test_an_outside_family_following_the_conventions_is_refined() -> None:
     for i in range(4):
         for a, b in zip(unit.step_layers(i // 2), fine.step_layers(i)):
             assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+# --- MultilevelConfig ---------------------------------------------------------------------------
+
+
+def test_multilevel_config_plans_depths_and_epochs() -> None:
+    ml = MultilevelConfig(levels=3, factor=2)
+    assert ml.depths_per_level((8, 3)) == [(2, 1), (4, 1), (8, 3)]
+    assert ml.epochs_per_level(9) == [3, 3, 3] and ml.epochs_per_level(3) == [1, 1, 1]
+    assert sum(ml.epochs_per_level(10)) == 10
+    shared = MultilevelConfig(levels=2, factor=4, shares=(0.25, 0.75))
+    assert shared.epochs_per_level(8) == [2, 6] and shared.depths_per_level((8,)) == [(2,), (8,)]
+    assert MultilevelConfig(levels=3, shares=(0.9, 0.05, 0.05)).epochs_per_level(4) == [2, 1, 1]
+    plan = ml.plan((8,), 6)
+    assert [(lv.index, lv.first_epoch, lv.epochs, lv.depths) for lv in plan] == [
+        (1, 1, 2, (2,)), (2, 3, 2, (4,)), (3, 5, 2, (8,))
+    ]
+
+
+def test_train_config_multilevel_round_trips_and_validates() -> None:
+    cfg = TrainConfig.from_dict({"epochs": 6, "multilevel": {"levels": 3, "factor": 2}})
+    assert cfg.multilevel == MultilevelConfig(levels=3, factor=2)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    shares = TrainConfig.from_dict({"multilevel": {"levels": 2, "shares": [0.4, 0.6]}})
+    assert TrainConfig.from_dict(json.loads(json.dumps(shares.to_dict()))) == shares
+    assert TrainConfig.from_dict({"multilevel": None}).multilevel is None
+    assert TrainConfig().to_dict()["multilevel"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ({"levels": 0}, r"train\.multilevel\.levels.*allowed: an integer >= 1"),
+        ({"factor": 1}, r"train\.multilevel\.factor.*>= 2"),
+        ({"factor": 1.5}, r"train\.multilevel\.factor.*integer"),
+        ({"levels": 2, "shares": [0.5]}, r"train\.multilevel\.shares.*2 numbers"),
+        ({"levels": 2, "shares": [0.5, 0.6]}, r"train\.multilevel\.shares.*summing to 1"),
+        ({"level": 2}, r"unknown train\.multilevel key 'level'; allowed: levels, factor"),
+        ({"levels": 20}, r"train\.multilevel\.levels.*at most train\.epochs"),
+        (3, r"train\.multilevel.*mapping"),
+    ],
+)
+def test_bad_multilevel_values_name_the_key(value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict({"epochs": 10, "multilevel": value})
+
+
+# --- coarse-to-fine fit -------------------------------------------------------------------------
+
+
+def _counting_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records (time steps of the trained network, consecutive-step pairs) per optimiser built."""
+    built: list[tuple[int, int]] = []
+
+    class Counting(train_module._Step):
+        def __init__(self, model: nn.Module, *args: object) -> None:
+            super().__init__(model, *args)
+            built.append((sum(u.depth for u in pde_units(model)), len(self.step_pairs)))
+
+    monkeypatch.setattr(train_module, "_Step", Counting)
+    return built
+
+
+def ml_config(**overrides: object) -> TrainConfig:
+    base = {"epochs": 6, "batch_size": 32, "lr": 0.1, "schedule": "cosine", "augment": False,
+            "multilevel": {"levels": 3, "factor": 2}}
+    return TrainConfig.from_dict({**base, **overrides})
+
+
+def test_multilevel_fit_trains_coarse_to_fine(digits: object,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    built = _counting_steps(monkeypatch)
+    model = digits_net("parabolic", depths=(4, 4)).train()
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    per_step = len(list(pde_units(model)[0].step_layers(0)[0].parameters()))
+    cfg = ml_config()
+    result = fit(model, digits, cfg, "cpu")
+    # Levels of 1+1, 2+2 and 4+4 steps, two epochs each, in order, with a continuous schedule.
+    assert [h["level"] for h in result.history] == [1, 1, 2, 2, 3, 3]
+    assert [h["depth"] for h in result.history] == [2, 2, 4, 4, 8, 8]
+    assert [h["lr"] for h in result.history] == pytest.approx(learning_rates(cfg))
+    # A new optimiser per level, with the time-smoothness pairs of that level's steps.
+    assert built == [(2, 0), (4, 2 * 1 * per_step), (8, 2 * 3 * per_step)]  # 2 units, n - 1 pairs
+    assert [(lv["level"], lv["depths"], lv["first_epoch"], lv["epochs"])
+            for lv in result.levels] == [(1, [1, 1], 1, 2), (2, [2, 2], 3, 2), (3, [4, 4], 5, 2)]
+    assert [lv["step_sizes"] for lv in result.levels] == [[2.0, 2.0], [1.0, 1.0], [0.5, 0.5]]
+    assert result.seconds >= sum(lv["seconds"] for lv in result.levels) > 0
+    # The best state is among the final level's epochs, at the final depths, and in the model.
+    assert result.best_epoch in (5, 6)
+    assert {k: v.shape for k, v in result.best_state.items()} == keys
+    assert all(torch.equal(v, result.best_state[k]) for k, v in model.state_dict().items())
+    assert [u.depth for u in pde_units(model)] == [4, 4]
+    final = [h for h in result.history if h["level"] == 3]
+    assert result.best_val_accuracy == max(h["val_accuracy"] for h in final)
+    assert result.best_val_accuracy > 0.3  # chance is 0.1
+
+
+def test_multilevel_without_restore_leaves_the_last_weights(digits: object) -> None:
+    model = digits_net("hamiltonian", depths=(2, 2)).train()
+    cfg = ml_config(epochs=2, multilevel={"levels": 2, "factor": 2})
+    result = fit(model, digits, cfg, "cpu", restore_best=False)
+    assert [h["depth"] for h in result.history] == [2, 4]
+    assert set(result.best_state) == set(model.state_dict())
+    assert result.best_epoch == 2
+
+
+def test_a_run_stopped_in_a_coarse_level_returns_final_depth_weights(digits: object) -> None:
+    model = digits_net("second_order", depths=(4, 4)).train()
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    result = fit(model, digits, ml_config(), "cpu", callback=lambda epoch, m: epoch == 1)
+    assert result.stopped and result.epochs_trained == 1 and len(result.levels) == 1
+    assert result.best_epoch == 1 and result.history[0]["level"] == 1
+    assert {k: v.shape for k, v in result.best_state.items()} == keys
+    assert all(torch.equal(v, result.best_state[k]) for k, v in model.state_dict().items())
+
+
+def test_multilevel_handles_depths_that_do_not_divide(digits: object) -> None:
+    model = digits_net("resnet", depths=(3, 1)).train()
+    result = fit(model, digits, ml_config(epochs=3), "cpu")
+    assert [lv["depths"] for lv in result.levels] == [[1, 1], [1, 1], [3, 1]]
+    assert [lv["step_sizes"] for lv in result.levels][0] == [1.5, 0.5]
+    assert [u.depth for u in pde_units(model)] == [3, 1]
