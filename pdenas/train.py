@@ -3,8 +3,10 @@
 `fit` trains with the paper's recipe as options (SGD with momentum, step drops, weight decay, a
 smoothness-in-time regulariser, box clipping of the weights after each step), tracks the
 best-validation weights, and reports each epoch to a callback that may stop the run (pruning).
-It knows nothing of Optuna or Ray. A non-finite loss raises `Diverged`, running out of memory
-raises `OutOfMemory`; both carry a one-line reason for the trial record.
+With `TrainConfig.multilevel` it trains coarse-to-fine: at a fraction of the depth first, then
+deepened in time level by level (`pdenas.multilevel`). It knows nothing of Optuna or Ray. A
+non-finite loss raises `Diverged`, running out of memory raises `OutOfMemory`; both carry a
+one-line reason for the trial record.
 
 Batches stay on the device: losses and accuracies are accumulated there and read once per epoch
 (plus one small finiteness check every `CHECK_EVERY` steps), so training does not stall on syncs.
@@ -407,6 +409,7 @@ def _fit(
         model.load_state_dict(result.best_state)
     elif work is not model:
         model.load_state_dict(work.state_dict())
+    model.train(work.training)
     result.seconds = time.perf_counter() - start
     return result
 

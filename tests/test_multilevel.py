@@ -285,7 +285,7 @@ def test_multilevel_fit_trains_coarse_to_fine(digits: object,
     assert result.best_epoch in (5, 6)
     assert {k: v.shape for k, v in result.best_state.items()} == keys
     assert all(torch.equal(v, result.best_state[k]) for k, v in model.state_dict().items())
-    assert [u.depth for u in pde_units(model)] == [4, 4]
+    assert [u.depth for u in pde_units(model)] == [4, 4] and model.training
     final = [h for h in result.history if h["level"] == 3]
     assert result.best_val_accuracy == max(h["val_accuracy"] for h in final)
     assert result.best_val_accuracy > 0.3  # chance is 0.1
