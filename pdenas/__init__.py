@@ -1,13 +1,14 @@
 """pdenas: neural architecture search over PDE-motivated residual networks.
 
 The public API (see DESIGN.md): ``Architecture``, ``list_families``, ``build_unit``,
-``build_model``, ``paper_architecture`` and ``load_model``.
+``build_model``, ``paper_architecture``, ``load_model`` and ``deepen``.
 """
 
 from __future__ import annotations
 
 from pdenas.architecture import Architecture, paper_architecture
 from pdenas.families import build_unit, list_families, register_family
+from pdenas.multilevel import deepen
 from pdenas.network import PDENet, build_model
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "PDENet",
     "build_model",
     "build_unit",
+    "deepen",
     "list_families",
     "load_model",
     "paper_architecture",

@@ -3,8 +3,10 @@
 `fit` trains with the paper's recipe as options (SGD with momentum, step drops, weight decay, a
 smoothness-in-time regulariser, box clipping of the weights after each step), tracks the
 best-validation weights, and reports each epoch to a callback that may stop the run (pruning).
-It knows nothing of Optuna or Ray. A non-finite loss raises `Diverged`, running out of memory
-raises `OutOfMemory`; both carry a one-line reason for the trial record.
+With `TrainConfig.multilevel` it trains coarse-to-fine: at a fraction of the depth first, then
+deepened in time level by level (`pdenas.multilevel`). It knows nothing of Optuna or Ray. A
+non-finite loss raises `Diverged`, running out of memory raises `OutOfMemory`; both carry a
+one-line reason for the trial record.
 
 Batches stay on the device: losses and accuracies are accumulated there and read once per epoch
 (plus one small finiteness check every `CHECK_EVERY` steps), so training does not stall on syncs.
@@ -27,6 +29,7 @@ from torch import nn
 
 from pdenas._config import Config, ConfigError
 from pdenas.runs import TrialStatus
+from pdenas.multilevel import Level, MultilevelConfig, pde_units, resample_model
 
 __all__ = [
     "CHECK_EVERY",
@@ -138,6 +141,9 @@ class TrainConfig(Config):
         channels_last: Channels-last memory format for the model and batches; None means on
             CUDA only.
         grad_clip: Clip the global gradient norm to this value, or None.
+        multilevel: Coarse-to-fine training (``pdenas.multilevel.MultilevelConfig``; from
+            plain data ``{levels: 3, factor: 2, shares: null}``), or None to train at the
+            model's depth throughout.
     """
 
     epochs: int = 10
@@ -157,6 +163,7 @@ class TrainConfig(Config):
     amp: str = "off"
     channels_last: bool | None = None
     grad_clip: float | None = None
+    multilevel: MultilevelConfig | None = None
 
     SECTION = "train"
 
@@ -181,6 +188,12 @@ class TrainConfig(Config):
         for name in ("clip_weights", "grad_clip"):
             value = getattr(self, name)
             req(name, value is None or value > 0, "a number > 0 or null")
+        if isinstance(self.multilevel, Mapping):
+            object.__setattr__(self, "multilevel", MultilevelConfig.from_dict(self.multilevel))
+        req("multilevel", self.multilevel is None or isinstance(self.multilevel, MultilevelConfig),
+            "a mapping with levels, factor, shares, or null")
+        if self.multilevel is not None:
+            self.multilevel.epochs_per_level(self.epochs)  # at least one epoch per level
 
     @classmethod
     def from_dict(cls, data: Any, *, section: str | None = None) -> TrainConfig:
@@ -227,14 +240,20 @@ class FitResult:
 
     Attributes:
         history: One dict per epoch: epoch (from 1), lr, train_loss, train_accuracy, val_loss,
-            val_accuracy, seconds.
-        best_val_accuracy: The best validation accuracy (ties broken by the lower loss).
+            val_accuracy, seconds; with multilevel training also level (from 1) and depth (the
+            time steps of all units together).
+        best_val_accuracy: The best validation accuracy (ties broken by the lower loss); with
+            multilevel training among the epochs of the last level trained (the final one
+            unless the callback stopped the run earlier).
         best_val_loss: The validation loss of that epoch.
         best_epoch: The epoch of the best validation accuracy (from 1).
         best_state: The state_dict of the best-validation weights, on the CPU.
         epochs_trained: Epochs completed.
         stopped: True when the callback asked to stop.
-        seconds: Wall time of the whole run.
+        seconds: Wall time of the whole run (with multilevel training: all levels and the
+            resampling between them).
+        levels: With multilevel training, one dict per level started: level, depths (per unit),
+            step_sizes (per unit), first_epoch, epochs (trained), seconds; else empty.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -245,6 +264,7 @@ class FitResult:
     epochs_trained: int = 0
     stopped: bool = False
     seconds: float = 0.0
+    levels: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit(
@@ -274,6 +294,14 @@ def fit(
         deadline: A ``time.monotonic()`` value; training stops before the first step after it
             with ``TimedOut`` (the model then holds the best completed epoch's weights).
 
+    With ``config.multilevel`` the model is first resampled to the coarsest level's depths
+    (step j of a coarse unit takes the weights of the fine step at its start time), and that
+    copy is trained and deepened level by level; ``model`` itself is only written at the end,
+    with the final depths' best weights (or, with ``restore_best=False``, the last ones). The
+    best-validation state is tracked among the last level's epochs only (coarser levels have
+    other shapes and other fidelity); a run stopped in a coarser level reports that level's best
+    and returns its weights deepened to the final depths.
+
     Returns:
         The history, the best validation accuracy and its weights.
 
@@ -291,6 +319,10 @@ def fit(
         failure.history = list(result.history)
         if isinstance(failure, TimedOut):
             failure.result = result
+            levels = result.levels
+            if levels and config.multilevel is not None and tuple(levels[-1]["depths"]) != tuple(
+                    u.depth for u in pde_units(model)):
+                result.best_state = {}  # stopped in a coarser level: no weights at the final depth
             if restore_best and result.best_state:
                 model.load_state_dict(result.best_state)
         raise
@@ -315,18 +347,29 @@ def _fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    step = _Step(model, config, device, amp, channels_last)
+    work = model  # the network being trained: a resampled copy of model in multilevel runs
+    plan: list[Level] = []
+    if config.multilevel is not None:
+        plan = config.multilevel.plan([u.depth for u in pde_units(model)], config.epochs)
+    level: Level | None = None
+    step: _Step | None = None
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for epoch, lr in enumerate(learning_rates(config), start=1):
         epoch_start = time.perf_counter()
+        if plan and (level is None or epoch == level.first_epoch + level.epochs):
+            level = plan[0 if level is None else level.index]
+            work = _start_level(resample_model(work, level.depths), level, result, channels_last)
+            level_start, step = epoch_start, None
+        if step is None:  # once, or again for each level's new parameters (fresh state)
+            step = _Step(work, config, device, amp, channels_last)
         for group in step.optimizer.param_groups:
             group["lr"] = lr
         batches = _until(deadline, _training_batches(data, config, generator), epoch)
         with _out_of_memory(f"at epoch {epoch}"):
             train_loss, train_accuracy = step.epoch(batches, epoch)
             val_loss, val_accuracy = evaluate(
-                model, data.val, device, amp=amp, channels_last=channels_last
+                work, data.val, device, amp=amp, channels_last=channels_last
             )
         if not math.isfinite(val_loss):
             raise Diverged(f"diverged: non-finite validation loss at epoch {epoch}")
@@ -339,21 +382,28 @@ def _fit(
             "val_accuracy": val_accuracy,
             "seconds": time.perf_counter() - epoch_start,
         }
+        if level is not None:
+            metrics.update(level=level.index, depth=sum(level.depths))
         result.history.append(metrics)
         result.epochs_trained = epoch
         logger.info("epoch %d: %s", epoch, metrics)
         if (val_accuracy, -val_loss) > (result.best_val_accuracy, -result.best_val_loss):
             result.best_val_accuracy, result.best_val_loss = val_accuracy, val_loss
             result.best_epoch = epoch
-            result.best_state = {
-                k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-                for k, v in model.state_dict().items()
-            }
+            result.best_state = _cpu_state(work)
+        if level is not None:
+            result.levels[-1]["epochs"] += 1
+            result.levels[-1]["seconds"] = time.perf_counter() - level_start
         if callback is not None and callback(epoch, dict(metrics)):
             result.stopped = True
             break
+    if plan:
+        work = _finish_levels(work, plan[-1].depths, result)
     if restore_best and result.best_state:
         model.load_state_dict(result.best_state)
+    elif work is not model:
+        model.load_state_dict(work.state_dict())
+    model.train(work.training)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -414,6 +464,43 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for k, v in model.state_dict().items()
+    }
+
+
+def _start_level(
+    work: nn.Module, level: Level, result: FitResult, channels_last: bool
+) -> nn.Module:
+    """Enters a multilevel run's level: the resampled network, a fresh best-state tracking (the
+    best is kept per level), and the level's entry in ``result.levels``."""
+    if channels_last:
+        work.to(memory_format=torch.channels_last)
+    result.best_val_accuracy, result.best_val_loss = -math.inf, math.inf
+    result.best_epoch, result.best_state = 0, {}
+    units = pde_units(work)
+    result.levels.append({
+        "level": level.index, "depths": list(level.depths),
+        "step_sizes": [u.step_size for u in units], "first_epoch": level.first_epoch,
+        "epochs": 0, "seconds": 0.0,
+    })
+    return work
+
+
+def _finish_levels(work: nn.Module, final: tuple[int, ...], result: FitResult) -> nn.Module:
+    """Brings a multilevel run that stopped before its last level to the final depths: the last
+    weights and the best state are deepened. Returns the network at the final depths."""
+    if tuple(u.depth for u in pde_units(work)) == final:
+        return work
+    last = resample_model(work, final)
+    if result.best_state:
+        work.load_state_dict(result.best_state)
+        result.best_state = _cpu_state(resample_model(work, final))
+    return last
 
 
 def evaluate(

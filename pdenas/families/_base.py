@@ -263,6 +263,32 @@ class PDEUnit(nn.Module):
             bounds.append(self.step_bound([layer.jacobian_bound(n) for layer, n in layers]))
         return min(bounds)
 
+    # --- resampling in time (multilevel training, ``pdenas.deepen``) ----------------------
+    def unit_options(self) -> dict[str, object]:
+        """The keyword options that rebuild this unit with another depth and step size; a
+        family whose constructor takes more options overrides this."""
+        return {"norm": self.norm_name, "activation": self.activation_name,
+                "reversible": self.reversible, "init": self.init}
+
+    def resample(self, depth: int) -> PDEUnit:
+        """The same dynamics on ``depth`` steps: a new unit over the same time ``T = n h``.
+
+        Step size ``h' = h n / depth``; new step i takes the weights of step
+        ``⌊i n / depth⌋`` (``θ(t)`` stays piecewise constant and unchanged); everything outside
+        ``step_layers`` is copied (``families/_refine.py``). A family whose weights are not
+        per-step modules overrides this.
+        """
+        from pdenas.families._refine import resample_unit
+
+        return resample_unit(self, depth)
+
+    def refine(self, factor: int = 2) -> PDEUnit:
+        """``factor`` times the steps at ``h / factor``, each step repeated ``factor`` times:
+        a finer discretisation of the same ODE (``resample(depth * factor)``)."""
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"factor: must be an integer >= 1, got {factor!r}")
+        return self.resample(self.depth * factor)
+
 
 class _ReversibleIntegration(torch.autograd.Function):
     """Integrates a unit without storing its states; rebuilds them backwards in ``backward``."""

@@ -257,7 +257,7 @@ def _train_kind(key: str, path: str, parser: Parser) -> tuple[str, bool]:
     kind = kinds.get(key)
     if kind is None:
         raise parser.fail(path, f"unknown key; allowed: {', '.join(kinds)}")
-    if kind.base == "tuple":
+    if kind.base in ("tuple", "config", "mapping", "any"):  # lists and sections: fixed values
         return FIXED, False
     if kind.base in ("bool", "str"):
         return CHOICE, True
