@@ -59,7 +59,7 @@ def load_run(run_dir: str | Path) -> RunInfo:
 
 TRIAL_COLUMNS = ("number", "state", "status", "failure_reason", *ARCH_COLUMNS, *METRIC_COLUMNS, "val_loss",
                  "epochs_trained", "epochs_planned", "seconds", "history", "params_suggested",
-                 "worker", "device", "datetime_start", "datetime_complete")
+                 "worker", "device", "warm_start_from", "datetime_start", "datetime_complete")
 
 
 def trial_row(record: TrialRecord) -> dict[str, Any]:
@@ -77,6 +77,7 @@ def trial_row(record: TrialRecord) -> dict[str, Any]:
     row.update(epochs_trained=record.epochs_trained, epochs_planned=record.epochs_planned,
                seconds=record.seconds, history=list(record.history),
                params_suggested=dict(record.params), worker=record.worker, device=record.device,
+               warm_start_from=record.warm_start.get("from_trial"),
                datetime_start=_time(record.started_at), datetime_complete=_time(record.finished_at))
     return row
 
@@ -307,6 +308,9 @@ def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
         "MFLOPs": rows["flops"].map(lambda f: _fmt(f / 1e6, "{:.2f}")),
         "latency_ms": rows["latency_ms"].map(lambda t: _fmt(t, "{:.2f}")),
     })
+    if "warm_start_from" in rows and rows["warm_start_from"].notna().any():
+        table["warm from"] = rows["warm_start_from"].map(lambda n: "-" if n != n or n is None
+                                                          else f"#{int(n)}")
     return table.to_string(index=False)
 
 

@@ -139,6 +139,9 @@ class StudyConfig(Config):
             sampler state (the sampler sees only that family's trials), so the family table
             compares equals. Optuna backend.
         stability: The stability estimate and what to do with unstable candidates.
+        warm_start: Start a candidate from the weights of the best finished trial with the same
+            family, widths, norm and activation at smaller depths, resampled in time
+            (``pdenas.multilevel``); recorded in the trial's ``warm_start``.
         early_stop_rule: Multi-objective studies (Optuna's pruners refuse them): "mo_asha"
             (successive halving with non-dominated sorting of accuracy and cost at each rung,
             so the Pareto front is kept: ``backends/_early_stop.py``), "percentile" (accuracy
@@ -179,6 +182,7 @@ class StudyConfig(Config):
     cover_families: bool = True
     balance_families: bool = False
     stability: StabilityCheck = field(default_factory=StabilityCheck)
+    warm_start: bool = False
     early_stop_rule: str = "mo_asha"
     early_stop_warmup: int = 2
     early_stop_reduction: int = 3

@@ -324,3 +324,37 @@ def test_multilevel_handles_depths_that_do_not_divide(digits: object) -> None:
     assert [lv["depths"] for lv in result.levels] == [[1, 1], [1, 1], [3, 1]]
     assert [lv["step_sizes"] for lv in result.levels][0] == [1.5, 0.5]
     assert [u.depth for u in pde_units(model)] == [3, 1]
+
+
+def test_a_deeper_candidate_warm_starts_from_a_shallower_finished_trial(tmp_path) -> None:
+    """With ``warm_start`` a candidate that matches a finished trial's family, widths and norm at
+    smaller depths starts from its weights, each step repeated in time, keeping its own h."""
+    from pdenas.backends import DataShape, TrialRunner
+    from pdenas.data import DataConfig, load_data
+    from pdenas.runs import RunFolder
+    from pdenas.study import StudyConfig
+
+    data = load_data(DataConfig(name="digits", train_limit=300, seed=0))
+    config = StudyConfig.from_dict({"name": "w", "latency_repeats": 1, "warm_start": True})
+    run = RunFolder(tmp_path)
+    runner = TrialRunner(config, None, run, DataShape.of(data))
+    shallow = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    trained = TrainConfig.from_dict({"epochs": 2, "batch_size": 32})
+    first = runner.run(0, shallow, trained, data=data, device=torch.device("cpu"))
+    assert first.status == "completed" and first.warm_start == {}  # nothing to start from
+    deep = Architecture("parabolic", (8, 8, 8), (2, 2), 0.25, in_channels=1)
+    still = TrainConfig.from_dict({"epochs": 1, "batch_size": 32, "lr": 1e-9,
+                                   "weight_decay": 0.0, "clip_weights": None})
+    second = runner.run(1, deep, still, data=data, device=torch.device("cpu"))
+    assert second.warm_start == {"from_trial": 0, "from_depths": [1, 1],
+                                 "from_val_accuracy": first.val_accuracy}
+    source = run.trial(0).load_weights()
+    started = run.trial(1).load_weights()  # lr 1e-9: the start, all but unchanged
+    for unit in (0, 1):
+        for step in (0, 1):
+            a = source[f"units.{unit}.layers.0.weight"]
+            b = started[f"units.{unit}.layers.{step}.weight"]
+            assert torch.allclose(a, b, atol=1e-6)
+    cold = runner.run(2, Architecture("hamiltonian", (8, 8, 8), (2, 2), 0.25, in_channels=1),
+                      still, data=data, device=torch.device("cpu"))
+    assert cold.warm_start == {}  # another family: no match

@@ -43,6 +43,7 @@ import torch
 
 from pdenas.architecture import Architecture
 from pdenas.backends._stability import estimate, stabilise
+from pdenas.backends._warm_start import warm_start
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, plain
 from pdenas.study import StudyConfig
 from pdenas.train import TrainConfig
@@ -189,7 +190,10 @@ class TrialRunner:
 
         try:
             torch.manual_seed(config.seed * 100_003 + number)
-            model = build_model(arch).to(device)
+            model = build_model(arch)
+            if config.warm_start:
+                record.warm_start = warm_start(model, arch, self.run_folder) or {}
+            model = model.to(device)
             shape = (arch.in_channels, *self.shape.image_size)
             record.cost = measure_cost(model, shape, train.batch_size, device,
                                        repeats=config.latency_repeats).to_dict()

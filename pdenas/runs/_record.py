@@ -48,6 +48,8 @@ class TrialRecord:
         stability: The spectral-radius estimate (study option ``stability``): ``init`` and
             ``final`` (each ``spectral_radius``, the largest over the units, and ``units``, one
             per unit), and ``shortened_from`` when h was shortened before training.
+        warm_start: When the trial started from a shallower trial's weights (study option
+            ``warm_start``): ``from_trial``, ``from_depths``, ``from_val_accuracy``; else empty.
         seconds: Wall time of the trial so far.
         worker: ``host:pid`` of the process that ran it.
         device: The device it trained on ("cpu", "cuda:0").
@@ -69,6 +71,7 @@ class TrialRecord:
     constraints: list[float] = field(default_factory=list)
     max_stable_step: float | None = None
     stability: dict[str, Any] = field(default_factory=dict)
+    warm_start: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     worker: str | None = None
     device: str | None = None
