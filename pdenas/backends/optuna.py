@@ -311,6 +311,8 @@ class OptunaBackend(Backend):
     def _early_stop_rule(self) -> Callable[[int, TrialRecord], bool] | None:
         """The multi-objective study's rule (None: never stop early)."""
         config = self.config
+        if not config.multi_objective:
+            return None  # single objective: Optuna's pruners
         if config.early_stop_rule == "mo_asha":
             return MOASHARule(self.study, config)
         if config.early_stop_rule == "percentile":
