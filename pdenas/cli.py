@@ -44,6 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
     s.add_argument("--seed", type=int)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="optuna backend: run N worker processes on this machine that share the "
+                        "study (several small trials on one GPU, or one per CPU core)")
 
     b = sub.add_parser("leaderboard", help="ranked trials of a run")
     b.add_argument("run", help="run folder, e.g. runs/quickstart")
@@ -83,6 +86,8 @@ def _search(args: argparse.Namespace) -> int:
             config = config.replace(**changes)
         except ValueError as error:
             raise UsageError(str(error).replace("n_trials", "--n-trials")) from None
+    if args.workers > 1:
+        return _workers(args, config)
     progress = _Progress(config, quiet=args.quiet)
     try:
         run = run_search(config, backend=args.backend, out=args.out, address=args.address,
@@ -92,6 +97,43 @@ def _search(args: argparse.Namespace) -> int:
         print(_INTERRUPTED, file=sys.stderr)
         return 130
     progress.close()
+    return _print_board(run.path)
+
+
+def _workers(args: argparse.Namespace, config) -> int:
+    """``--workers N``: creates the study and the run folder once (workers that create a new
+    study at the same moment race on the storage's schema), then runs N ``pdenas search``
+    processes on it, which share the budget, and prints the leaderboard."""
+    import subprocess
+
+    from pdenas.backends import run_search
+
+    if args.workers < 1 or args.workers > 64:
+        raise UsageError(f"--workers: got {args.workers}; allowed: 1 to 64")
+    if args.backend != "optuna":
+        raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
+                         "itself (ray.max_concurrent, fractional gpus_per_trial)")
+    run = run_search(config, backend=args.backend, out=args.out, quiet=True, prepare_only=True)
+    command = [sys.executable, "-m", "pdenas.cli", "search", str(args.study), "--out",
+               str(run.path), "--quiet"]
+    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout),
+                        ("--storage", args.storage), ("--device", args.device),
+                        ("--seed", args.seed)):
+        if value is not None:
+            command += [flag, str(value)]
+    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(args.workers)]
+    try:
+        codes = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C and give their trials back
+        for worker in workers:
+            worker.wait()
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+    failed = [code for code in codes if code != 0]
+    if failed:
+        print(f"pdenas: error: {len(failed)} of {args.workers} workers failed (exit status "
+              f"{failed[0]}); finished trials are stored", file=sys.stderr)
+        return failed[0]
     return _print_board(run.path)
 
 

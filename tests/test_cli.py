@@ -217,3 +217,20 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
     params = interrupted[0]["params"]
     assert params
     assert any(t["params"] == params and t["status"] in ("completed", "pruned") for t in after)
+
+
+def test_workers_share_one_study_on_this_machine(tmp_path: Path) -> None:
+    """``--workers 2``: the study is created once, two processes share its exact budget."""
+    study = write_study(tmp_path, n_trials=4, epochs=3)  # trials long enough for both to start
+    run = tmp_path / "run"
+    done = pdenas("search", str(study), "--out", str(run), "--workers", "2",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    trials = stored_trials(run)
+    assert len(trials) == 4 and {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
+    workers = {json.loads((run / "trials" / str(t["number"]) / "record.json").read_text())["worker"]
+               for t in trials}
+    assert len(workers) == 2  # both processes ran trials
+    assert "study tiny: 4 trials" in done.stdout
+    bad = pdenas("search", str(study), "--out", str(run), "--workers", "2", "--backend", "ray")
+    assert bad.returncode == 2 and "--workers: is for the optuna backend" in bad.stderr

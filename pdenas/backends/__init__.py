@@ -20,7 +20,7 @@ __all__ = ["Backend", "DataShape", "Progress", "TrialRunner", "get_backend", "li
 
 def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path | None = None,
                address: str | None = None, quiet: bool = False,
-               progress: Progress | None = None) -> RunFolder:
+               progress: Progress | None = None, prepare_only: bool = False) -> RunFolder:
     """Runs (or resumes) a study: the lifecycle of ``pdenas.backends._base``.
 
     Args:
@@ -30,6 +30,8 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
         address: A cluster address (Ray).
         quiet: No progress output of the backend's own.
         progress: Told when the search starts and after each trial.
+        prepare_only: Stop once the storage is ready and ``run.json`` is written (before
+            starting worker processes on the same study).
 
     Returns:
         The run folder.
@@ -58,5 +60,7 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
     engine.prepare(data)
     run.write_info(study_name=config.name, backend=cls.name, config=config.to_dict(),
                    storage=engine.storage, study_file=config.path)
+    if prepare_only:
+        return run
     engine.search(config.n_trials, config.timeout, progress)
     return run
