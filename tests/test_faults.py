@@ -126,6 +126,20 @@ def test_a_candidate_that_kills_its_worker_twice_becomes_failed(tmp_path: Path, 
     assert claim_trial(study, 1) is None  # the study goes on: its budget is used
 
 
+def test_a_result_recorded_before_the_worker_died_is_lost_when_a_copy_runs(
+        tmp_path: Path, beats) -> None:
+    run = RunFolder(tmp_path / "run")
+    study = open_study(StudyConfig(name="late"), f"sqlite:///{tmp_path / 's.db'}")
+    trial = claim_trial(study, 1)
+    trial.set_user_attr("status", "running")
+    # killed between writing its final record and telling the storage
+    run.trial(0).write_record(TrialRecord(number=0, status=TrialStatus.COMPLETED))
+    time.sleep(3)
+    assert fail_stale(study, run) == [0]
+    assert run.trial(0).read_record().status is TrialStatus.LOST  # else ranked twice
+    assert study.get_trials()[-1].state == TrialState.WAITING
+
+
 def test_a_slow_workers_write_to_a_retried_trial_is_superseded(tmp_path: Path) -> None:
     study = open_study(StudyConfig(name="slow"), f"sqlite:///{tmp_path / 's.db'}")
     trial = claim_trial(study, 2)

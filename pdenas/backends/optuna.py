@@ -146,8 +146,9 @@ def fail_stale(study: optuna.Study, run: RunFolder) -> list[int]:
             record = folder.read_record()
         except ValueError:  # killed before its first record: only a final failure is written
             record = TrialRecord(number=trial.number, params=dict(trial.params))
-        if record.status is not TrialStatus.RUNNING:
-            continue
+        if record.status in (TrialStatus.LOST, TrialStatus.INTERRUPTED) or (
+                record.status.final and retries_exhausted(trial)):
+            continue  # (a result recorded before the worker died, with no copy queued, stays)
         if retries_exhausted(trial):
             deaths = len(trial.system_attrs.get("retry_history") or []) + 1
             record.status = TrialStatus.FAILED
@@ -155,10 +156,11 @@ def fail_stale(study: optuna.Study, run: RunFolder) -> list[int]:
                 f"its worker process died {deaths} times running this candidate (killed by the "
                 "system, e.g. the out-of-memory killer, or a crash); not retried again")
             record.finished_at = _now()
-        else:
+        else:  # also a result recorded just before the worker died: the copy replaces it
             record.status = TrialStatus.LOST
             record.failure_reason = ("the worker stopped sending heartbeats; "
                                      "the trial was queued again")
+            record.finished_at = None
         folder.write_record(record)
     return [t.number for t in lost]
 
