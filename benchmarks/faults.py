@@ -3,7 +3,7 @@
 For each storage (SQLite in the run folder; PostgreSQL on a throwaway server on 127.0.0.1, see
 tests/pg_server.py) a study of ``--trials`` tiny trials (digits, 2 epochs, widths 4-8) is created
 once, then two ``pdenas search`` workers run it with ``PDENAS_HEARTBEAT_INTERVAL=1`` and
-``PDENAS_GRACE_PERIOD=4``. Every 1.5-5 s the driver picks a live worker and either kills it with
+``PDENAS_GRACE_PERIOD=4``. Every 0.5-2.5 s the driver picks a live worker and either kills it with
 SIGKILL (restarting it at once) or stops it with SIGSTOP for 1-9 s (longer than the grace period
 in about half the pauses: the other worker then fails its trial and retries it, and the paused
 worker must drop its result without a traceback), until ``--faults`` faults were made; then the
@@ -18,7 +18,7 @@ workers finish the budget. The table reports, from the records and the storage:
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/faults.py [--trials 24] [--faults 12] [--seed 0]
+    OMP_NUM_THREADS=1 python benchmarks/faults.py [--trials 32] [--faults 12] [--seed 0]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run_case(label: str, folder: Path, storage: str | None, trials: int, faults:
     made: Counter[str] = Counter()
     start = time.monotonic()
     while sum(made.values()) < faults and any(w.alive() for w in workers):
-        time.sleep(rng.uniform(1.5, 5.0))
+        time.sleep(rng.uniform(0.5, 2.5))
         live = [w for w in workers if w.alive()]
         if not live:
             break
@@ -152,7 +152,7 @@ def run_case(label: str, folder: Path, storage: str | None, trials: int, faults:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
