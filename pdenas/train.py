@@ -156,8 +156,8 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         req = self.require
-        req("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS}")
-        req("batch_size", 1 <= self.batch_size <= 65_536, "an integer from 1 to 65536")
+        req("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer >= 1 and <= {MAX_EPOCHS}")
+        req("batch_size", 1 <= self.batch_size <= 65_536, "an integer >= 1 and <= 65536")
         req("optimizer", self.optimizer in OPTIMIZERS, " | ".join(OPTIMIZERS))
         req("schedule", self.schedule in SCHEDULES, " | ".join(SCHEDULES))
         req("amp", self.amp in AMP_MODES, " | ".join(AMP_MODES))

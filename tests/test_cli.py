@@ -173,7 +173,7 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
     [
         ("colour: red\n", "colour: unknown key"),
         ("sampler_options: {}\npruner: sometimes\n", "pruner: unknown 'sometimes'"),
-        ("sampler_options: {colour: red}\n", "sampler_options: "),
+        ("sampler_options: {colour: red}\n", "sampler_options.colour: unknown option"),
     ],
 )
 def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, edit: str, needle: str,
