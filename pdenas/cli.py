@@ -29,6 +29,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
+    return value
+
+
+def _log_level() -> str:
+    """The logging level ``PDENAS_LOG`` names (default WARNING); a bad one is one line."""
+    level = os.environ.get("PDENAS_LOG", "WARNING").strip().upper() or "WARNING"
+    allowed = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if level not in allowed:
+        raise UsageError(f"PDENAS_LOG: got {os.environ['PDENAS_LOG']!r}; allowed: "
+                         f"{', '.join(allowed)}")
+    return level
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pdenas", description="Architecture search over PDE-motivated ResNets.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -50,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("leaderboard", help="ranked trials of a run")
     b.add_argument("run", help="run folder, e.g. runs/quickstart")
-    b.add_argument("--top", type=int, help="show only the first K rows")
+    b.add_argument("--top", type=_positive_int, help="show only the first K rows")
     b.add_argument("--all", action="store_true", help="list every trial, failed ones included")
     b.add_argument("--csv", help="also write the table as CSV")
     b.add_argument("--parquet", help="also write the table as Parquet")
@@ -220,8 +241,8 @@ COMMANDS = {"search": _search, "leaderboard": _leaderboard, "compare": _compare,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdenas`` console script; returns the exit status."""
-    logging.basicConfig(level=os.environ.get("PDENAS_LOG", "WARNING"))
     try:
+        logging.basicConfig(level=_log_level())
         args = _build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as error:

@@ -29,6 +29,8 @@ COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_
 """Cost metrics that can be a second objective (minimised) against validation accuracy."""
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_TRIALS = 1_000_000
+"""The most trials a study may ask for (a larger number is a typo, not a plan)."""
 
 
 @dataclass(frozen=True)
@@ -216,11 +218,12 @@ class StudyConfig(Config):
                      f"val_accuracy and at most one of {', '.join(COST_OBJECTIVES)}",
                      problem=f"got {list(objectives)}")
         self.require("device", self.device in DEVICES, ", ".join(DEVICES))
-        self.require("n_trials", self.n_trials >= 1, "an integer >= 1")
+        self.require("n_trials", 1 <= self.n_trials <= MAX_TRIALS, f"an integer from 1 to {MAX_TRIALS}")
         self.require("timeout", self.timeout is None or self.timeout > 0, "a number > 0 or null")
         self.require("trial_timeout", self.trial_timeout is None or self.trial_timeout > 0,
                      "a number > 0 or null")
-        self.require("latency_repeats", self.latency_repeats >= 1, "an integer >= 1")
+        self.require("latency_repeats", 1 <= self.latency_repeats <= 1000,
+                     "an integer from 1 to 1000")
         self.require("threads", self.threads is None or self.threads >= 1, "an integer >= 1 or null")
         self.require("early_stop_percentile", 0 <= self.early_stop_percentile <= 100,
                      "a number from 0 to 100")

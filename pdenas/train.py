@@ -56,6 +56,8 @@ SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _EVAL_BATCH = 512
+MAX_EPOCHS = 10_000
+"""The most epochs a trial may train (the per-epoch schedule is built up front)."""
 
 Callback = Callable[[int, dict[str, float]], bool | None]
 
@@ -170,8 +172,8 @@ class TrainConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         req = self.require
-        req("epochs", self.epochs >= 1, "an integer >= 1")
-        req("batch_size", self.batch_size >= 1, "an integer >= 1")
+        req("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer >= 1 and <= {MAX_EPOCHS}")
+        req("batch_size", 1 <= self.batch_size <= 65_536, "an integer >= 1 and <= 65536")
         req("optimizer", self.optimizer in OPTIMIZERS, " | ".join(OPTIMIZERS))
         req("schedule", self.schedule in SCHEDULES, " | ".join(SCHEDULES))
         req("amp", self.amp in AMP_MODES, " | ".join(AMP_MODES))

@@ -49,10 +49,19 @@ def write_study(folder: Path, n_trials: int = 4, epochs: int = 2, **extra: str) 
     return path
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """The environment of a `python -m pdenas.cli` child: this checkout first on its path."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
 def pdenas(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pdenas.cli", *args], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, cwd=cwd, timeout=600,
+        env=child_env(env), cwd=cwd, timeout=600,
     )
 
 
@@ -93,9 +102,25 @@ def test_search_resume_and_leaderboard(tmp_path: Path) -> None:
 
     board = pdenas("leaderboard", str(run), "--csv", str(tmp_path / "board.csv"))
     assert board.returncode == 0, board.stderr
-    assert "rank" in board.stdout and "val_acc" in board.stdout
-    assert (tmp_path / "board.csv").read_text().startswith("number") or "pareto_rank" in (
-        tmp_path / "board.csv").read_text()
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "board.csv")
+    records = {n: json.loads((run / "trials" / str(n) / "record.json").read_text())
+               for n in range(6)}
+    ranked = [n for n, r in records.items() if r["status"] == "completed"]
+    assert sorted(table["number"]) == sorted(ranked) and ranked  # every ranked trial, no other
+    for row in table.itertuples():
+        record = records[row.number]
+        assert row.val_accuracy == pytest.approx(record["val_accuracy"])
+        assert row.params == record["cost"]["params"]
+        assert row.family == record["architecture"]["family"]
+    assert list(table["val_accuracy"]) == sorted(table["val_accuracy"], reverse=True) or (
+        "pareto_rank" in table and list(table["pareto_rank"]) == sorted(table["pareto_rank"]))
+    lines = board.stdout.splitlines()
+    assert f"{len(records)} trials, {len(ranked)} ranked" in lines[0]
+    assert len(lines) >= 2 + len(ranked)  # the header line, the table's header, one row each
+    top = pdenas("leaderboard", str(run), "--top", "1")
+    assert top.returncode == 0 and len(top.stdout.splitlines()) == 3, top.stdout
 
 
 def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
@@ -103,21 +128,28 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
     run = tmp_path / "run"
     env = {"PDENAS_HEARTBEAT_INTERVAL": "1", "PDENAS_GRACE_PERIOD": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "pdenas.cli", "search", str(study), "--out",
-                             str(run), "--quiet"], env={**os.environ, **env},
+                             str(run), "--quiet"], env=child_env(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
+    running: list[dict] = []
     while time.monotonic() < deadline:
         if (run / "study.db").exists() and (run / "run.json").exists():
             try:
-                if sum(t["state"] == "COMPLETE" for t in stored_trials(run)) >= 2:
-                    break
+                trials = stored_trials(run)
             except Exception:  # the study is still being created
-                pass
-        time.sleep(0.2)
+                trials = []
+            # kill it mid-trial: two finished, one running with its record written
+            running = [t for t in trials if t["state"] == "RUNNING"
+                       and (run / "trials" / str(t["number"]) / "record.json").is_file()]
+            if sum(t["state"] == "COMPLETE" for t in trials) >= 2 and running:
+                break
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {t["number"]: t for t in stored_trials(run) if t["state"] == "COMPLETE"}
     assert len(before) >= 2
+    killed = [t for t in stored_trials(run) if t["number"] == running[0]["number"]]
+    assert running and killed[0]["state"] == "RUNNING"  # a trial was running when it was killed
 
     resumed = pdenas("search", str(study), "--out", str(run), "--quiet", env=env)
     assert resumed.returncode == 0, resumed.stderr
@@ -129,6 +161,11 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
                 or (t["state"] == "FAIL" and t["status"] in ("diverged", "oom", "failed"))]
     assert len(finished) == 5
     assert not [t for t in after if t["state"] in ("RUNNING", "WAITING")]
+    # the killed trial is "lost" and a copy with its parameters ran
+    lost = json.loads((run / "trials" / str(killed[0]["number"]) / "record.json").read_text())
+    assert lost["status"] == "lost"
+    assert [t for t in after if t["params"] == killed[0]["params"]
+            and t["number"] > killed[0]["number"] and t["state"] in ("COMPLETE", "PRUNED")]
 
 
 @pytest.mark.parametrize(
@@ -136,7 +173,7 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
     [
         ("colour: red\n", "colour: unknown key"),
         ("sampler_options: {}\npruner: sometimes\n", "pruner: unknown 'sometimes'"),
-        ("sampler_options: {colour: red}\n", "sampler_options: "),
+        ("sampler_options: {colour: red}\n", "sampler_options.colour: unknown option"),
     ],
 )
 def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, edit: str, needle: str,
@@ -190,7 +227,7 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pdenas.cli", "search", str(study), "--out",
                              str(run), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=child_env())
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:

@@ -42,6 +42,7 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
     """
     import torch
 
+    from pdenas.backends._storage import redact_url
     from pdenas.data import load_data
     from pdenas.space import SearchSpace
     from pdenas.study import resolve_device
@@ -58,8 +59,10 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
     data = load_data(config.data, device=device if cls.trains_in_process else "cpu")
     engine = cls(config, space, run, DataShape.of(data), device, quiet=quiet, address=address)
     engine.prepare(data)
-    run.write_info(study_name=config.name, backend=cls.name, config=config.to_dict(),
-                   storage=engine.storage, study_file=config.path)
+    info = config.to_dict()  # no database password in run.json
+    info["storage"] = info["storage"] and redact_url(info["storage"])
+    run.write_info(study_name=config.name, backend=cls.name, config=info,
+                   storage=engine.storage and redact_url(engine.storage), study_file=config.path)
     if prepare_only:
         return run
     engine.search(config.n_trials, config.timeout, progress)

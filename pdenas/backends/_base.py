@@ -243,6 +243,9 @@ class TrialRunner:
         except torch.OutOfMemoryError as error:  # while building or measuring, before training
             record.status = TrialStatus.OOM
             record.failure_reason = f"out of memory before training: {str(error).splitlines()[0]}"
+        except MemoryError as error:  # Python's own allocations (host memory) anywhere in the trial
+            record.status = TrialStatus.OOM
+            record.failure_reason = f"out of host memory: MemoryError {str(error)[:160]}".rstrip()
         except (RuntimeError, ValueError) as error:
             record.status = TrialStatus.FAILED
             text = str(error).splitlines()[0] if str(error) else ""

@@ -3,7 +3,9 @@ backend drives Ray's ``OptunaSearch`` with the same samplers)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -11,7 +13,8 @@ from optuna.trial import FrozenTrial
 
 from pdenas.study import StudyConfig
 
-__all__ = ["PRUNERS", "SAMPLERS", "check_names", "directions", "make_pruner", "make_sampler"]
+__all__ = ["PRUNERS", "SAMPLERS", "check_names", "check_options", "claim_seed", "directions",
+           "make_pruner", "make_sampler"]
 
 SAMPLERS = ("tpe", "random", "nsga2", "cmaes", "gp", "grid")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
@@ -25,6 +28,74 @@ def check_names(config: StudyConfig) -> None:
         raise ValueError(f"pruner: unknown {config.pruner!r}; allowed: {', '.join(PRUNERS)}")
 
 
+_SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "nsga2": "NSGAIISampler",
+                    "cmaes": "CmaEsSampler", "gp": "GPSampler", "grid": "GridSampler"}
+_PRUNER_CLASSES = {"median": "MedianPruner", "hyperband": "HyperbandPruner",
+                   "successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
+_SET_BY_PDENAS = {"seed", "constraints_func", "search_space"}
+"""Sampler arguments pdenas fills in itself (``seed`` may still be given, as a number)."""
+
+
+def _check_values(section: str, cls: type, options: Mapping[str, Any]) -> None:
+    """Checks each option against ``cls``'s signature: a known name, and for an option annotated
+    as a number or a flag, a value of that kind (finite; >= 0 where the default is)."""
+    parameters = {name: p for name, p in inspect.signature(cls).parameters.items()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    allowed = sorted(n for n in parameters if n not in _SET_BY_PDENAS - {"seed"})
+    for key, value in options.items():
+        name = f"{section}.{key}"
+        if key not in allowed:
+            raise ValueError(f"{name}: unknown option of {cls.__name__}; allowed: "
+                             f"{', '.join(allowed) or 'none'}")
+        parameter = parameters[key]
+        annotation = parameter.annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        kinds = {part.strip() for part in (text or "").split("|")}
+        if value is None and "None" in kinds:
+            continue
+        kinds.discard("None")
+        default = 0 if key == "seed" else parameter.default
+        floor = " >= 0" if isinstance(default, (int, float)) and default >= 0 else ""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kinds == {"bool"}:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: got {value!r}; allowed: true or false")
+        elif kinds == {"int"}:
+            if not isinstance(value, int) or isinstance(value, bool) or (floor and value < 0):
+                raise ValueError(f"{name}: got {value!r}; allowed: an integer{floor}")
+        elif kinds and kinds <= {"int", "float"}:
+            if not number or not math.isfinite(value) or (floor and value < 0):
+                raise ValueError(f"{name}: got {value!r}; allowed: a finite number{floor}")
+        elif any(k.startswith(("Callable", "BaseSampler", "Sequence[Callable")) for k in kinds):
+            raise ValueError(f"{name}: set by code, not by a study file; allowed: leave it out")
+        elif number and not math.isfinite(value):
+            raise ValueError(f"{name}: got {value!r}; allowed: a finite number")
+
+
+def check_options(config: StudyConfig) -> None:
+    """Validates ``sampler_options`` and ``pruner_options`` before anything runs: known names,
+    values of the right kind, and the pruner built once (so Optuna's own range checks run).
+
+    Raises:
+        ValueError: ``sampler_options.KEY: problem; allowed: ...`` (or ``pruner_options``).
+    """
+    check_names(config)
+    _check_values("sampler_options", getattr(optuna.samplers, _SAMPLER_CLASSES[config.sampler]),
+                  config.sampler_options)
+    _check_values("pruner_options", getattr(optuna.pruners, _PRUNER_CLASSES[config.pruner]),
+                  config.pruner_options)
+    make_pruner(config)
+    if config.sampler != "grid":  # the grid sampler needs the space's grid: built in prepare
+        make_sampler(config)
+
+
+def claim_seed(base: int, stored: int) -> int:
+    """The sampler seed of the claim made when the study holds ``stored`` trials: a function of
+    the study's seed and the count only, so a one-worker search is reproducible, and two workers
+    (whose claims are serialised by the budget lock, each adding a trial) never share one."""
+    return (int(base) * 1_000_003 + 7919 * int(stored)) % 2**32
+
+
 def directions(config: StudyConfig) -> list[str]:
     """Optuna's directions, one per objective: accuracy maximised, a cost minimised."""
     return ["maximize"] + ["minimize"] * (len(config.objectives) - 1)
@@ -35,7 +106,8 @@ def _constraints(trial: FrozenTrial) -> list[float]:
 
 
 def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] | None = None,
-                 *, constrained: bool = True) -> optuna.samplers.BaseSampler:
+                 *, constrained: bool = True, stored: int | None = None
+                 ) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded, constraint-aware where the sampler supports it.
 
     Args:
@@ -43,6 +115,8 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
         grid: The search space's grid (for the grid sampler).
         constrained: Pass the study's cost limits to the sampler (they are read from the
             trials' ``constraints`` user attribute).
+        stored: The number of trials the study holds at this claim: the seed becomes
+            ``claim_seed(seed, stored)`` (None: the study's seed as it is).
 
     Raises:
         ValueError: An unknown name or bad options.
@@ -50,6 +124,8 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
     check_names(config)
     options = dict(config.sampler_options)
     seed = options.pop("seed", config.seed)
+    if stored is not None:
+        seed = claim_seed(seed, stored)
     limits = ({"constraints_func": _constraints}
               if constrained and config.constraints.active else {})
     makers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
@@ -62,8 +138,8 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
     }
     try:
         return makers[config.sampler]()
-    except TypeError as error:
-        raise ValueError(f"sampler_options: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sampler_options: {str(error).splitlines()[0]}") from None
 
 
 def _grid(grid: Callable[[], dict[str, list[Any]]] | None) -> dict[str, list[Any]]:
@@ -89,5 +165,5 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
             return optuna.pruners.HyperbandPruner(**options)
         options.setdefault("min_resource", 1)
         return optuna.pruners.SuccessiveHalvingPruner(**options)
-    except TypeError as error:
-        raise ValueError(f"pruner_options: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"pruner_options: {str(error).splitlines()[0]}") from None

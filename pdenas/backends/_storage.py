@@ -1,25 +1,92 @@
 """Optuna storages by URL and the lock that serialises the budget bookkeeping of workers.
 
-``PDENAS_HEARTBEAT_INTERVAL`` and ``PDENAS_GRACE_PERIOD`` (seconds, read at import) set how often
-a running trial beats and how long a silent one lives before it is failed and retried.
+``PDENAS_HEARTBEAT_INTERVAL`` and ``PDENAS_GRACE_PERIOD`` (whole seconds, read when a storage is
+opened: ``heartbeat_settings``) set how often a running trial beats and how long a silent one lives
+before it is failed and retried; the grace period must exceed the interval. ``PDENAS_LOCK_TIMEOUT``
+(seconds, default 300) bounds the wait for the budget lock of a PostgreSQL or MySQL study.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 
-__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "budget_lock", "driver_url", "make_storage"]
+__all__ = ["MAX_RETRY", "budget_lock", "check_storage_url", "driver_url", "heartbeat_settings",
+           "lock_timeout", "make_storage", "redact_url"]
 
-HEARTBEAT_INTERVAL = int(os.environ.get("PDENAS_HEARTBEAT_INTERVAL", "10"))
-"""Seconds between two heartbeats of a running trial (RDB storages)."""
-GRACE_PERIOD = int(os.environ.get("PDENAS_GRACE_PERIOD", "40"))
-"""Seconds without a heartbeat after which a trial counts as dead and is retried."""
+MAX_RETRY = 1
+"""Copies queued of a trial whose worker died: a candidate that kills its worker twice (the OOM
+killer, a crash in a kernel) is recorded as failed instead of killing every worker in turn."""
+_PASSWORD = re.compile(r"(://[^:/@\s]*):[^/\s]*@")
+SQLITE_BUSY_TIMEOUT = 60.0
+"""Seconds a SQLite connection waits for another worker's write lock before it fails."""
+LOCK_HOLD_SECONDS = 60
+"""PostgreSQL ends the budget lock's session after this long idle, so a vanished holder frees it."""
+
+
+def _env_seconds(name: str, default: int, minimum: int = 1) -> int:
+    """A whole number of seconds from the environment; a bad value is one line naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ValueError(f"{name}: got {text!r}; allowed: a whole number of seconds >= {minimum}")
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds from ``PDENAS_HEARTBEAT_INTERVAL`` (default
+    10) and ``PDENAS_GRACE_PERIOD`` (default 40).
+
+    Raises:
+        ValueError: A value that is not a whole number >= 1, or a grace period not longer than
+            the interval (every live trial would look dead), naming the variable.
+    """
+    interval = _env_seconds("PDENAS_HEARTBEAT_INTERVAL", 10)
+    grace = _env_seconds("PDENAS_GRACE_PERIOD", 40)
+    if grace <= interval:
+        raise ValueError(f"PDENAS_GRACE_PERIOD: got {grace}; allowed: more seconds than "
+                         f"PDENAS_HEARTBEAT_INTERVAL ({interval}), best several times it")
+    return interval, grace
+
+
+def lock_timeout() -> int:
+    """Seconds a worker waits for the budget lock (``PDENAS_LOCK_TIMEOUT``, default 300)."""
+    return _env_seconds("PDENAS_LOCK_TIMEOUT", 300)
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, or a message holding URLs) with every URL password replaced by ``***``
+    (for run.json, logs and errors)."""
+    return _PASSWORD.sub(r"\1:***@", text)
+
+
+def check_storage_url(url: str) -> None:
+    """Refuses, before anything runs, a storage URL that would keep nothing.
+
+    Raises:
+        ValueError: Not a URL or a journal path, or an in-memory SQLite database.
+    """
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        return
+    if "://" not in url:
+        raise ValueError(
+            f"storage: {redact_url(url)!r} is not a storage URL; use e.g. sqlite:///study.db, "
+            "postgresql://user@host/db, or journal:/path/study.log"
+        )
+    if url.startswith("sqlite") and url.partition(":///")[2] in ("", ":memory:"):
+        raise ValueError(f"storage: {url!r} is an in-memory database and would keep nothing; "
+                         "allowed: a file, e.g. sqlite:///study.db")
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -33,22 +100,21 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
-    if "://" not in url:
-        raise ValueError(
-            f"storage: {url!r} is not a storage URL; use e.g. sqlite:///study.db, "
-            "postgresql://user@host/db, or journal:/path/study.log"
-        )
+    check_storage_url(url)
+    interval, grace = heartbeat_settings()
     url = driver_url(url)
+    engine = ({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}} if url.startswith("sqlite")
+              else {"pool_pre_ping": True, "connect_args": _connect_args(url)})
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
                 url,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
+                heartbeat_interval=interval,
+                grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3
+                    max_retry=MAX_RETRY
                 ),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                engine_kwargs=engine,
             )
         except ImportError as error:
             raise ValueError(f"storage: the driver for {url.split(':')[0]} is missing ({error}); "
@@ -57,9 +123,20 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             # Workers that open a fresh database at the same moment race on creating Optuna's
             # tables and all but one fail: the tables exist on the next try.
             if attempt == 2:
-                raise ValueError(f"storage: cannot open {url}: {str(error).splitlines()[0]}") from None
+                raise ValueError(f"storage: cannot open {redact_url(url)}: "
+                                 f"{redact_url(str(error).splitlines()[0])}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _connect_args(url: str) -> dict[str, int]:
+    """Driver arguments that bound how long opening a connection may hang (10 s)."""
+    scheme = url.partition(":")[0]
+    if scheme.startswith("postgres"):
+        return {"connect_timeout": 10}
+    if scheme.startswith(("mysql", "mariadb")):
+        return {"connect_timeout": 10}
+    return {}
 
 
 def driver_url(url: str) -> str:
@@ -97,18 +174,29 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
         key = int.from_bytes(hashlib.sha1(f"pdenas:{study_name}".encode()).digest()[:8], "big",
                              signed=True)
         postgres = scheme.startswith("postgres")
-        lock, unlock = (("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
-                        if postgres else
-                        ("SELECT GET_LOCK(:name, 600)", "SELECT RELEASE_LOCK(:name)"))
         args = {"key": key} if postgres else {"name": f"pdenas-{key:x}"[:64]}
-        engine = sqlalchemy.create_engine(driver_url(storage_url), poolclass=NullPool)
+        url = driver_url(storage_url)
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=_connect_args(url))
+        unlock = "SELECT pg_advisory_unlock(:key)" if postgres else "SELECT RELEASE_LOCK(:name)"
         try:
-            with engine.connect() as connection:
-                connection.execute(sqlalchemy.text(lock), args)
-                try:
-                    yield
-                finally:
+            connection = engine.connect()
+            try:
+                _acquire(connection, postgres, args, study_name)
+            except BaseException as error:
+                connection.close()
+                if isinstance(error, sqlalchemy.exc.DBAPIError):
+                    raise ValueError(f"storage: the budget lock of {study_name!r} failed: "
+                                     f"{redact_url(str(error.orig).splitlines()[0])}") from None
+                raise
+            try:
+                yield
+            finally:
+                # A holder paused past LOCK_HOLD_SECONDS lost its session (and the lock) already.
+                with contextlib.suppress(sqlalchemy.exc.DBAPIError):
                     connection.execute(sqlalchemy.text(unlock), args)
+                    connection.commit()
+                with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+                    connection.close()
         finally:
             engine.dispose()
         return
@@ -129,3 +217,45 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _acquire(connection, postgres: bool, args: dict[str, object], study_name: str) -> None:
+    """Takes the study's advisory lock on ``connection`` within ``lock_timeout()`` seconds.
+
+    PostgreSQL: ``pg_try_advisory_lock`` polled until the deadline, on a session that the server
+    ends after ``LOCK_HOLD_SECONDS`` idle (so a holder that vanished, or is paused, frees the lock
+    without waiting hours for TCP keepalive). MySQL: ``GET_LOCK`` with the timeout, its result
+    checked (0: timed out, NULL: an error).
+
+    Raises:
+        ValueError: The lock was not obtained in time (one line naming the study).
+    """
+    import sqlalchemy
+
+    timeout = lock_timeout()
+    text = sqlalchemy.text
+    if postgres:
+        for setting in (f"SET idle_session_timeout = {LOCK_HOLD_SECONDS * 1000}",  # PG >= 14
+                        "SET lock_timeout = 10000", "SET statement_timeout = 30000"):
+            try:
+                connection.execute(text(setting))
+                connection.commit()
+            except sqlalchemy.exc.DBAPIError:
+                connection.rollback()
+        deadline = time.monotonic() + timeout
+        while True:
+            if connection.execute(text("SELECT pg_try_advisory_lock(:key)"), args).scalar():
+                connection.commit()
+                return
+            connection.commit()
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    else:
+        got = connection.execute(text(f"SELECT GET_LOCK(:name, {timeout})"), args).scalar()
+        if got == 1:
+            return
+        if got is None:
+            raise ValueError(f"storage: MySQL GET_LOCK failed for the budget lock of {study_name!r}")
+    raise ValueError(f"storage: the budget lock of {study_name!r} was not free within {timeout} s "
+                     "(PDENAS_LOCK_TIMEOUT); another worker holds it and does not let go")

@@ -7,7 +7,13 @@ budget and asks for a new trial only while there are fewer than ``n_trials``, so
 optuna-dashboard, and ``trials_dataframe()``) holds only real trials, plus at most the copies
 queued for retries. A worker that dies mid-trial stops its heartbeat; another worker fails the
 stale trial (its record becomes ``lost``) and Optuna's ``RetryHeartbeatStaleTrialCallback`` queues
-a copy with the same parameters. Rerunning the same command resumes the study.
+a copy with the same parameters, once (``MAX_RETRY``): a candidate whose copy kills its worker too
+(the kernel's OOM killer, a crash in a kernel) is recorded as ``failed`` with that reason and the
+study goes on. A worker that was only slow (paused past the grace period) and finds its trial
+failed by another drops its result, leaves the record ``lost`` and takes the next trial. Each
+claim reseeds the sampler from the study's seed and the number of trials stored, so workers that
+see the same history still suggest different candidates, and a one-worker search is
+reproducible. Rerunning the same command resumes the study.
 
 Records are written by the shared ``TrialRunner``; Optuna's user attributes get a copy of them
 (the architecture, the status, the metrics) for samplers and optuna-dashboard.
@@ -16,6 +22,7 @@ Records are written by the shared ``TrialRunner``; Optuna's user attributes get 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -31,11 +38,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pdenas.backends._balanced import FamilyBalancedSampler, check_balanced, family_of
-from pdenas.backends._base import Backend, Progress
+from pdenas.backends._base import Backend, Progress, now as _now
 from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
-from pdenas.backends._sampling import check_names, directions, make_pruner, make_sampler
-from pdenas.backends._storage import HEARTBEAT_INTERVAL, budget_lock, make_storage
+from pdenas.backends._sampling import (check_names, check_options, directions, make_pruner,
+                                      make_sampler)
+from pdenas.backends._storage import (MAX_RETRY, budget_lock, check_storage_url,
+                                      heartbeat_settings, make_storage, redact_url)
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
@@ -52,6 +61,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 __all__ = ["OptunaBackend", "claim_trial", "counts_toward_budget", "fail_stale", "open_study"]
 
 POLL_SECONDS = 2.0
+_LOG = logging.getLogger("pdenas")
 _COPIED = ("status", "failure_reason", "train", "val_accuracy", "epochs_trained",
            "epochs_planned", "history", "constraints", "max_stable_step", "seconds")
 """Record fields copied into the Optuna trial's user attributes (plus the cost's keys)."""
@@ -65,7 +75,7 @@ def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None)
                                     directions=directions(config), sampler=sampler, pruner=pruner,
                                     load_if_exists=True)
     except ValueError as error:
-        raise ValueError(f"storage: {error}") from None
+        raise ValueError(f"storage: {redact_url(str(error))}") from None
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(config):
         raise ValueError(
@@ -75,25 +85,38 @@ def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None)
     return study
 
 
+def retries_exhausted(trial: FrozenTrial) -> bool:
+    """Whether a trial is a copy that was already retried ``MAX_RETRY`` times (so when its worker
+    dies too, no copy is queued: the candidate itself is taken to kill its worker)."""
+    return len(trial.system_attrs.get("retry_history") or []) >= MAX_RETRY
+
+
 def counts_toward_budget(trial: FrozenTrial) -> bool:
     """Whether a stored trial uses one unit of the budget: finished, running or queued, or
-    failed because its candidate failed (a lost or interrupted one was queued again)."""
+    failed because its candidate failed (a lost or interrupted one was queued again), or a
+    dead worker's trial whose retries are used up."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
                        TrialState.WAITING):
         return True
     status = trial.user_attrs.get("status")
+    if status == TrialStatus.RUNNING.value and retries_exhausted(trial):
+        return True
     return status in TrialStatus._value2member_map_ and TrialStatus(status).failure
 
 
 def claim_trial(study: optuna.Study, n_trials: int,
-                first_params: Sequence[Mapping[str, Any]] = (), *,
+                first_params: Sequence[Mapping[str, Any]] = (),
+                sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
                 balance: tuple[str, Sequence[str]] | None = None) -> optuna.Trial | None:
     """Takes the next trial of the budget, or None when the budget is used (call under the lock).
 
     A queued copy (a retry, an interrupted trial) is taken first; otherwise a new trial is
     asked for, fixed to ``first_params[k]`` when it is the study's k-th trial, or, with
     ``balance`` (the family param and its choices), to the family with the fewest trials that
-    use the budget (ties: the first in the space's order).
+    use the budget (ties: the first in the space's order). With ``sampler_for``, the study's
+    sampler is replaced first by ``sampler_for(trials stored)`` (a sampler seeded for this
+    claim). The trial's first heartbeat is recorded here, so a worker killed before it beats
+    still leaves a trial that goes stale.
     """
     trials = study.get_trials(deepcopy=False)
     used = sum(counts_toward_budget(t) for t in trials if t.state != TrialState.WAITING)
@@ -109,29 +132,54 @@ def claim_trial(study: optuna.Study, n_trials: int,
             fixed = dict(first_params[len(trials)])
         if fixed is not None:
             study.enqueue_trial(fixed, user_attrs={"status": "queued"})
-    return study.ask()
+    if sampler_for is not None:
+        study.sampler = sampler_for(len(trials))
+    trial = study.ask()
+    if _beats(study):
+        study._storage.record_heartbeat(trial._trial_id)
+    return trial
 
 
 def fail_stale(study: optuna.Study, run: RunFolder) -> list[int]:
-    """Fails the trials whose heartbeat went silent (Optuna queues a copy of each) and marks
-    their records ``lost``; returns their numbers (call under the lock)."""
-    running = {t._trial_id: t.number for t in study.get_trials(deepcopy=False,
-                                                                  states=(TrialState.RUNNING,))}
+    """Fails the trials whose heartbeat went silent and marks their records: ``lost`` when
+    Optuna queued a copy, ``failed`` when the copy's worker died too (``MAX_RETRY``); returns
+    their numbers (call under the lock)."""
+    running = {t._trial_id: t for t in study.get_trials(deepcopy=False,
+                                                           states=(TrialState.RUNNING,))}
     if not running:
         return []
     optuna.storages.fail_stale_trials(study)
     failed = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    lost = sorted(number for trial_id, number in running.items() if trial_id in failed)
-    for number in lost:
-        folder = run.trial(number)
-        with contextlib.suppress(ValueError):
+    lost = sorted((t for trial_id, t in running.items() if trial_id in failed),
+                  key=lambda t: t.number)
+    for trial in lost:
+        folder = run.trial(trial.number)
+        try:
             record = folder.read_record()
-            if record.status is TrialStatus.RUNNING:
-                record.status = TrialStatus.LOST
-                record.failure_reason = ("the worker stopped sending heartbeats; "
-                                         "the trial was queued again")
-                folder.write_record(record)
-    return lost
+        except ValueError:  # killed before its first record: only a final failure is written
+            record = TrialRecord(number=trial.number, params=dict(trial.params))
+        if record.status in (TrialStatus.LOST, TrialStatus.INTERRUPTED) or (
+                record.status.final and retries_exhausted(trial)):
+            continue  # (a result recorded before the worker died, with no copy queued, stays)
+        if retries_exhausted(trial):
+            deaths = len(trial.system_attrs.get("retry_history") or []) + 1
+            record.status = TrialStatus.FAILED
+            record.failure_reason = (
+                f"its worker process died {deaths} times running this candidate (killed by the "
+                "system, e.g. the out-of-memory killer, or a crash); not retried again")
+            record.finished_at = _now()
+        else:  # also a result recorded just before the worker died: the copy replaces it
+            record.status = TrialStatus.LOST
+            record.failure_reason = ("the worker stopped sending heartbeats; "
+                                     "the trial was queued again")
+            record.finished_at = None
+        folder.write_record(record)
+    return [t.number for t in lost]
+
+
+class _Superseded(Exception):
+    """This worker's trial was failed by another worker (its heartbeat looked stale: the worker
+    was paused or cut off past the grace period) and a copy was queued: drop this result."""
 
 
 def _beats(study: optuna.Study) -> bool:
@@ -150,11 +198,13 @@ def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         return
     stop = threading.Event()
 
+    interval = heartbeat_settings()[0]
+
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):
                 storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_INTERVAL):
+            if stop.wait(interval):
                 return
 
     thread = threading.Thread(target=beat, daemon=True, name=f"pdenas-heartbeat-{trial_id}")
@@ -230,6 +280,17 @@ def tell(study: optuna.Study, trial: optuna.Trial, record: TrialRecord,
         study.tell(trial, state=TrialState.PRUNED if state == "PRUNED" else TrialState.FAIL)
 
 
+@contextlib.contextmanager
+def _owned(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Turns a write to a trial that another worker already failed into ``_Superseded``."""
+    try:
+        yield
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            raise _Superseded(trial.number) from None
+        raise
+
+
 @register_backend("optuna")
 class OptunaBackend(Backend):
     """Trials of an Optuna study (any storage), trained in this process."""
@@ -242,6 +303,10 @@ class OptunaBackend(Backend):
         if address:
             raise ValueError("--address is for the ray backend (--backend ray)")
         check_names(config)
+        check_options(config)
+        if config.storage is not None:
+            check_storage_url(config.storage)
+        heartbeat_settings()
         if config.balance_families:
             check_balanced(config.sampler)
 
@@ -250,6 +315,7 @@ class OptunaBackend(Backend):
             return self.space.grid(image_size=min(data.image_size))
 
         self.data = data
+        self._grid = grid
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler, pruner = make_sampler(self.config, grid), make_pruner(self.config)
         self.balance: tuple[str, list[str]] | None = None
@@ -262,7 +328,13 @@ class OptunaBackend(Backend):
             sampler = FamilyBalancedSampler(lambda: make_sampler(self.config, grid), param)
         self.storage = self.config.storage
         if self.storage is None:
-            self.run_folder.path.mkdir(parents=True, exist_ok=True)
+            run = self.run_folder
+            if run.trial_numbers() and not run.default_storage_path.is_file():
+                raise ValueError(
+                    f"{run.default_storage_path}: the run's storage is missing but the folder "
+                    f"holds {len(run.trial_numbers())} trial folders; restore it, or search into "
+                    "another --out (resuming would number trials from 0 over the old ones)")
+            run.path.mkdir(parents=True, exist_ok=True)
         self.storage_url = self.storage or self.run_folder.default_storage_url()
         self.study = open_study(self.config, self.storage_url, sampler, pruner)
 
@@ -281,7 +353,8 @@ class OptunaBackend(Backend):
         while deadline is None or time.monotonic() < deadline:
             with lock():
                 fail_stale(study, run)
-                trial = claim_trial(study, n_trials, first, balance=self.balance)
+                trial = claim_trial(study, n_trials, first, self._sampler_for,
+                                    balance=self.balance)
             if trial is None:
                 # Wait while other workers run trials: a dead worker's trial comes back to the
                 # queue once its heartbeat is stale. Without heartbeats (journal files) it never
@@ -294,6 +367,9 @@ class OptunaBackend(Backend):
                 time_left = None if deadline is None else deadline - time.monotonic()
                 with _heartbeat(study, trial._trial_id):
                     record = self._run_one(trial, time_left)
+            except _Superseded:
+                self._dropped(trial.number)
+                continue
             except KeyboardInterrupt:
                 # Give the slot back so a rerun does the trial again, then stop. Queue the copy
                 # before failing the trial: the budget never looks short.
@@ -321,36 +397,65 @@ class OptunaBackend(Backend):
             return lambda epoch, record: percentile(epoch, float(record.val_accuracy or 0.0))
         return None
 
+    def _sampler_for(self, stored: int) -> optuna.samplers.BaseSampler:
+        """The sampler of one claim, seeded for it (balanced studies: one per family)."""
+        if self.balance is not None:
+            return FamilyBalancedSampler(
+                lambda: make_sampler(self.config, self._grid, stored=stored), self.balance[0])
+        return make_sampler(self.config, self._grid, stored=stored)
+
+    def _dropped(self, number: int) -> None:
+        """Leaves a superseded trial's record ``lost`` (this worker wrote it after the other
+        worker failed the trial) and says so in one line."""
+        folder = self.run_folder.trial(number)
+        with contextlib.suppress(ValueError):
+            record = folder.read_record()
+            if record.status is not TrialStatus.LOST:
+                record.status = TrialStatus.LOST
+                record.failure_reason = ("its worker was paused past the grace period; another "
+                                         "worker failed it and queued a copy")
+                record.finished_at = None
+                folder.write_record(record)
+        _LOG.warning("trial %d was failed by another worker while this one was paused "
+                     "(past PDENAS_GRACE_PERIOD); its result is dropped, a copy was queued",
+                     number)
+
     def _run_one(self, trial: optuna.Trial, time_left: float | None = None) -> TrialRecord:
         study, config, runner = self.study, self.config, self.runner
-        trial.set_user_attr("status", TrialStatus.RUNNING.value)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        with _owned(study, trial):
+            trial.set_user_attr("status", TrialStatus.RUNNING.value)
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             arch, train = runner.suggest(trial)
         except ValueError as error:
             record = runner.record_failure(trial.number, f"cannot build the candidate: {error}",
                                            trial.params)
-            tell(study, trial, record, config.objectives)
+            with _owned(study, trial):
+                tell(study, trial, record, config.objectives)
             return record
-        trial.set_user_attr("architecture", arch.to_dict())
-        trial.set_user_attr("family", arch.family)
+        with _owned(study, trial):
+            trial.set_user_attr("architecture", arch.to_dict())
+            trial.set_user_attr("family", arch.family)
         rule = self._early_stop_rule()
 
         def report(record: TrialRecord, metrics: Mapping[str, float]) -> bool:
-            trial.set_user_attr("history", record.history)  # live curves in optuna-dashboard
-            if config.multi_objective:
-                return rule(record.epochs_trained, record) if rule is not None else False
-            trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
-            return trial.should_prune()
+            with _owned(study, trial):
+                trial.set_user_attr("history", record.history)  # live curves in optuna-dashboard
+                if config.multi_objective:
+                    return rule(record.epochs_trained, record) if rule is not None else False
+                trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
+                return trial.should_prune()
 
         def on_cost(record: TrialRecord) -> None:
-            for key, value in record.cost.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("constraints", record.constraints)
+            with _owned(study, trial):
+                for key, value in record.cost.items():
+                    trial.set_user_attr(key, value)
+                trial.set_user_attr("constraints", record.constraints)
 
         record = runner.run(trial.number, arch, train, data=self.data, device=self.device,
                             params=trial.params, report=report, on_cost=on_cost,
                             time_left=time_left)
-        tell(study, trial, record, config.objectives)
+        with _owned(study, trial):
+            tell(study, trial, record, config.objectives)
         return record
 

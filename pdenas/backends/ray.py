@@ -278,8 +278,7 @@ def _init_ray(address: str | None, quiet: bool) -> bool:
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    else:  # Ray's token authentication stays as the user (or RAY_AUTH_MODE) set it
         ray.init(include_dashboard=False, **kwargs)
     return True
 

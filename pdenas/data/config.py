@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MAX_IMAGE_SIZE = 1024
+"""The largest ``image_size`` (a side): beyond it even one resized data set outgrows memory."""
 """Where Debian's `dataset-fashion-mnist` package installs its IDX .gz files."""
 
 
@@ -123,6 +125,8 @@ class DataConfig(Config):
         for key in ("image_size", "train_limit"):
             value = getattr(self, key)
             self.require(key, value is None or value >= 2, "an integer >= 2 or null")
+        self.require("image_size", self.image_size is None or self.image_size <= MAX_IMAGE_SIZE,
+                     f"an integer from 2 to {MAX_IMAGE_SIZE} or null")
 
     def resolved_root(self) -> Path:
         """Returns the folder the data set is read from (or downloaded to)."""

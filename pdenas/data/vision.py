@@ -4,12 +4,22 @@ torchvision checks MD5 sums of every file at each load. Here the downloaded arch
 still verified by torchvision's download, but a load checks only that the files are present: this
 skips hashing hundreds of MB per load and lets the tests run the real readers on small files in the
 real formats.
+
+CIFAR's batches are Python pickles, and ``pickle.load`` runs whatever a file asks for, so whoever
+can write ``data.root`` (a shared folder on a cluster) could run code in every worker. They are
+read here with ``SafeUnpickler``, which builds only what those files hold (dicts, lists, strings,
+numbers, and numeric numpy arrays) and refuses every other global, instead of torchvision's
+``pickle.load``. (Checking torchvision's MD5 sums at each load would also stop tampered files,
+but costs hashing ~170 MB per load and refuses re-packed or subset files that are honest.)
 """
 
 from __future__ import annotations
 
+import codecs
+import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,12 +72,74 @@ def _from_arrays(train_x: np.ndarray, train_y: object, test_x: np.ndarray, test_
     return RawData(images[0], labels[0], images[1], labels[1], tuple(classes))  # type: ignore[arg-type]
 
 
+def _reconstruct(cls: type, *args: Any) -> np.ndarray:
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to build {cls!r}: only numpy arrays are allowed")
+    return np.ndarray.__new__(np.ndarray, *args)
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing the codec {encoding!r} in a data file")
+    return codecs.encode(text, "latin1")
+
+
+def _frombuffer(buffer: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -> np.ndarray:
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles data files without running code: only numpy arrays (and dtypes) of plain
+    containers are built; any other global in the file is an ``UnpicklingError``."""
+
+    _ALLOWED: dict[tuple[str, str], Any] = {
+        **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: the file may hold "
+                                         "code; CIFAR files hold only numpy arrays") from None
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        entry = SafeUnpickler(handle, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name}: not a CIFAR batch (a {type(entry).__name__})")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _cifar_batches(folder: Path, files: list[list[str]], labels_key: str) -> tuple[np.ndarray, list[int]]:
+    images, labels = [], []
+    for filename, *_ in files:
+        entry = _unpickle(folder / filename)
+        data = entry["data"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
+            raise ValueError(f"{filename}: data is not uint8 32x32x3 images")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(int(y) for y in entry[labels_key if labels_key in entry else "labels"])
+    return np.concatenate(images), labels
+
+
 def _cifar(cls: type[CIFAR10]) -> Callable[[Path, bool], RawData]:
     def load(root: Path, download: bool) -> RawData:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False)
-        train_x, test_x = (ds.data.transpose(0, 3, 1, 2) for ds in (train, test))  # HWC -> CHW
-        return _from_arrays(train_x, train.targets, test_x, test.targets, train.classes)
+        folder = root / cls.base_folder
+        if download and not all((folder / f).is_file() for f, _ in [*cls.train_list, *cls.test_list]):
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        key = "fine_labels" if cls.meta["key"] == "fine_label_names" else "labels"
+        train_x, train_y = _cifar_batches(folder, cls.train_list, key)
+        test_x, test_y = _cifar_batches(folder, cls.test_list, key)
+        classes = [str(c) for c in _unpickle(folder / cls.meta["filename"])[cls.meta["key"]]]
+        return _from_arrays(train_x, train_y, test_x, test_y, classes)
 
     return load
 

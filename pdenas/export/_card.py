@@ -141,7 +141,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         lines.append(f"| {fmt} | {check['file']} | {check['max_abs_diff']:.3g} | "
                      f"{100 * check['same_predictions']:.1f} % of {check['images']} test images |")
     lines += ["", "Load: `pdenas.load_model(\"model.pt\")` (safe: weights_only), "
-              "`torch.jit.load(\"model.torchscript.pt\")`, onnxruntime for `model.onnx` "
+              "`model.torchscript.pt` is TorchScript, which is code: load it only when you trust "
+              "its source; onnxruntime for `model.onnx` "
               "(input `images`, dynamic batch).", "", "## Reproduce", "",
               "```", card["reproduce"]["search"], card["reproduce"]["export"], "```", ""]
     return "\n".join(lines)

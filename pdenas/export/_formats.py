@@ -167,5 +167,13 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
             formats.append(item)
     if not formats:
         raise ValueError(f"--format: empty; allowed: {', '.join(FORMATS)}")
+    if "onnx" in formats:  # before anything is trained or written
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"--format onnx: needs {', '.join(missing)}, not installed; "
+                             "pip install 'pdenas[onnx]', or leave onnx out of --format")
     return tuple(formats)
 

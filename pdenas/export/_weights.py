@@ -130,6 +130,7 @@ def load_export(path: str | Path) -> ExportedModel:
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{file}: bad pdenas export: state_dict is not a mapping of tensors")
+    _check_fits(file, arch, state)
     model = build_model(arch)
     try:
         model.load_state_dict(state)
@@ -157,6 +158,35 @@ def load_model(path: str | Path) -> PDENet:
         ValueError: A missing path, or a file that is not a pdenas export.
     """
     return load_export(path).model
+
+
+MAX_WIDTH, MAX_STEPS, MAX_UNITS, MAX_CLASSES, MAX_CHANNELS = 16_384, 10_000, 64, 1_000_000, 1024
+"""Caps on an exported architecture, checked before any model is built from a file."""
+
+
+def _check_fits(file: Path, arch: Architecture, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuses an architecture beyond the caps, then builds it on the meta device (no memory)
+    and checks that the file's tensors have exactly its names and shapes, so a hostile file
+    cannot make ``load_export`` allocate more than the tensors it holds.
+
+    Raises:
+        ValueError: Naming the file and what does not fit.
+    """
+    caps = (("widths", max(arch.widths), MAX_WIDTH), ("depths", sum(arch.depths), MAX_STEPS),
+            ("units", len(arch.depths), MAX_UNITS), ("num_classes", arch.num_classes, MAX_CLASSES),
+            ("in_channels", arch.in_channels, MAX_CHANNELS))
+    for key, value, cap in caps:
+        if value > cap:
+            raise ValueError(f"{file}: bad architecture: architecture.{key}: got {value}; "
+                             f"allowed: at most {cap}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_model(arch).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        wrong = sorted(set(expected) ^ set(found)) or sorted(
+            k for k in expected if expected[k] != found[k])
+        raise ValueError(f"{file}: weights do not fit the architecture "
+                         f"({len(wrong)} tensors differ in name or shape, e.g. {wrong[0]!r})")
 
 
 def _export_file(path: Path) -> Path:

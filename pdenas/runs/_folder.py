@@ -219,6 +219,9 @@ class RunFolder:
                              f"{version!r}; this one reads up to {RUN_VERSION}); upgrade pdenas")
         if not isinstance(data.get("config"), dict) or not isinstance(data.get("study_name"), str):
             raise ValueError(f"{self.info_path}: not a pdenas run file (no study_name or config)")
+        if version >= 2 and "storage" not in data:
+            raise ValueError(f"{self.info_path}: damaged run file (no storage entry; null means "
+                             "the folder's own study.db)")
         return RunInfo(data)
 
     def claim(self, study_name: str) -> None:
