@@ -140,9 +140,13 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     for fmt, check in card.get("checks", {}).items():
         lines.append(f"| {fmt} | {check['file']} | {check['max_abs_diff']:.3g} | "
                      f"{100 * check['same_predictions']:.1f} % of {check['images']} test images |")
-    lines += ["", "Load: `pdenas.load_model(\"model.pt\")` (safe: weights_only), "
-              "`torch.jit.load(\"model.torchscript.pt\")`, onnxruntime for `model.onnx` "
-              "(input `images`, dynamic batch).", "", "## Reproduce", "",
+    lines += ["", "Load (every file takes a dynamic batch of standardised images):", "",
+              "- `pdenas.load_model(\"model.pt\")` (safe: `weights_only`);",
+              "- `torch.export.load(\"model.pt2\").module()` (plain PyTorch, no pdenas);",
+              "- `safetensors.torch.load_file(\"model.safetensors\")` with `config.json` (the "
+              "architecture: `pdenas.build_model(pdenas.Architecture.from_dict(config[\"architecture\"]))`);",
+              "- onnxruntime for `model.onnx` (input `images`, output `logits`).",
+              "", "## Reproduce", "",
               "```", card["reproduce"]["search"], card["reproduce"]["export"], "```", ""]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pdenas.architecture import Architecture
 from pdenas.export._card import card_markdown, model_card, summary_lines
 from pdenas.export._formats import CHECK_IMAGES, parse_formats, write_formats
 from pdenas.export._select import retrain, saved_model, select_trial, trial_record
-from pdenas.export._weights import FILES, FORMATS, plain
+from pdenas.export._weights import CONFIG_FILE, FILES, FORMATS, plain
 
 __all__ = ["export_trial", "run_export"]
 
@@ -77,7 +77,9 @@ def export_trial(
         staging = Path(tmp)
         checks = write_formats(model, staging, data.test.x[:CHECK_IMAGES], fmts, mean=data.mean,
                                std=data.std, classes=data.classes, info=meta)
-        card["files"] = {fmt: FILES[fmt] for fmt in fmts} | {"card": ["card.json", "card.md"]}
+        card["files"] = ({fmt: FILES[fmt] for fmt in fmts} | {"card": ["card.json", "card.md"]}
+                         | ({"safetensors": [FILES["safetensors"], CONFIG_FILE]}
+                            if "safetensors" in fmts else {}))
         card["checks"] = {fmt: check.to_dict() for fmt, check in checks.items()}
         card = plain(card)
         (staging / "card.json").write_text(json.dumps(card, indent=2))
