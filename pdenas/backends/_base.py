@@ -49,6 +49,7 @@ from pdenas.train import TrainConfig
 if TYPE_CHECKING:
     from pdenas.data import DataSplits
     from pdenas.space import SearchSpace
+    from pdenas.tracking import TrialObserver
 
 __all__ = ["Backend", "DataShape", "Progress", "Report", "TrialRunner", "finished_summary", "now"]
 
@@ -91,11 +92,22 @@ class TrialRunner:
         space: Its search space.
         run: The run folder.
         shape: The data's shape.
+        observers: Made fresh for each trial and told when it starts, after every epoch and when
+            it ends (``pdenas.tracking.TrialObserver``); None: the study's ``tracking`` section's
+            trackers, made in the process that trains the trial.
     """
 
     def __init__(self, config: StudyConfig, space: SearchSpace, run: RunFolder,
-                 shape: DataShape) -> None:
+                 shape: DataShape,
+                 observers: Callable[[], list[TrialObserver]] | None = None) -> None:
         self.config, self.space, self.run_folder, self.shape = config, space, run, shape
+        self.observers = observers
+
+    def _observers(self) -> list[TrialObserver]:
+        from pdenas.tracking import observers_for
+
+        return self.observers() if self.observers is not None else observers_for(
+            self.config, self.run_folder)
 
     def first_params(self) -> list[dict[str, Any]]:
         """Fixed params of a new study's first trials: one per family (``cover_families``), so
@@ -167,14 +179,19 @@ class TrialRunner:
             record.seconds = time.perf_counter() - start
             folder.write_record(record)
 
+        from pdenas.tracking import notify
+
         folder.write_architecture(arch.to_dict())
         save()
+        observers = self._observers()
+        notify(observers, "trial_started", record)
 
         def epoch_done(epoch: int, metrics: Mapping[str, float]) -> bool:
             record.history.append({k: float(v) for k, v in metrics.items()})
             record.epochs_trained = epoch
             record.val_accuracy = max(h["val_accuracy"] for h in record.history)
             save()
+            notify(observers, "epoch_done", record, metrics)
             return bool(report(record, metrics)) if report is not None else False
 
         try:
@@ -217,6 +234,7 @@ class TrialRunner:
             if record.status.final:
                 record.finished_at = now()
             save()
+            notify(observers, "trial_finished", record)
         return record
 
 
