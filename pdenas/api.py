@@ -239,14 +239,15 @@ class Run:
 
         Args:
             trial: ``best``, a trial number or ``pareto:K``.
-            formats: Some of ``pt``, ``pt2``, ``safetensors``, ``onnx`` (default: all).
+            formats: Some of ``pt``, ``pt2``, ``safetensors``, ``onnx`` (default: all, ONNX when
+                its packages are installed).
             out: The export folder (default ``RUN/export/trial-N``).
             retrain_epochs: Retrain from scratch on train + validation for this many epochs.
             device: Where to retrain, evaluate and time.
         """
-        from pdenas.export import FORMATS, export_trial
+        from pdenas.export import export_trial
 
-        card = export_trial(self.path, trial=trial, formats=formats or FORMATS,
+        card = export_trial(self.path, trial=trial, formats=formats,
                             retrain_epochs=retrain_epochs, out=out, device=device)
         self.last_card = card
         return Path(card["out"])

@@ -102,8 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a trial's model")
     e.add_argument("run", help="run folder")
     e.add_argument("--trial", default="best", help="best, a trial number, or pareto:K")
-    e.add_argument("--format", default="pt,pt2,safetensors,onnx",
-                   help="comma list of pt, pt2 (torch.export), safetensors, onnx")
+    e.add_argument("--format", help="comma list of pt, pt2 (torch.export), safetensors, onnx "
+                                    "(default: all, onnx when pdenas[onnx] is installed)")
     e.add_argument("--retrain-epochs", type=int, help="retrain from scratch on train + validation")
     e.add_argument("--out", help="export folder (default: RUN/export/trial-N)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

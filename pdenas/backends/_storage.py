@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 
-__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "budget_lock", "driver_url", "make_storage"]
+__all__ = ["GRACE_PERIOD", "HEARTBEAT_INTERVAL", "budget_lock", "make_storage"]
 
 HEARTBEAT_INTERVAL = int(os.environ.get("PDENAS_HEARTBEAT_INTERVAL", "10"))
 """Seconds between two heartbeats of a running trial (RDB storages)."""
@@ -38,7 +38,6 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             f"storage: {url!r} is not a storage URL; use e.g. sqlite:///study.db, "
             "postgresql://user@host/db, or journal:/path/study.log"
         )
-    url = driver_url(url)
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
@@ -60,22 +59,6 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 raise ValueError(f"storage: cannot open {url}: {str(error).splitlines()[0]}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def driver_url(url: str) -> str:
-    """Names the installed PostgreSQL driver in a ``postgresql://`` URL.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; pdenas[postgres] installs
-    psycopg2. A URL that names its driver (``postgresql+psycopg://``) is left as it is.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("postgresql", "postgres"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
-    return f"postgresql://{rest}"
 
 
 @contextlib.contextmanager
@@ -101,7 +84,7 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
                         if postgres else
                         ("SELECT GET_LOCK(:name, 600)", "SELECT RELEASE_LOCK(:name)"))
         args = {"key": key} if postgres else {"name": f"pdenas-{key:x}"[:64]}
-        engine = sqlalchemy.create_engine(driver_url(storage_url), poolclass=NullPool)
+        engine = sqlalchemy.create_engine(storage_url, poolclass=NullPool)
         try:
             with engine.connect() as connection:
                 connection.execute(sqlalchemy.text(lock), args)

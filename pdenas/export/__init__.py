@@ -24,16 +24,17 @@ reversible models export like the others.
 The module map: ``_weights`` (the ``model.pt`` file and the folder's file names: save, safe load,
 ``load_model``; ``model.safetensors`` and ``config.json``), ``_formats`` (``.pt2`` and ONNX, each
 format written and checked against PyTorch), ``_select`` (which trial, and its weights: saved or retrained), ``_card`` (the model card
-as JSON and Markdown), ``_command`` (``export_trial`` and the ``pdenas export`` command).
+as JSON and Markdown), ``_command`` (``export_trial``, behind ``Run.export`` and ``pdenas export``).
 """
 
 from __future__ import annotations
 
 from pdenas.export._card import card_markdown, summary_lines
-from pdenas.export._command import export_trial, run_export
+from pdenas.export._command import export_trial
 from pdenas.export._formats import (
     CHECK_IMAGES,
     FormatCheck,
+    default_formats,
     load_pt2,
     onnx_logits,
     parse_formats,
@@ -69,9 +70,9 @@ __all__ = [
     "load_safetensors",
     "onnx_logits",
     "card_markdown",
+    "default_formats",
     "export_trial",
     "parse_formats",
-    "run_export",
     "save_export",
     "save_safetensors",
     "select_trial",

@@ -23,6 +23,7 @@ from pdenas.network import PDENet
 __all__ = [
     "CHECK_IMAGES",
     "FormatCheck",
+    "default_formats",
     "load_pt2",
     "onnx_logits",
     "parse_formats",
@@ -166,12 +167,27 @@ def _compare(file: str, reference: torch.Tensor, out: torch.Tensor) -> FormatChe
     return FormatCheck(file=file, max_abs_diff=diff, same_predictions=same, images=len(reference))
 
 
-def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
-    """Parses ``"pt,onnx"`` (or a list) into known formats, in order, without repeats.
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+"""What the ONNX export and its check need (``pip install 'pdenas[onnx]'``)."""
+
+
+def default_formats() -> tuple[str, ...]:
+    """Every format, ONNX only when its packages are installed (the default of ``export``)."""
+    import importlib.util
+
+    onnx = all(importlib.util.find_spec(name) is not None for name in ONNX_PACKAGES)
+    return tuple(f for f in FORMATS if f != "onnx" or onnx)
+
+
+def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Parses ``"pt,onnx"`` (or a list) into known formats, in order, without repeats; None is
+    ``default_formats()``.
 
     Raises:
-        ValueError: An unknown or empty format list.
+        ValueError: An unknown or empty format list, or onnx without its packages.
     """
+    if text is None:
+        return default_formats()
     items = text.split(",") if isinstance(text, str) else list(text)
     formats: list[str] = []
     for item in (str(i).strip().lower() for i in items):
@@ -185,5 +201,8 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
             formats.append(item)
     if not formats:
         raise ValueError(f"--format: empty; allowed: {', '.join(FORMATS)}")
+    if "onnx" in formats and "onnx" not in default_formats():
+        raise ValueError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
+                         "allowed: pip install 'pdenas[onnx]', or leave onnx out")
     return tuple(formats)
 
