@@ -249,3 +249,21 @@ def test_shipped_files_are_package_data_and_top_level_paths_are_the_same_files()
     for name in shipped_names("studies"):
         config = pdenas.load_study(name)
         assert config.description and config.space in available_spaces()
+
+
+def test_the_cards_search_command_reproduces_the_overrides(tmp_path: Path) -> None:
+    import shlex
+
+    from pdenas.export._card import _commands
+    from pdenas.study import parse_assignments
+
+    config = pdenas.load_study("quickstart", {"train": {"epochs": 3}, "n_trials": 4,
+                                              "objectives": ["val_accuracy", "params"]})
+    info = {"config": config.to_dict(), "study_file": config.path, "backend": "optuna"}
+    command = _commands(info, tmp_path, 3, ["pt"], None)["search"]
+    words = shlex.split(command)
+    assert words[:3] == ["pdenas", "search", "quickstart"] and "--n-trials" in words
+    sets = [w.removeprefix("--set=") for w in words if w.startswith("--set=")]
+    assert sorted(sets) == ['objectives=["val_accuracy", "params"]', "train.epochs=3"]
+    again = pdenas.load_study("quickstart", {**parse_assignments(sets), "n_trials": 4})
+    assert again.to_dict() == config.to_dict()
