@@ -166,6 +166,7 @@ class TrialRunner:
         """
         from pdenas.cost import measure_cost
         from pdenas.network import build_model
+        from pdenas.tracking import notify
         from pdenas.train import TrainingFailed, fit
 
         config = self.config
@@ -178,8 +179,6 @@ class TrialRunner:
         def save() -> None:
             record.seconds = time.perf_counter() - start
             folder.write_record(record)
-
-        from pdenas.tracking import notify
 
         folder.write_architecture(arch.to_dict())
         save()

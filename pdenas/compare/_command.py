@@ -105,8 +105,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
     say("")
     say(importance_line)
     say(format_importances(importances).to_string(index=False))
-    table.to_csv(out / "families.csv", index=False)
-    importances.to_csv(out / "importance.csv", index=False)
+    export_trials(table, out / "families.csv")
+    export_trials(importances, out / "importance.csv")
     export_trials(trials, out / "trials.csv")
     export_trials(trials, out / "trials.parquet")
     sections = [("Families", markdown_table(format_family_table(table)) + "\n\n" + budget_line),
@@ -121,9 +121,9 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         runs = retrain_families(run_dir, info, trials, top_k, seeds, dev,
                            log=lambda line: echo and sys.stderr.write(line + "\n"), data=data)
         per_family, per_trial = retrain_summary(runs), retrain_summary(runs, ("family", "trial"))
-        runs.to_csv(out / "retrain_runs.csv", index=False)
-        per_family.to_csv(out / "retrain.csv", index=False)
-        per_trial.to_csv(out / "retrain_architectures.csv", index=False)
+        export_trials(runs, out / "retrain_runs.csv")
+        export_trials(per_family, out / "retrain.csv")
+        export_trials(per_trial, out / "retrain_architectures.csv")
         headline = (f"Each family's top {top_k} architecture(s) retrained with {seeds} seed(s) at the "
                     f"full budget; best-validation weights, mean ± sample std over all runs.")
         say("")

@@ -12,7 +12,8 @@ import pandas as pd
 
 from pdenas.compare._command import Comparison, _silent
 from pdenas.compare._report import cost_text, markdown_table, pct
-from pdenas.results import PAPER_ORDER, fully_trained, hypervolume_2d, load_run, load_trials
+from pdenas.results import (PAPER_ORDER, export_trials, fully_trained, hypervolume_2d, load_run,
+                            load_trials)
 
 __all__ = ["compare_runs", "hypervolume_curve", "run_labels"]
 
@@ -141,9 +142,9 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out: str | Path | None = Non
 
     out = Path(out) if out else paths[0] / "compare_runs"
     out.mkdir(parents=True, exist_ok=True)
-    runs_table.to_csv(out / "runs.csv", index=False)
-    families.to_csv(out / "families.csv", index=False)
-    hv.to_csv(out / "hypervolume.csv", index=False)
+    export_trials(runs_table, out / "runs.csv")
+    export_trials(families, out / "families.csv")
+    export_trials(hv, out / "hypervolume.csv")
     figures = {
         "Pareto fronts": plots.plot_fronts(dict(zip(labels, usable)), cost, out / "fronts.png"),
         "Hypervolume against wall time and trials": plots.plot_hypervolume(
