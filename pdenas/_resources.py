@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:  # importlib.resources.abc arrived in Python 3.11
+    from importlib.resources.abc import Traversable
 
 __all__ = ["package_version", "shipped_file", "shipped_names", "shipped_studies"]
 
