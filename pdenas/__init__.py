@@ -1,11 +1,15 @@
 """pdenas: neural architecture search over PDE-motivated residual networks.
 
 The public API (see DESIGN.md): ``Architecture``, ``list_families``, ``build_unit``,
-``build_model``, ``paper_architecture``, ``load_model`` and ``deepen``.
+``build_model``, ``paper_architecture``, ``load_model``, ``deepen``, and the search API of
+``pdenas.api``: ``search``, ``open_run``, ``Run``, ``load_study``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from pdenas._resources import package_version
 from pdenas.architecture import Architecture, paper_architecture
 from pdenas.families import build_unit, list_families, register_family
 from pdenas.multilevel import deepen
@@ -14,22 +18,30 @@ from pdenas.network import PDENet, build_model
 __all__ = [
     "Architecture",
     "PDENet",
+    "Run",
     "build_model",
     "build_unit",
     "deepen",
     "list_families",
     "load_model",
+    "load_study",
+    "open_run",
     "paper_architecture",
     "register_family",
+    "search",
 ]
 
-__version__ = "0.1.0"
+__version__ = package_version()
+"""The installed version, from the package metadata (pyproject.toml is the one source)."""
+
+_LAZY = {"load_model": "pdenas.export", "search": "pdenas.api", "open_run": "pdenas.api",
+         "Run": "pdenas.api", "load_study": "pdenas.api"}
+"""Names that live in modules importing more (export, pandas, the backends): loaded on first use."""
 
 
-def __getattr__(name: str):
-    # load_model lives with export, which imports more; load it on first use.
-    if name == "load_model":
-        from pdenas.export import load_model
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-        return load_model
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pdenas' has no attribute {name!r}")

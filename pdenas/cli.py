@@ -1,4 +1,5 @@
-"""The ``pdenas`` command: search, leaderboard, compare, export.
+"""The ``pdenas`` command (also ``python -m pdenas``): search, studies, leaderboard, compare,
+export; a thin layer over the Python API (``pdenas.api``).
 
 Bad input (an unknown key, a bad value, a missing file, data that is not there with downloads
 off) exits with status 2 and one line naming the problem, before anything is written.
@@ -10,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +18,32 @@ __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
 _INTERRUPTED = "interrupted: finished trials are stored; run the same command to resume"
+
+_EXAMPLES = """\
+examples:
+  pdenas studies                                   # the shipped studies
+  pdenas search quickstart                         # a shipped study, into runs/quickstart
+  pdenas search my_study.yaml --n-trials 40 --set train.epochs=5 --set data.train_limit=2000
+  pdenas search quickstart --track tensorboard     # per-epoch metrics to runs/quickstart/tensorboard
+  pdenas leaderboard runs/quickstart --csv board.csv
+  pdenas compare runs/quickstart                   # the PDE families side by side
+  pdenas compare runs/space_a runs/space_b         # several runs: fronts, hypervolume, families
+  pdenas export runs/quickstart --trial best       # model.pt, model.pt2, safetensors, ONNX, card
+
+study keys (any of them with --set KEY=VALUE, dotted, values read as YAML):
+  name, description, data.{name,root,download,val_fraction,image_size,train_limit,seed}, space,
+  train.{epochs,batch_size,optimizer,lr,momentum,weight_decay,schedule,...}, objectives,
+  sampler, sampler_options, pruner, pruner_options, n_trials, timeout, storage, device, seed,
+  constraints.{max_params,max_flops,max_latency_ms,skip_infeasible}, threads, ray.{...},
+  tracking.{mlflow.{tracking_uri,experiment},tensorboard.log_dir}, cover_families, ...
+
+environment:
+  PDENAS_LOG                 log level (default WARNING; INFO shows every epoch)
+  PDENAS_HEARTBEAT_INTERVAL  seconds between a running trial's heartbeats (RDB storages; 10)
+  PDENAS_GRACE_PERIOD        seconds without a heartbeat before a trial is retried (40)
+  RAY_AUTH_MODE=disabled     silences the warning Ray prints at every start (ray backend)
+  MLFLOW_TRACKING_URI        where MLflow tracking writes when the study names no tracking_uri
+"""
 
 
 class UsageError(ValueError):
@@ -51,11 +77,16 @@ def _log_level() -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pdenas", description="Architecture search over PDE-motivated ResNets.")
+    from pdenas._resources import package_version
+
+    parser = _Parser(prog="pdenas", description="Architecture search over PDE-motivated ResNets.",
+                     epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pdenas {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("search", help="run or resume a study")
-    s.add_argument("study", help="study file (YAML), e.g. studies/quickstart.yaml")
+    s = sub.add_parser("search", help="run or resume a study", epilog=_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("study", help="a study file (YAML) or a shipped study's name (pdenas studies)")
     s.add_argument("--n-trials", type=int, help="total trials of the study (a rerun tops up to it)")
     s.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
     s.add_argument("--backend", default="optuna", help="optuna (default) or ray")
@@ -64,30 +95,39 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run folder (default: runs/<study name>)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"))
     s.add_argument("--seed", type=int)
+    s.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any study key (dotted: train.epochs=3; repeatable; YAML values)")
+    s.add_argument("--track", action="append", default=[], metavar="mlflow|tensorboard",
+                   help="send per-epoch metrics to MLflow or TensorBoard (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="optuna backend: run N worker processes on this machine that share the "
                         "study (several small trials on one GPU, or one per CPU core)")
 
+    sub.add_parser("studies", help="list the shipped studies")
+
     b = sub.add_parser("leaderboard", help="ranked trials of a run")
     b.add_argument("run", help="run folder, e.g. runs/quickstart")
     b.add_argument("--top", type=_positive_int, help="show only the first K rows")
     b.add_argument("--all", action="store_true", help="list every trial, failed ones included")
-    b.add_argument("--csv", help="also write the table as CSV")
+    b.add_argument("--csv", help="also write the table as CSV (lists as JSON)")
     b.add_argument("--parquet", help="also write the table as Parquet")
 
-    c = sub.add_parser("compare", help="the PDE families side by side, with plots")
-    c.add_argument("run", help="run folder")
-    c.add_argument("--out", help="folder for the report and plots (default: RUN/compare)")
+    c = sub.add_parser("compare", help="one run's PDE families side by side, or several runs")
+    c.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folder(s); two or more are compared with each other")
+    c.add_argument("--out", help="folder for the report and plots "
+                                 "(default: RUN/compare, or FIRST_RUN/compare_runs)")
     c.add_argument("--retrain-top", type=int, default=0, metavar="K",
-                   help="retrain each family's top K architectures at the full budget")
+                   help="one run: retrain each family's top K architectures at the full budget")
     c.add_argument("--seeds", type=int, default=3, metavar="S", help="seeds per retrained architecture")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
     e = sub.add_parser("export", help="export a trial's model")
     e.add_argument("run", help="run folder")
     e.add_argument("--trial", default="best", help="best, a trial number, or pareto:K")
-    e.add_argument("--format", default="pt,torchscript,onnx", help="comma list of pt, torchscript, onnx")
+    e.add_argument("--format", help="comma list of pt, pt2 (torch.export), safetensors, onnx "
+                                    "(default: all, onnx when pdenas[onnx] is installed)")
     e.add_argument("--retrain-epochs", type=int, help="retrain from scratch on train + validation")
     e.add_argument("--out", help="export folder (default: RUN/export/trial-N)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -95,21 +135,27 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from pdenas.api import TqdmProgress, load_study
     from pdenas.backends import run_search
-    from pdenas.study import StudyConfig
+    from pdenas.study import deep_merge, parse_assignments
+    from pdenas.tracking import parse_trackers
 
-    config = StudyConfig.load(args.study)
-    changes = {k: v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
-                                  ("storage", args.storage), ("device", args.device),
-                                  ("seed", args.seed)) if v is not None}
-    if changes:
-        try:
-            config = config.replace(**changes)
-        except ValueError as error:
-            raise UsageError(str(error).replace("n_trials", "--n-trials")) from None
+    overrides = parse_assignments(args.assignments)
+    if args.track:
+        overrides = deep_merge(overrides, {"tracking": parse_trackers(args.track)})
+    flags = {k: v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
+                                ("storage", args.storage), ("device", args.device),
+                                ("seed", args.seed)) if v is not None}
+    try:
+        config = load_study(args.study, deep_merge(overrides, flags))
+    except ValueError as error:
+        text = str(error)
+        for key in set(flags) - set(overrides):  # name the flag the user typed
+            text = text.replace(f": {key}: ", f": --{key.replace('_', '-')}: ")
+        raise UsageError(text) from None
     if args.workers > 1:
         return _workers(args, config)
-    progress = _Progress(config, quiet=args.quiet)
+    progress = TqdmProgress(config, quiet=args.quiet)
     try:
         run = run_search(config, backend=args.backend, out=args.out, address=args.address,
                          quiet=args.quiet, progress=progress)
@@ -142,6 +188,10 @@ def _workers(args: argparse.Namespace, config) -> int:
                         ("--seed", args.seed)):
         if value is not None:
             command += [flag, str(value)]
+    for assignment in args.assignments:
+        command += ["--set", assignment]
+    for tracker in args.track or ():
+        command += ["--track", tracker]
     workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(args.workers)]
     try:
         codes = [worker.wait() for worker in workers]
@@ -158,49 +208,27 @@ def _workers(args: argparse.Namespace, config) -> int:
     return _print_board(run.path)
 
 
-class _Progress:
-    """A tqdm bar: trials done, best accuracy so far, time left."""
+def _studies(args: argparse.Namespace) -> int:
+    from pdenas._resources import shipped_file, shipped_studies
 
-    def __init__(self, config, quiet: bool) -> None:
-        self.config, self.quiet, self.bar, self.best = config, quiet, None, None
-        self.start_time = time.monotonic()
-
-    def start(self, done: int, total: int, best: float | None) -> None:
-        if self.quiet:
-            return
-        from tqdm.auto import tqdm
-
-        self.best = best
-        self.bar = tqdm(total=total, initial=done, desc=f"search {self.config.name}",
-                        unit="trial", file=sys.stderr, dynamic_ncols=True)
-        self._postfix()
-
-    def update(self, record) -> None:
-        if record.status == "completed" and record.val_accuracy is not None:
-            self.best = max(self.best or 0.0, record.val_accuracy)
-        if self.bar is not None:
-            self.bar.update(1)
-            self._postfix(last=f"#{record.number} {record.architecture.get('family')} {record.status}")
-
-    def _postfix(self, last: str | None = None) -> None:
-        parts = {"best": "-" if self.best is None else f"{100 * self.best:.1f}%"}
-        if self.config.timeout:
-            left = self.config.timeout - (time.monotonic() - self.start_time)
-            parts["left"] = f"{max(0, left):.0f}s"
-        if last:
-            parts["last"] = last
-        self.bar.set_postfix(parts)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    studies = shipped_studies()
+    width = max(map(len, studies), default=0)
+    for name, description in studies.items():
+        print(f"{name:<{width}}  {description}")
+    if studies:
+        folder = shipped_file("studies", next(iter(studies))).parent
+        print(f"\nrun one with `pdenas search NAME`; copy one from {folder} to change it")
+    return 0
 
 
 def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
                  csv: str | None = None, parquet: str | None = None) -> int:
-    from pdenas.results import (format_leaderboard, format_predictions, leaderboard, load_run,
-                                load_trials)
+    from pdenas.results import (export_trials, format_leaderboard, format_predictions,
+                                leaderboard, load_run, load_trials)
 
+    for path, suffix in ((csv, ".csv"), (parquet, ".parquet")):
+        if path and Path(path).suffix.lower() != suffix:
+            raise UsageError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
     info = load_run(run_dir)
     trials = load_trials(run_dir)
     board = leaderboard(trials, info.objectives)
@@ -214,9 +242,9 @@ def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
             cols = ["number", "family", "status", "epochs_trained", "failure_reason"]
             print(other[cols].to_string(index=False))
         print("\n" + format_predictions(trials))
-    for path, write in ((csv, board.to_csv), (parquet, board.to_parquet)):
+    for path in (csv, parquet):
         if path:
-            write(path, index=False)
+            export_trials(board, path)
     return 0
 
 
@@ -225,18 +253,30 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pdenas.compare import run_compare
+    from pdenas.api import open_run
 
-    return run_compare(args)
+    run = open_run(args.runs[0])
+    if len(args.runs) > 1 and args.retrain_top:
+        raise UsageError("pdenas compare: --retrain-top compares the families of one run; "
+                         "name one RUN")
+    run.compare(*args.runs[1:], out=args.out, retrain_top=args.retrain_top, seeds=args.seeds,
+                device=args.device, echo=print)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pdenas.export import run_export
+    from pdenas.api import open_run
+    from pdenas.export import summary_lines
 
-    return run_export(args)
+    run = open_run(args.run)
+    run.export(args.trial, formats=args.format, out=args.out, retrain_epochs=args.retrain_epochs,
+               device=args.device)
+    print("\n".join(summary_lines(run.last_card or {})))
+    return 0
 
 
-COMMANDS = {"search": _search, "leaderboard": _leaderboard, "compare": _compare, "export": _export}
+COMMANDS = {"search": _search, "studies": _studies, "leaderboard": _leaderboard,
+            "compare": _compare, "export": _export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=_log_level())
         args = _build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader went away (`pdenas studies | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not message.startswith("pdenas"):

@@ -26,7 +26,10 @@ __all__ = [
     "PAPER_ORDER",
     "family_colors",
     "family_order",
+    "front_of",
     "plot_accuracy_vs",
+    "plot_fronts",
+    "plot_hypervolume",
     "plot_optimisation_history",
     "plot_pareto",
     "plot_retrain",
@@ -71,6 +74,16 @@ def _empty(ax: Axes, message: str) -> None:
     ax.set_yticks([])
 
 
+def _finish_cost_plot(figure: Figure, ax: Axes, label: str, path: str | Path) -> Path:
+    """Accuracy against a log-scale cost: axis labels, grid, legend; saved to ``path``."""
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{label} (log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(figure, path)
+
+
 def plot_pareto(trials: pd.DataFrame, cost: str, path: str | Path) -> Path:
     """Validation accuracy against a cost (log scale), coloured by family, with the Pareto front.
 
@@ -100,12 +113,7 @@ def plot_pareto(trials: pd.DataFrame, cost: str, path: str | Path) -> Path:
     for _, row in front.iterrows():
         ax.annotate(f"#{int(row['number'])}", (row[cost], 100 * row["val_accuracy"]),
                     textcoords="offset points", xytext=(5, -11), fontsize=7, color="0.25")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{label} (log scale)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(figure, path)
+    return _finish_cost_plot(figure, ax, label, path)
 
 
 def plot_accuracy_vs(trials: pd.DataFrame, column: str, label: str, path: str | Path,
@@ -262,4 +270,67 @@ def plot_retrain(runs: pd.DataFrame, path: str | Path) -> Path:
     ax.set_xlim(-0.6, len(families) - 0.4)
     ax.set_ylabel(f"{name} accuracy (%)")
     ax.grid(True, axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def front_of(done: pd.DataFrame, cost: str) -> pd.DataFrame:
+    """The Pareto front (accuracy up, cost down) of fully trained trials, by cost."""
+    if done.empty:
+        return done
+    ranks = pareto_ranks(done[["val_accuracy", cost]].to_numpy(float), [True, False])
+    return done[ranks == 1].sort_values(cost)
+
+
+def plot_fronts(runs: Mapping[str, pd.DataFrame], cost: str, path: str | Path) -> Path:
+    """Several runs' Pareto fronts on one plot: each run's fully trained trials (faint) and its
+    front (a step line), one colour per run; accuracy against a cost (log scale)."""
+    figure = _figure(7.5, 5.0)
+    ax = figure.subplots()
+    label = COST_LABELS.get(cost, cost)
+    ax.set_title(f"Pareto fronts: validation accuracy against {label}")
+    if all(done.empty for done in runs.values()):
+        _empty(ax, "no finished trials")
+        return _save(figure, path)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for i, (name, done) in enumerate(runs.items()):
+        color = cmap(i % 10)
+        if done.empty:
+            continue
+        ax.scatter(done[cost], 100 * done["val_accuracy"], color=color, s=22, alpha=0.35,
+                   marker=_MARKERS[i % len(_MARKERS)], edgecolors="none")
+        front = front_of(done, cost)
+        xs, ys = front[cost].to_numpy(float), 100 * front["val_accuracy"].to_numpy(float)
+        ax.step(xs, ys, where="post", color=color, lw=1.6,
+                label=f"{name} ({len(front)} on the front of {len(done)})")
+        ax.scatter(xs, ys, s=60, color=color, marker=_MARKERS[i % len(_MARKERS)],
+                   edgecolors="black", lw=0.6, zorder=3)
+    return _finish_cost_plot(figure, ax, label, path)
+
+
+def plot_hypervolume(curves: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
+    """Hypervolume against wall time (left) and against finished trials (right), one line per
+    run (``compare_runs``'s curves)."""
+    figure = _figure(11.0, 4.2)
+    left, right = figure.subplots(1, 2)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    for i, (name, curve) in enumerate(curves.items()):
+        if curve.empty:
+            continue
+        color = cmap(i % 10)
+        left.step(curve["wall_seconds"] / 60, curve["hypervolume"], where="post", color=color,
+                  lw=1.5, label=name)
+        right.step(curve["trials"], curve["hypervolume"], where="post", color=color, lw=1.5,
+                   label=name)
+    left.set_xlabel("wall time (minutes since the run's first trial started)")
+    right.set_xlabel("trials finished")
+    for ax in (left, right):
+        ax.set_ylabel("hypervolume (accuracy x decades of cost)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    left.set_title("Hypervolume against wall time")
+    right.set_title("Hypervolume against trials")
     return _save(figure, path)

@@ -10,7 +10,8 @@ backend's ``check`` before anything is written. Everything downstream takes type
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ import yaml
 
 from pdenas._config import INTERNAL, Config, ConfigError
 from pdenas.data import DataConfig
+from pdenas.tracking import TrackingConfig
 from pdenas.train import TrainConfig
 
 __all__ = ["COST_OBJECTIVES", "DEVICES", "STABILITY_MODES", "Constraints", "StabilityCheck",
-           "StudyConfig", "resolve_device"]
+           "StudyConfig", "deep_merge", "find_study", "parse_assignments", "resolve_device"]
 
 COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_bytes")
 """Cost metrics that can be a second objective (minimised) against validation accuracy."""
@@ -168,6 +170,8 @@ class StudyConfig(Config):
         threads: CPU threads torch uses in each worker (None: torch's default, one per core).
             Small candidates train faster on one thread; Ray sets it from ``cpus_per_trial``.
         ray: The Ray Tune backend's settings (validated by that backend).
+        tracking: Experiment trackers (MLflow, TensorBoard) the trials report to
+            (``pdenas.tracking``).
         description: Free text shown in reports.
         path: The file it was loaded from (set by ``load``).
     """
@@ -199,6 +203,7 @@ class StudyConfig(Config):
     latency_repeats: int = 10
     threads: int | None = None
     ray: Mapping[str, Any] = field(default_factory=dict)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     description: str = ""
     path: str | None = field(default=None, metadata=INTERNAL)
 
@@ -267,8 +272,14 @@ class StudyConfig(Config):
         return dataclasses.replace(config, path=path) if path else config
 
     @classmethod
-    def load(cls, path: str | Path) -> StudyConfig:
-        """Reads and validates a study file; errors name the file and the key."""
+    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+        """Reads and validates a study file; errors name the file and the key.
+
+        Args:
+            path: The study file.
+            overrides: Merged into the file's mapping (``deep_merge``) before validation, so
+                they are checked and typed like the file's own keys.
+        """
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: study file not found")
@@ -278,8 +289,10 @@ class StudyConfig(Config):
             raise ValueError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
         except UnicodeDecodeError:
             raise ValueError(f"{path}: not a text file") from None
+        if data is not None and not isinstance(data, Mapping):
+            raise ValueError(f"{path}: study: expected a mapping, got {type(data).__name__}")
         try:
-            return cls.from_dict(data or {}, path=str(path.resolve()))
+            return cls.from_dict(deep_merge(data or {}, overrides or {}), path=str(path.resolve()))
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
 
@@ -294,6 +307,77 @@ class StudyConfig(Config):
             if candidate.exists():
                 return str(candidate)
         return self.space
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in: nested mappings merge key by key, anything else
+    (a value, a list) replaces. Neither argument is changed."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """``--set`` items (``train.epochs=3``, ``objectives=[val_accuracy, flops]``) as one nested
+    mapping; each value is read with ``yaml.safe_load`` (``3`` an int, ``1e-3`` a float, ``null``
+    None, ``[a, b]`` a list) and typed and checked later by the study schema.
+
+    Raises:
+        ValueError: An item without ``=``, an empty key, or a value that is not YAML.
+    """
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY "
+                             "(e.g. train.epochs=3)")
+        try:
+            value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item!r}: the value is not YAML: "
+                             f"{str(error).splitlines()[0]}") from None
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        result = deep_merge(result, nested)
+    return result
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading ``1e-3`` as a number (YAML 1.2) rather than as text."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def find_study(name_or_path: str | Path) -> Path:
+    """The study file a path or a shipped study's name (``pdenas studies``) names.
+
+    Raises:
+        ValueError: Neither a file nor a shipped study (the message lists the shipped ones).
+    """
+    from pdenas._resources import shipped_file, shipped_names
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if not isinstance(name_or_path, Path) and "/" not in text and not text.endswith((".yaml", ".yml")):
+        shipped = shipped_file("studies", text)
+        if shipped is not None:
+            return shipped
+        raise ValueError(f"{text}: no such study file or shipped study; shipped: "
+                         f"{', '.join(shipped_names('studies'))}")
+    raise ValueError(f"{path}: study file not found")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -42,9 +42,9 @@ def postgres_url() -> Iterator[str]:
         yield url
         return
     try:
-        import psycopg2  # noqa: F401  (the driver pdenas[postgres] installs)
+        import psycopg  # noqa: F401  (psycopg 3, the driver pdenas[postgres] installs)
     except ImportError:
-        missing_service("psycopg2 is not installed (pip install -e '.[postgres]')")
+        missing_service("psycopg (3) is not installed (pip install -e '.[postgres]')")
     from pg_server import PostgresServer, find_bin_dir
 
     if find_bin_dir() is None:

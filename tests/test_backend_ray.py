@@ -68,6 +68,24 @@ def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, 
     assert (board["epochs_trained"] == board["epochs_planned"]).all()
     assert board["val_accuracy"].iloc[0] > 0.3  # the good learning rate learns
 
+    # The searcher's Optuna study is in the run folder's study.db, as with the Optuna backend:
+    # optuna-dashboard and trials_dataframe() see the same trials, states and attributes.
+    import optuna
+
+    assert load_run(run_dir)["storage"] is None and (run_dir / "study.db").is_file()
+
+    def stored():  # noqa: ANN202 - a DataFrame
+        study = optuna.load_study(study_name=config.name, storage=f"sqlite:///{run_dir / 'study.db'}")
+        return study.trials_dataframe().set_index("number")
+
+    frame = stored()
+    assert sorted(frame.index) == [0, 1, 2, 3]
+    for _, row in trials.iterrows():
+        entry = frame.loc[row["number"]]
+        assert entry["user_attrs_family"] == row["family"]
+        assert entry["user_attrs_status"] == row["status"]
+        assert entry["state"] == ("COMPLETE" if row["status"] == "completed" else "PRUNED")
+
     # Rerunning restores the finished experiment: nothing is lost, nothing trains again.
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "trials").glob("*/model.pt")}
     assert search(4) == 4
@@ -77,6 +95,7 @@ def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, 
     # A larger budget tops the study up with new trial numbers in a new experiment.
     assert search(5) == 5
     assert sorted(_records(run_dir)) == [0, 1, 2, 3, 4]
+    assert sorted(stored().index) == [0, 1, 2, 3, 4]  # the same numbers in the Optuna study
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert sorted(p.name for p in (run_dir / "ray").iterdir()) == ["exp-0", "exp-1"]
 

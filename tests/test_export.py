@@ -21,7 +21,8 @@ from pdenas.export import (
     FORMATS,
     load_export,
     load_model,
-    load_torchscript,
+    load_pt2,
+    load_safetensors,
     onnx_logits,
     parse_formats,
     save_export,
@@ -62,11 +63,17 @@ FRESH_PROCESS = """
 import json, sys
 import onnxruntime, torch
 import pdenas
-from pdenas.export import load_torchscript, onnx_logits
+from safetensors.torch import load_file
+from pdenas.export import onnx_logits
 folder, images = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
 model = pdenas.load_model(folder)
+# safetensors + config.json as someone outside pdenas's export code would load them
+config = json.load(open(folder + "/config.json"))
+net = pdenas.build_model(pdenas.Architecture.from_dict(config["architecture"]))
+net.load_state_dict(load_file(folder + "/model.safetensors"))
 with torch.no_grad():
-    out = {"pt": model(images), "torchscript": load_torchscript(folder + "/model.torchscript.pt")(images)}
+    out = {"pt": model(images), "pt2": torch.export.load(folder + "/model.pt2").module()(images),
+           "safetensors": net.eval()(images)}
 out["onnx"] = onnx_logits(folder + "/model.onnx", images)
 print(json.dumps({k: v.tolist() for k, v in out.items()}))
 """
@@ -111,10 +118,10 @@ def test_every_format_matches_pytorch(family: str, tmp_path: Path) -> None:
     model = build_model(tiny_arch(family, reversible)).train()  # export must switch to eval
     x = images()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)  # the jit deprecation warnings stay inside
+        warnings.simplefilter("error", FutureWarning)  # no deprecated exporter (torch.jit) is used
         checks = write_formats(model, tmp_path, x, FORMATS, mean=(0.5,), std=(0.25,), classes=("a", "b", "c"))
     assert model.training, "the caller's model keeps its mode"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*FILES.values(), "config.json"])
     expected = build_model(model.arch)
     expected.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -129,13 +136,14 @@ def test_every_format_matches_pytorch(family: str, tmp_path: Path) -> None:
     assert loaded.mean == (0.5,) and loaded.std == (0.25,) and loaded.classes == ("a", "b", "c")
     with torch.no_grad():
         assert torch.equal(loaded.model(x), reference)
-        assert torch.allclose(load_torchscript(tmp_path / FILES["torchscript"])(x), reference, atol=1e-5)
+        assert torch.allclose(load_pt2(tmp_path / FILES["pt2"])(x), reference, atol=1e-5)
+        assert torch.equal(load_safetensors(tmp_path)(x), reference)
     # The batch dimension stays free in both traced formats: one image, then seven.
     for n in (1, 7):
         batch = images(n)
         with torch.no_grad():
             want = expected(batch)
-            assert torch.allclose(load_torchscript(tmp_path / FILES["torchscript"])(batch), want, atol=1e-5)
+            assert torch.allclose(load_pt2(tmp_path / FILES["pt2"])(batch), want, atol=1e-5)
         assert torch.allclose(onnx_logits(tmp_path / FILES["onnx"], batch), want, atol=1e-5)
 
 
@@ -158,7 +166,7 @@ def test_reversible_model_after_training_exports_plain_forward(tmp_path: Path) -
     model = build_model(tiny_arch("second_order", reversible=True)).train()
     loss = model(images()).logsumexp(1).mean()  # the reversible autograd Function runs here
     loss.backward()
-    checks = write_formats(model, tmp_path, images(), ["pt", "torchscript"])
+    checks = write_formats(model, tmp_path, images(), ["pt", "pt2"])
     assert all(c.max_abs_diff < 1e-5 for c in checks.values())
     loaded = load_model(tmp_path / "model.pt")
     assert loaded.arch.reversible and not loaded.training
@@ -180,9 +188,9 @@ def _write_bad(kind: str, path: Path) -> Path:
     elif kind == "state_dict":
         path = path / "weights.pt"
         torch.save(model.state_dict(), path)
-    elif kind == "torchscript":
-        write_formats(model, path, images(), ["torchscript"])
-        path = path / FILES["torchscript"]
+    elif kind == "pt2":
+        write_formats(model, path, images(), ["pt2"])
+        path = path / FILES["pt2"]
     elif kind == "folder_without_export":
         (path / "empty").mkdir()
         path = path / "empty"
@@ -205,7 +213,7 @@ def _write_bad(kind: str, path: Path) -> Path:
     ("text", "not a pdenas export"),
     ("pickled_object", "not a pdenas export"),
     ("state_dict", "no format marker"),
-    ("torchscript", "TorchScript archive"),
+    ("pt2", "torch.export program"),
     ("folder_without_export", "no model.pt"),
     ("newer_version", "version 99"),
     ("bad_architecture", "family"),
@@ -220,6 +228,8 @@ def test_load_model_refuses_what_is_not_an_export(kind: str, message: str, tmp_p
 
 def test_parse_formats() -> None:
     assert parse_formats("onnx, PT,onnx") == ("onnx", "pt")
+    with pytest.raises(ValueError, match="torchscript is no longer written.*pt2"):
+        parse_formats("pt,torchscript")
     for bad in ("pt,tflite", "", ","):
         with pytest.raises(ValueError, match="--format"):
             parse_formats(bad)
@@ -233,7 +243,10 @@ def test_export_best_in_every_format_and_load_in_a_fresh_process(tiny_run: Path,
     best = best_record(tiny_run)
     out = tiny_run / "export" / f"trial-{best['number']}"
     assert f"exported trial {best['number']}" in printed and str(out) in printed
-    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES.values(), "card.json", "card.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*FILES.values(), "config.json", "card.json", "card.md"])
+    card_md = (out / "card.md").read_text()
+    assert "torch.jit" not in card_md and "torch.export.load" in card_md
 
     card = json.loads((out / "card.json").read_text())
     assert card["source"]["trial"] == best["number"] and card["source"]["study"] == "tiny_export"
@@ -253,7 +266,7 @@ def test_export_best_in_every_format_and_load_in_a_fresh_process(tiny_run: Path,
     assert exported.info["metrics"]["test_accuracy"] == card["metrics"]["test_accuracy"]
     assert exported.classes == tuple(card["data"]["classes"])
 
-    # A fresh process loads all three formats and predicts what this one does.
+    # A fresh process loads every format and predicts what this one does.
     from pdenas.data import DataConfig, load_data
 
     x = load_data(DataConfig(name="digits", train_limit=240)).test.x[:64]

@@ -11,7 +11,7 @@ import pytest
 
 from pdenas.architecture import Architecture
 from pdenas.families import get_family
-from pdenas.space import SEARCH_SPACE_DIRS, SearchSpace, available_spaces
+from pdenas.space import SearchSpace, available_spaces, shipped_space
 from pdenas.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,13 +47,13 @@ def sample(space: SearchSpace, n: int, image_size: int, seed: int = 0, in_channe
 
 def test_every_shipped_file_loads_and_round_trips() -> None:
     assert set(SHIPPED) <= set(available_spaces())
-    assert (SEARCH_SPACE_DIRS[0] / "quickstart.yaml").is_file()
+    assert shipped_space("quickstart").is_file()
     for name in SHIPPED:
         space = SearchSpace.load(name)
         assert space.name == name and space.description
         assert SearchSpace.from_dict(space.to_dict(), name=name) == space
     # a path works too, and the name is the file's stem
-    assert SearchSpace.load(SEARCH_SPACE_DIRS[0] / "paper.yaml") == SearchSpace.load("paper")
+    assert SearchSpace.load(shipped_space("paper")) == SearchSpace.load("paper")
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -47,8 +47,11 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
     from pdenas.space import SearchSpace
     from pdenas.study import resolve_device
 
+    from pdenas.tracking import check_tracking
+
     cls = get_backend(backend)
     cls.check(config, address=address)
+    check_tracking(config.tracking)
     run = RunFolder((Path(out) if out else Path("runs") / config.name).resolve())
     run.claim(config.name)
     space = SearchSpace.load(config.space_path())

@@ -51,6 +51,7 @@ from pdenas.train import TrainConfig
 if TYPE_CHECKING:
     from pdenas.data import DataSplits
     from pdenas.space import SearchSpace
+    from pdenas.tracking import TrialObserver
 
 __all__ = ["Backend", "DataShape", "Progress", "Report", "TrialRunner", "finished_summary", "now"]
 
@@ -93,11 +94,22 @@ class TrialRunner:
         space: Its search space.
         run: The run folder.
         shape: The data's shape.
+        observers: Made fresh for each trial and told when it starts, after every epoch and when
+            it ends (``pdenas.tracking.TrialObserver``); None: the study's ``tracking`` section's
+            trackers, made in the process that trains the trial.
     """
 
     def __init__(self, config: StudyConfig, space: SearchSpace, run: RunFolder,
-                 shape: DataShape) -> None:
+                 shape: DataShape,
+                 observers: Callable[[], list[TrialObserver]] | None = None) -> None:
         self.config, self.space, self.run_folder, self.shape = config, space, run, shape
+        self.observers = observers
+
+    def _observers(self) -> list[TrialObserver]:
+        from pdenas.tracking import observers_for
+
+        return self.observers() if self.observers is not None else observers_for(
+            self.config, self.run_folder)
 
     def family_choices(self) -> tuple[str, list[str]]:
         """The family param's name and the families the space chooses from (empty when the
@@ -164,6 +176,7 @@ class TrialRunner:
         """
         from pdenas.cost import measure_cost
         from pdenas.network import build_model
+        from pdenas.tracking import notify
         from pdenas.train import TimedOut, TrainingFailed, estimate_seconds, fit
 
         config = self.config
@@ -180,12 +193,15 @@ class TrialRunner:
 
         folder.write_architecture(arch.to_dict())
         save()
+        observers = self._observers()
+        notify(observers, "trial_started", record)
 
         def epoch_done(epoch: int, metrics: Mapping[str, float]) -> bool:
             record.history.append({k: float(v) for k, v in metrics.items()})
             record.epochs_trained = epoch
             record.val_accuracy = max(h["val_accuracy"] for h in record.history)
             save()
+            notify(observers, "epoch_done", record, metrics)
             return bool(report(record, metrics)) if report is not None else False
 
         try:
@@ -258,6 +274,7 @@ class TrialRunner:
             if record.status.final:
                 record.finished_at = now()
             save()
+            notify(observers, "trial_finished", record)
         return record
 
 

@@ -20,10 +20,25 @@ SAMPLERS = ("tpe", "random", "nsga2", "cmaes", "gp", "grid")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
 
 
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "nsga2", "gp", "grid")
+"""Samplers that take several objectives (CMA-ES optimises one)."""
+
+
 def check_names(config: StudyConfig) -> None:
-    """Refuses an unknown sampler or pruner name (``section.key: problem; allowed: ...``)."""
+    """Refuses an unknown sampler or pruner name, CMA-ES for a multi-objective study and CMA-ES
+    without its package (``section.key: problem; allowed: ...``)."""
     if config.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {config.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if config.sampler == "cmaes":
+        if config.multi_objective:
+            raise ValueError(f"sampler: cmaes optimises one objective, and the study has "
+                             f"{len(config.objectives)} ({', '.join(config.objectives)}); allowed "
+                             f"with several: {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+        import importlib.util
+
+        if importlib.util.find_spec("cmaes") is None:
+            raise ValueError("sampler: cmaes needs the cmaes package; allowed: "
+                             "pip install 'pdenas[cmaes]'")
     if config.pruner not in PRUNERS:
         raise ValueError(f"pruner: unknown {config.pruner!r}; allowed: {', '.join(PRUNERS)}")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-__all__ = ["MAX_RETRY", "budget_lock", "check_storage_url", "driver_url", "heartbeat_settings",
+__all__ = ["MAX_RETRY", "budget_lock", "check_storage_url", "heartbeat_settings",
            "lock_timeout", "make_storage", "redact_url"]
 
 MAX_RETRY = 1
@@ -102,7 +102,6 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     check_storage_url(url)
     interval, grace = heartbeat_settings()
-    url = driver_url(url)
     engine = ({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}} if url.startswith("sqlite")
               else {"pool_pre_ping": True, "connect_args": _connect_args(url)})
     for attempt in range(3):
@@ -139,22 +138,6 @@ def _connect_args(url: str) -> dict[str, int]:
     return {}
 
 
-def driver_url(url: str) -> str:
-    """Names the installed PostgreSQL driver in a ``postgresql://`` URL.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; pdenas[postgres] installs
-    psycopg2. A URL that names its driver (``postgresql+psycopg://``) is left as it is.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("postgresql", "postgres"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
-    return f"postgresql://{rest}"
-
-
 @contextlib.contextmanager
 def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
     """Serialises the budget bookkeeping of the workers that share a study.
@@ -175,7 +158,7 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
                              signed=True)
         postgres = scheme.startswith("postgres")
         args = {"key": key} if postgres else {"name": f"pdenas-{key:x}"[:64]}
-        url = driver_url(storage_url)
+        url = storage_url
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=_connect_args(url))
         unlock = "SELECT pg_advisory_unlock(:key)" if postgres else "SELECT RELEASE_LOCK(:name)"
         try:

@@ -11,7 +11,9 @@ comparison and export read it the same way.
 
 Layout of a Ray run folder::
 
-    run.json                 backend "ray"
+    run.json                 backend "ray", storage null (the folder's own study.db)
+    study.db                 the searcher's Optuna study (SQLite), as the Optuna backend keeps it:
+                             optuna-dashboard and trials_dataframe() see Ray runs the same way
     ray/exp-<k>/             Tune experiments (the first run, then one per top-up); restorable
     trials/<n>/record.json   written by the shared ``TrialRunner``: at the start, after every
                              epoch (status "running") and at the end
@@ -64,6 +66,7 @@ from pdenas.backends._base import Backend, Progress, TrialRunner, finished_summa
 from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
+from pdenas.backends._storage import make_storage
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, read_json
 from pdenas.study import StudyConfig, resolve_device
 
@@ -153,23 +156,59 @@ class _StudySearch(OptunaSearch):
             return None if running else Searcher.FINISHED
         return super().suggest(trial_id)
 
+    run_folder: RunFolder | None = None
+    """Set by the backend: the records are copied into the Optuna trials' user attributes."""
+
+    def _copy_record(self, trial_id: str, result: dict[str, Any] | None,
+                     status: TrialStatus) -> None:
+        number = (result or {}).get("trial_number")
+        trial = self._ot_trials.get(trial_id)
+        if self.run_folder is None or number is None or trial is None:
+            return
+        folder = self.run_folder.trial(int(number))
+        if not folder.has_record():
+            return
+        with contextlib.suppress(Exception):  # attributes are for the dashboard only
+            record = folder.read_record()
+            record.status = status  # what the driver's _Finalize writes for a stopped trial
+            copy_record(trial, record)
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         status = (result or {}).get("status")
+        # A trial Tune ended while it still said "running" was stopped by the scheduler.
+        known = status in TrialStatus._value2member_map_
+        state = TrialStatus.STOPPED if status == TrialStatus.RUNNING else (
+            TrialStatus(status) if known else TrialStatus.FAILED)
+        if error:
+            state = TrialStatus.FAILED
+        if trial_id not in self._completed_trials:
+            self._copy_record(trial_id, result, state)
         if status == TrialStatus.COMPLETED and not error:
             super().on_trial_complete(trial_id, result, error)
             return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        # A trial Tune ended while it still said "running" was stopped by the scheduler.
-        known = status in TrialStatus._value2member_map_
-        state = TrialStatus.STOPPED if status == TrialStatus.RUNNING else (
-            TrialStatus(status) if known else TrialStatus.FAILED)
         told = (optuna.trial.TrialState.PRUNED if state.state == "PRUNED"
                 else optuna.trial.TrialState.FAIL)
         with contextlib.suppress(Exception):
             self._ot_study.tell(self._ot_trials[trial_id], state=told)
         self._completed_trials.add(trial_id)
+
+
+def copy_record(trial: optuna.Trial, record: TrialRecord) -> None:
+    """Copies a record into an Optuna trial's user attributes, as the Optuna backend does (the
+    architecture, the family, the cost's keys and the record's fields)."""
+    from pdenas.backends.optuna import _COPIED
+
+    attrs = record.to_dict()
+    trial.set_user_attr("architecture", attrs["architecture"])
+    trial.set_user_attr("family", record.architecture.get("family"))
+    trial.set_user_attr("pdenas_number", record.number)
+    for key, value in record.cost.items():
+        trial.set_user_attr(key, value)
+    for key in _COPIED:
+        trial.set_user_attr(key, attrs[key])
 
 
 class _Finalize(tune.Callback):
@@ -361,8 +400,19 @@ class RayBackend(Backend):
         if config.multi_objective:
             metric, mode = list(config.objectives), ["max"] + ["min"] * (len(config.objectives) - 1)
         first = self.runner.first_params()[:n_trials] if offset == 0 else []
-        searcher = _StudySearch(space=_DefineByRun(self.runner, offset), metric=metric, mode=mode,
-                                sampler=self.sampler, points_to_evaluate=first or None)
+        # The searcher's study lives in the run folder's study.db (as the Optuna backend's), so
+        # its Optuna trial numbers continue across top-ups; pdenas numbers are offset only for
+        # records an older run wrote without a storage.
+        url = self.run_folder.default_storage_url()
+        storage = make_storage(url)
+        known = optuna.study.get_all_study_names(storage)
+        stored = (len(optuna.load_study(study_name=config.name, storage=storage).trials)
+                  if config.name in known else 0)
+        searcher = _StudySearch(space=_DefineByRun(self.runner, max(0, offset - stored)),
+                                metric=metric, mode=mode, sampler=self.sampler,
+                                points_to_evaluate=first or None, study_name=config.name,
+                                storage=storage)
+        searcher.run_folder = self.run_folder
         limited = ConcurrencyLimiter(searcher, max_concurrent=self.ray_options.max_concurrent)
         return tune.Tuner(
             trainable,

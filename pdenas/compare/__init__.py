@@ -10,12 +10,13 @@ PNG and one Markdown report.
 
 The module map: ``_families`` (the family table), ``_importance`` (h, depth and width
 importances), ``_retrain`` (retraining the top architectures with several seeds), ``_report``
-(display formatting, plots, ``report.md``), ``_command`` (the ``pdenas compare`` command).
+(display formatting, plots, ``report.md``), ``_command`` (``compare_run``: one run's families),
+``_runs`` (``compare_runs``: several runs side by side, ``pdenas compare RUN RUN ...``).
 """
 
 from __future__ import annotations
 
-from pdenas.compare._command import run_compare
+from pdenas.compare._command import Comparison, compare_run
 from pdenas.compare._families import family_table, format_family_table
 from pdenas.compare._importance import (
     IMPORTANCE_PARAMS,
@@ -25,8 +26,10 @@ from pdenas.compare._importance import (
 )
 from pdenas.compare._report import markdown_table, write_report
 from pdenas.compare._retrain import RETRAIN_SEED, format_retrain, retrain_summary, retrain_top
+from pdenas.compare._runs import compare_runs
 
 __all__ = [
+    "Comparison",
     "IMPORTANCE_PARAMS",
     "MIN_IMPORTANCE_TRIALS",
     "RETRAIN_SEED",
@@ -38,6 +41,7 @@ __all__ = [
     "markdown_table",
     "retrain_summary",
     "retrain_top",
-    "run_compare",
+    "compare_run",
+    "compare_runs",
     "write_report",
 ]

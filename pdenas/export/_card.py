@@ -93,9 +93,10 @@ def _commands(info: Mapping[str, Any], run_dir: Path, number: int, formats: Sequ
     import shlex
 
     config = info.get("config", {})
-    search = ["pdenas", "search", str(info.get("study_file") or "STUDY.yaml"),
+    search = ["pdenas", "search", _study_argument(info.get("study_file")),
               "--out", str(run_dir), "--n-trials", str(config.get("n_trials")),
               "--seed", str(config.get("seed"))]
+    search += [f"--set={key}={value}" for key, value in _overrides(info)]
     if info.get("backend") == "ray":
         search += ["--backend", "ray"]
     export = ["pdenas", "export", str(run_dir), "--trial", str(number),
@@ -103,6 +104,44 @@ def _commands(info: Mapping[str, Any], run_dir: Path, number: int, formats: Sequ
     if retrain_epochs is not None:
         export += ["--retrain-epochs", str(retrain_epochs)]
     return {"search": shlex.join(search), "export": shlex.join(export)}
+
+
+def _study_argument(study_file: str | None) -> str:
+    """A shipped study by its name, another by its path."""
+    from pdenas._resources import shipped_file
+
+    if not study_file:
+        return "STUDY.yaml"
+    path = Path(study_file)
+    shipped = shipped_file("studies", path.stem)
+    return path.stem if shipped is not None and shipped.resolve() == path.resolve() else str(path)
+
+
+def _overrides(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The study keys the run changed from its file (``--set`` items, JSON values), so the
+    reproduce command runs the same study; none when the file is gone or unchanged."""
+    import json
+
+    from pdenas.study import StudyConfig
+
+    study_file = info.get("study_file")
+    if not study_file or not Path(study_file).is_file():
+        return []
+    try:
+        stored = StudyConfig.load(study_file).to_dict()
+    except ValueError:
+        return []
+
+    def leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, Mapping) and data:
+            return {k: v for key, value in data.items()
+                    for k, v in leaves(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: data}
+
+    old, new = leaves(stored), leaves(info.get("config", {}))
+    flags = ("n_trials", "seed")
+    return [(key, json.dumps(value)) for key, value in new.items()
+            if key not in flags and (key not in old or old[key] != value)]
 
 
 def _version() -> str:
@@ -140,10 +179,18 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     for fmt, check in card.get("checks", {}).items():
         lines.append(f"| {fmt} | {check['file']} | {check['max_abs_diff']:.3g} | "
                      f"{100 * check['same_predictions']:.1f} % of {check['images']} test images |")
-    lines += ["", "Load: `pdenas.load_model(\"model.pt\")` (safe: weights_only), "
-              "`model.torchscript.pt` is TorchScript, which is code: load it only when you trust "
-              "its source; onnxruntime for `model.onnx` "
-              "(input `images`, dynamic batch).", "", "## Reproduce", "",
+    loaders = {
+        "pt": "`pdenas.load_model(\"model.pt\")` (safe: `weights_only`)",
+        "pt2": "`torch.export.load(\"model.pt2\").module()` (plain PyTorch, no pdenas)",
+        "safetensors": "`safetensors.torch.load_file(\"model.safetensors\")` with `config.json` "
+                       "(the architecture: `pdenas.build_model(pdenas.Architecture.from_dict("
+                       "config[\"architecture\"]))`)",
+        "onnx": "onnxruntime for `model.onnx` (input `images`, output `logits`)",
+    }
+    written = [fmt for fmt in loaders if fmt in card.get("files", loaders)]
+    lines += ["", "Load (every file takes a dynamic batch of standardised images):", ""]
+    lines += [f"- {loaders[fmt]};" for fmt in written]
+    lines += ["", "## Reproduce", "",
               "```", card["reproduce"]["search"], card["reproduce"]["export"], "```", ""]
     return "\n".join(lines)
 

@@ -3,7 +3,6 @@ card into a staging folder, and move them into place only once all of it worked.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -12,18 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from pdenas.architecture import Architecture
-from pdenas.export._card import card_markdown, model_card, summary_lines
+from pdenas.export._card import card_markdown, model_card
 from pdenas.export._formats import CHECK_IMAGES, parse_formats, write_formats
 from pdenas.export._select import retrain, saved_model, select_trial, trial_record
-from pdenas.export._weights import FILES, FORMATS, plain
+from pdenas.export._weights import CONFIG_FILE, FILES, plain
 
-__all__ = ["export_trial", "run_export"]
+__all__ = ["export_trial"]
 
 
 def export_trial(
     run_dir: str | Path,
     trial: str | int = "best",
-    formats: str | Sequence[str] = FORMATS,
+    formats: str | Sequence[str] | None = None,
     retrain_epochs: int | None = None,
     out: str | Path | None = None,
     device: str = "auto",
@@ -33,7 +32,8 @@ def export_trial(
     Args:
         run_dir: The run folder.
         trial: ``best``, a trial number or ``pareto:K``.
-        formats: Some of ``FORMATS`` (a comma list or a sequence).
+        formats: Some of ``FORMATS`` (a comma list or a sequence); None: every format whose
+            packages are installed (``default_formats``).
         retrain_epochs: Retrain from scratch on train + validation for this many epochs instead
             of taking the trial's saved weights.
         out: The export folder (default ``RUN/export/trial-N``).
@@ -77,7 +77,9 @@ def export_trial(
         staging = Path(tmp)
         checks = write_formats(model, staging, data.test.x[:CHECK_IMAGES], fmts, mean=data.mean,
                                std=data.std, classes=data.classes, info=meta)
-        card["files"] = {fmt: FILES[fmt] for fmt in fmts} | {"card": ["card.json", "card.md"]}
+        card["files"] = ({fmt: FILES[fmt] for fmt in fmts} | {"card": ["card.json", "card.md"]}
+                         | ({"safetensors": [FILES["safetensors"], CONFIG_FILE]}
+                            if "safetensors" in fmts else {}))
         card["checks"] = {fmt: check.to_dict() for fmt, check in checks.items()}
         card = plain(card)
         (staging / "card.json").write_text(json.dumps(card, indent=2))
@@ -95,16 +97,3 @@ def _move_into(staging: Path, out: Path) -> None:
         if target.exists():
             target.unlink()
         shutil.move(str(item), str(target))
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """The ``pdenas export`` command; returns the exit status.
-
-    Raises:
-        ValueError: Bad input (unknown trial or format, a trial without weights, ...), before
-            anything is written; the command line turns it into one line and exit status 2.
-    """
-    card = export_trial(args.run, trial=args.trial, formats=args.format,
-                        retrain_epochs=args.retrain_epochs, out=args.out, device=args.device)
-    print("\n".join(summary_lines(card)))
-    return 0

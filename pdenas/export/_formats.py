@@ -1,5 +1,6 @@
-"""TorchScript and ONNX: writing every export format, loading each back and checking it against
-the PyTorch model on the same images; parsing ``--format``."""
+"""Every export format written, loaded back and checked against the PyTorch model on the same
+images: ``model.pt``, a ``torch.export`` program (``model.pt2``), safetensors with ``config.json``,
+ONNX; parsing ``--format``."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdenas.export._weights import FILES, FORMATS, load_model, save_export
+from pdenas.export._weights import (FILES, FORMATS, load_model, load_safetensors, save_export,
+                                   save_safetensors)
 from pdenas.network import PDENet
 
 __all__ = [
     "CHECK_IMAGES",
     "FormatCheck",
-    "load_torchscript",
+    "default_formats",
+    "load_pt2",
     "onnx_logits",
     "parse_formats",
     "write_formats",
@@ -31,10 +34,12 @@ CHECK_IMAGES = 256
 """Test-split images on which each exported format is compared with the PyTorch model."""
 
 
-def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
-    """Loads an exported TorchScript file on the CPU (without the deprecation warning)."""
-    with _quiet():
-        return torch.jit.load(str(path), map_location="cpu")
+def load_pt2(path: str | Path) -> nn.Module:
+    """Loads an exported ``torch.export`` program (``model.pt2``) as a callable module (CPU).
+
+    The same as ``torch.export.load(path).module()``: no pdenas code is needed to run it.
+    """
+    return torch.export.load(str(path)).module()
 
 
 def onnx_logits(path: str | Path, images: torch.Tensor) -> torch.Tensor:
@@ -72,9 +77,9 @@ class FormatCheck:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silences torch.jit's deprecation warnings and the ONNX exporter's progress prints."""
+    """Silences the ONNX exporter's progress prints and warnings."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.filterwarnings("ignore", r".*torch\.jit.* is deprecated", FutureWarning)
+        warnings.simplefilter("ignore")
         yield
 
 
@@ -122,17 +127,27 @@ def write_formats(
             save_export(path, net, mean=mean, std=std, classes=classes, info=info)
             with torch.no_grad():
                 out = load_model(path)(x)
-        elif fmt == "torchscript":
-            with _quiet(), torch.no_grad():
-                traced = torch.jit.trace(net, example, check_trace=False)
-                torch.jit.save(traced, str(path))
+        elif fmt == "pt2":
+            _write_pt2(net, example, path)
             with torch.no_grad():
-                out = load_torchscript(path)(x)
+                out = load_pt2(path)(x)
+        elif fmt == "safetensors":
+            save_safetensors(folder, net, mean=mean, std=std, classes=classes)
+            with torch.no_grad():
+                out = load_safetensors(folder)(x)
         else:
             _write_onnx(net, example, path)
             out = onnx_logits(path, x)
         checks[fmt] = _compare(FILES[fmt], reference, out)
     return checks
+
+
+def _write_pt2(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """A ``torch.export`` program of the eval-mode network with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch")
+    with torch.no_grad():
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
 
 
 def _write_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -152,28 +167,42 @@ def _compare(file: str, reference: torch.Tensor, out: torch.Tensor) -> FormatChe
     return FormatCheck(file=file, max_abs_diff=diff, same_predictions=same, images=len(reference))
 
 
-def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
-    """Parses ``"pt,onnx"`` (or a list) into known formats, in order, without repeats.
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+"""What the ONNX export and its check need (``pip install 'pdenas[onnx]'``)."""
+
+
+def default_formats() -> tuple[str, ...]:
+    """Every format, ONNX only when its packages are installed (the default of ``export``)."""
+    import importlib.util
+
+    onnx = all(importlib.util.find_spec(name) is not None for name in ONNX_PACKAGES)
+    return tuple(f for f in FORMATS if f != "onnx" or onnx)
+
+
+def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Parses ``"pt,onnx"`` (or a list) into known formats, in order, without repeats; None is
+    ``default_formats()``.
 
     Raises:
-        ValueError: An unknown or empty format list.
+        ValueError: An unknown or empty format list, or onnx without its packages.
     """
+    if text is None:
+        return default_formats()
     items = text.split(",") if isinstance(text, str) else list(text)
     formats: list[str] = []
     for item in (str(i).strip().lower() for i in items):
+        if item == "torchscript":
+            raise ValueError("--format: torchscript is no longer written (torch.jit is "
+                             "deprecated); use pt2, a torch.export program; allowed: "
+                             + ", ".join(FORMATS))
         if item not in FORMATS:
             raise ValueError(f"--format: unknown format {item!r}; allowed: {', '.join(FORMATS)}")
         if item not in formats:
             formats.append(item)
     if not formats:
         raise ValueError(f"--format: empty; allowed: {', '.join(FORMATS)}")
-    if "onnx" in formats:  # before anything is trained or written
-        import importlib.util
-
-        missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
-                   if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ValueError(f"--format onnx: needs {', '.join(missing)}, not installed; "
-                             "pip install 'pdenas[onnx]', or leave onnx out of --format")
+    if "onnx" in formats and "onnx" not in default_formats():
+        raise ValueError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
+                         "allowed: pip install 'pdenas[onnx]', or leave onnx out")
     return tuple(formats)
 

@@ -1,11 +1,15 @@
-"""The ``model.pt`` export file: the export folder's file names, writing it, reading it back safely.
+"""The weight files of an export: the folder's file names; ``model.pt`` (written and read back
+safely) and ``model.safetensors`` with ``config.json`` (the same weights and architecture for
+people who load models outside pdenas).
 
 ``model.pt`` is a plain dict of containers, numbers, strings and tensors, so ``torch.load`` reads it
-with ``weights_only=True`` and no pickled code runs.
+with ``weights_only=True`` and no pickled code runs. ``model.safetensors`` holds the state_dict only
+(safetensors never runs code); ``config.json`` says how to build the network it fits.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,18 +26,26 @@ __all__ = [
     "EXPORT_VERSION",
     "FILES",
     "FORMATS",
+    "CONFIG_FILE",
+    "CONFIG_FORMAT",
     "ExportedModel",
     "load_export",
     "load_model",
+    "load_safetensors",
     "plain",
     "save_export",
+    "save_safetensors",
 ]
 
 EXPORT_FORMAT = "pdenas-export"
 EXPORT_VERSION = 1
-FORMATS = ("pt", "torchscript", "onnx")
-FILES = {"pt": "model.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+FORMATS = ("pt", "pt2", "safetensors", "onnx")
+FILES = {"pt": "model.pt", "pt2": "model.pt2", "safetensors": "model.safetensors",
+         "onnx": "model.onnx"}
 """The file each format is written to, inside the export folder."""
+CONFIG_FILE = "config.json"
+"""Written beside ``model.safetensors``: the architecture, the input normalisation, the classes."""
+CONFIG_FORMAT = "pdenas-model-config"
 
 
 @dataclass(frozen=True)
@@ -79,8 +91,7 @@ def save_export(
     Returns:
         The path written.
     """
-    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
-             for k, v in model.state_dict().items()}
+    state = _state(model)
     payload = {
         **plain(dict(info or {})),
         "format": EXPORT_FORMAT,
@@ -93,6 +104,70 @@ def save_export(
     path = Path(path)
     torch.save(payload, path)
     return path
+
+
+def _state(model: PDENet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+            for k, v in model.state_dict().items()}
+
+
+def _built(arch: Architecture, state: Mapping[str, torch.Tensor], where: Path) -> PDENet:
+    """The network of ``arch`` holding ``state`` (eval mode); ``ValueError`` naming ``where``
+    when the weights do not fit."""
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{where}: weights do not fit the architecture: "
+                         f"{str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def save_safetensors(folder: str | Path, model: PDENet, *, mean: Sequence[float],
+                     std: Sequence[float], classes: Sequence[str]) -> tuple[Path, Path]:
+    """Writes ``model.safetensors`` (the state_dict) and ``config.json`` (what builds it) into
+    ``folder``; returns both paths.
+
+    ``config.json``: ``format`` (``CONFIG_FORMAT``), ``version``, ``architecture``
+    (``Architecture.to_dict()``: ``pdenas.build_model(Architecture.from_dict(...))`` builds the
+    network the weights fit), ``normalization`` (the input is (pixel / 255 - mean) / std per
+    channel), ``classes`` (indexed by the logits), ``weights`` (the safetensors file's name).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    weights, config = folder / FILES["safetensors"], folder / CONFIG_FILE
+    save_file(_state(model), str(weights), metadata={"format": CONFIG_FORMAT})
+    config.write_text(json.dumps({
+        "format": CONFIG_FORMAT, "version": EXPORT_VERSION,
+        "architecture": model.arch.to_dict(),
+        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "classes": [str(c) for c in classes], "weights": FILES["safetensors"],
+        "input": "(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32",
+    }, indent=2))
+    return weights, config
+
+
+def load_safetensors(folder: str | Path) -> PDENet:
+    """The network of an export folder's ``config.json`` with ``model.safetensors`` loaded (eval
+    mode, CPU).
+
+    Raises:
+        ValueError: A missing or damaged file, or weights that do not fit the architecture.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+        arch = Architecture.from_dict(config["architecture"])
+        state = load_file(str(folder / str(config.get("weights", FILES["safetensors"]))))
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{config_path}: cannot load the safetensors export: {error}") from None
+    if config.get("format") != CONFIG_FORMAT:
+        raise ValueError(f"{config_path}: not a pdenas model config (format {config.get('format')!r})")
+    return _built(arch, state, folder)
 
 
 def load_export(path: str | Path) -> ExportedModel:
@@ -108,8 +183,10 @@ def load_export(path: str | Path) -> ExportedModel:
     if zipfile.is_zipfile(file):
         with zipfile.ZipFile(file) as archive:
             if any(n.endswith("constants.pkl") for n in archive.namelist()):
-                raise ValueError(f"{file}: a TorchScript archive, not a pdenas export; "
-                                 "load it with torch.jit.load or pdenas.export.load_torchscript")
+                raise ValueError(f"{file}: a TorchScript archive, not a pdenas export")
+            if any(n.endswith("/archive_format") for n in archive.namelist()):
+                raise ValueError(f"{file}: a torch.export program, not a pdenas export; "
+                                 "load it with torch.export.load")
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
@@ -131,12 +208,7 @@ def load_export(path: str | Path) -> ExportedModel:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{file}: bad pdenas export: state_dict is not a mapping of tensors")
     _check_fits(file, arch, state)
-    model = build_model(arch)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{file}: weights do not fit the architecture: "
-                         f"{str(error).splitlines()[0]}") from None
+    model = _built(arch, state, file)
     norm = payload.get("normalization") or {}
     known = ("format", "version", "architecture", "state_dict", "normalization", "classes")
     extra = {k: v for k, v in payload.items() if k not in known}

@@ -45,17 +45,17 @@ resolving names, reading YAML), ``_space`` (``SearchSpace``: load, suggest, repl
 from __future__ import annotations
 
 from pdenas.space._dimension import Dimension, Dimensions
-from pdenas.space._files import SEARCH_SPACE_DIRS, available_spaces
+from pdenas.space._files import available_spaces, shipped_space
 from pdenas.space._space import SearchSpace
 from pdenas.space._trial import Trial
 from pdenas.space._width import WidthRule
 
 __all__ = [
-    "SEARCH_SPACE_DIRS",
     "Dimension",
     "Dimensions",
     "SearchSpace",
     "Trial",
     "WidthRule",
     "available_spaces",
+    "shipped_space",
 ]

@@ -1,31 +1,29 @@
-"""Search space files: where shipped spaces live (``SEARCH_SPACE_DIRS``, ``available_spaces``),
-resolving a bare name or a path to a file, and reading its YAML (YAML 1.2 floats such as ``1e-3``).
+"""Search space files: the shipped spaces (package data ``pdenas/search_spaces/*.yaml``, read with
+``importlib.resources``: ``available_spaces``, ``shipped_space``), resolving a bare name or a path to
+a file, and reading its YAML (YAML 1.2 floats such as ``1e-3``).
 """
 
 from __future__ import annotations
 
 import re
-import site
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["SEARCH_SPACE_DIRS", "available_spaces", "read_space_file"]
+from pdenas._resources import shipped_file, shipped_names
 
-SEARCH_SPACE_DIRS: tuple[Path, ...] = (
-    Path(__file__).resolve().parents[2] / "search_spaces",
-    Path(sys.prefix) / "share" / "pdenas" / "search_spaces",
-    Path(site.getuserbase()) / "share" / "pdenas" / "search_spaces",
-)
-"""Where bare names are looked up, in order: the checkout (editable installs), then the
-``share/pdenas/search_spaces`` data files of a regular install (environment, then user)."""
+__all__ = ["available_spaces", "read_space_file", "shipped_space"]
 
 
 def available_spaces() -> list[str]:
     """The names of the shipped search spaces."""
-    return sorted({p.stem for d in SEARCH_SPACE_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    return shipped_names("search_spaces")
+
+
+def shipped_space(name: str) -> Path | None:
+    """The file of the shipped search space ``name``, or None when there is none."""
+    return shipped_file("search_spaces", name)
 
 
 def read_space_file(name_or_path: str | Path) -> tuple[Path, Any]:
@@ -49,9 +47,9 @@ def _resolve(name_or_path: str | Path) -> Path:
         if not path.is_file():
             raise ValueError(f"search space file not found: {path}")
         return path
-    for folder in SEARCH_SPACE_DIRS:
-        if (folder / f"{text}.yaml").is_file():
-            return folder / f"{text}.yaml"
+    path = shipped_space(text)
+    if path is not None:
+        return path
     raise ValueError(f"search space: unknown name {text!r}; available: {', '.join(available_spaces())}")
 
 

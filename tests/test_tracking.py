@@ -1,0 +1,98 @@
+"""Experiment tracking with the real libraries: a search sends every trial's params, per-epoch
+metrics and costs to MLflow (a local SQLite store) and to TensorBoard (event files read back
+with TensorBoard's EventAccumulator)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+
+import pdenas
+from pdenas.cli import main
+
+from test_api import api_study
+
+needs = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("tensorboard") is None,
+    reason="needs pdenas[mlflow,tensorboard] (the dev extra installs them)")
+
+
+@needs
+def test_search_tracks_to_mlflow_and_tensorboard(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = pdenas.search(api_study(tmp_path), out=tmp_path / "run", n_trials=2, progress=False,
+                        tracking={"mlflow": {"tracking_uri": uri, "experiment": "pdenas-test"},
+                                  "tensorboard": {}})
+    trials = run.trials().set_index("number")
+    assert run.info["config"]["tracking"]["mlflow"]["tracking_uri"] == uri
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("pdenas-test")
+    runs = {int(r.data.tags["pdenas.trial"]): r
+            for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == [0, 1]
+    for number, logged in runs.items():
+        row = trials.loc[number]
+        assert logged.info.run_name == f"trial-{number}" and logged.info.status == "FINISHED"
+        assert logged.data.tags["pdenas.status"] == row["status"] == "completed"
+        assert logged.data.tags["pdenas.family"] == row["family"]
+        assert logged.data.params["family"] == row["family"]
+        assert logged.data.params["arch.depths"] == "[1, 1]"
+        history = client.get_metric_history(logged.info.run_id, "val_accuracy")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            [h["val_accuracy"] for h in row["history"]])
+        assert logged.data.metrics["cost/params"] == row["params"]
+        assert logged.data.metrics["cost/flops"] == row["flops"]
+        assert logged.data.metrics["best_val_accuracy"] == pytest.approx(row["val_accuracy"])
+
+    for number in (0, 1):
+        events = EventAccumulator(str(run.path / "tensorboard" / f"trial-{number}"))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert {"val_accuracy", "train_loss", "cost/params", "best_val_accuracy"} <= set(tags)
+        values = events.Scalars("val_accuracy")
+        assert [e.step for e in values] == [1, 2]
+        assert [e.value for e in values] == pytest.approx(
+            [h["val_accuracy"] for h in trials.loc[number, "history"]], abs=1e-6)
+        assert events.Scalars("cost/params")[0].value == trials.loc[number, "params"]
+
+
+@needs
+def test_track_flag_and_a_broken_tracker_never_fails_a_trial(tmp_path: Path, caplog) -> None:
+    import yaml
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(api_study(tmp_path, n_trials=1)))
+    out = tmp_path / "run"
+    # --track names the tracker; its settings come from --set (a store MLflow cannot open)
+    with caplog.at_level(logging.WARNING, logger="pdenas.tracking"):
+        code = main(["search", str(study), "--out", str(out), "--quiet", "--track", "tensorboard",
+                     "--track", "mlflow",
+                     "--set", "tracking.mlflow.tracking_uri=nosuchscheme://nowhere"])
+    assert code == 0
+    record = pdenas.open_run(out).trials().iloc[0]
+    assert record["status"] == "completed"  # the broken MLflow store only warned
+    assert "MlflowObserver failed" in caplog.text
+    assert (out / "tensorboard" / "trial-0").is_dir()
+
+
+def test_a_tracker_without_its_package_is_bad_input(tmp_path: Path, monkeypatch, capsys) -> None:
+    import pdenas.tracking as tracking
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlflow" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["search", "quickstart", "--out", str(out), "--track", "mlflow"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "tracking.mlflow: the mlflow package is not installed" in error
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"quickstart.yaml: tracking\.tensorboard\.logdir: unknown key; allowed: log_dir$"):
+        pdenas.load_study("quickstart", {"tracking": {"tensorboard": {"logdir": "x"}}})
