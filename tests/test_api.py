@@ -185,7 +185,7 @@ def test_studies_lists_shipped_studies_with_descriptions(capsys: pytest.CaptureF
     (["--set", "train.nope=1"], "train.nope: unknown key; allowed: epochs"),
     (["--set", "epochs"], "--set 'epochs': expected KEY=VALUE"),
     (["--set", "objectives=[val_accuracy, colour]"], "objectives: got ['val_accuracy', 'colour']"),
-    (["--n-trials", "0"], "--n-trials: got 0; allowed: an integer >= 1"),
+    (["--n-trials", "0"], "--n-trials: got 0; allowed: an integer from 1 to 1000000"),
     (["--track", "wandb"], "--track: unknown tracker 'wandb'; allowed: mlflow, tensorboard"),
 ])
 def test_search_bad_overrides_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path,
