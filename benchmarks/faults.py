@@ -38,16 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-SPACE = """
-families: [parabolic, resnet]
-num_units: 1
-depth: {low: 1, high: 2}
-width: {base: {low: 4, high: 8, step: 4}, growth: 1, last: same}
-step_size: {low: 0.2, high: 1.0, log: true}
-activation: relu
-norm: tv
-reversible: false
-"""
+from test_faults import TINY_SPACE as SPACE  # noqa: E402  (the tests' tiny space, one copy)
 
 STUDY = """
 name: {name}
