@@ -41,6 +41,7 @@ __all__ = [
     "TrainingFailed",
     "estimate_seconds",
     "evaluate",
+    "final_depth_state",
     "fit",
     "learning_rates",
     "weight_decay_groups",
@@ -279,6 +280,7 @@ def fit(
     *,
     restore_best: bool = True,
     deadline: float | None = None,
+    result: FitResult | None = None,
 ) -> FitResult:
     """Trains a model and keeps its best-validation weights.
 
@@ -295,6 +297,8 @@ def fit(
         restore_best: Load the best-validation weights into the model at the end.
         deadline: A ``time.monotonic()`` value; training stops before the first step after it
             with ``TimedOut`` (the model then holds the best completed epoch's weights).
+        result: Filled in place as training goes (history, best weights as a CPU copy) and
+            returned; a watchdog thread may read it while a step hangs (default: a new one).
 
     With ``config.multilevel`` the model is first resampled to the coarsest level's depths
     (step j of a coarse unit takes the weights of the fine step at its start time), and that
@@ -313,7 +317,7 @@ def fit(
         OutOfMemory: The device or host ran out of memory.
         Both carry the completed epochs' metrics as ``history``.
     """
-    result = FitResult()
+    result = FitResult() if result is None else result
     try:
         return _fit(model, data, config, torch.device(device), callback, seed, restore_best, result,
                     deadline)
@@ -321,13 +325,21 @@ def fit(
         failure.history = list(result.history)
         if isinstance(failure, TimedOut):
             failure.result = result
-            levels = result.levels
-            if levels and config.multilevel is not None and tuple(levels[-1]["depths"]) != tuple(
-                    u.depth for u in pde_units(model)):
-                result.best_state = {}  # stopped in a coarser level: no weights at the final depth
+            result.best_state = final_depth_state(result, model, config)
             if restore_best and result.best_state:
                 model.load_state_dict(result.best_state)
         raise
+
+
+def final_depth_state(result: FitResult, model: nn.Module, config: TrainConfig
+                      ) -> dict[str, torch.Tensor]:
+    """The best weights of a run that stopped early, or {} when it stopped in a coarser level
+    of coarse-to-fine training (the weights have another depth than ``model``)."""
+    levels = result.levels
+    if levels and config.multilevel is not None and tuple(levels[-1]["depths"]) != tuple(
+            u.depth for u in pde_units(model)):
+        return {}
+    return result.best_state
 
 
 def _fit(

@@ -205,3 +205,51 @@ def test_fit_stops_at_its_deadline_before_the_next_step() -> None:
         fit(model, _tiny_data(), TrainConfig.from_dict({"epochs": 2}), "cpu",
             deadline=time.monotonic() - 1)
     assert info.value.history == [] and info.value.status == "timeout"
+
+
+def test_a_hung_trial_is_recorded_as_timeout_by_its_watchdog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second epoch's hook blocks (no step finishes) past the 6 s limit plus a 1 s grace:
+    the watchdog records the trial as timeout with its best epoch's weights and tells the
+    backend; when the call returns after all, the runner keeps the watchdog's record."""
+    import time
+
+    monkeypatch.setenv("PDENAS_HUNG_GRACE", "1")
+    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1, "trial_timeout": 6,
+                                    "constraints": {"skip_infeasible": False}})
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 500, "batch_size": 32})
+    told = []
+
+    def report(record, metrics):
+        if record.epochs_trained == 2:
+            time.sleep(10)  # hangs: the step-level time check never runs meanwhile
+        return False
+
+    runner = TrialRunner(config, None, RunFolder(tmp_path), DataShape.of(_tiny_data()))
+    start = time.monotonic()
+    record = runner.run(0, arch, train, data=_tiny_data(), device=torch.device("cpu"),
+                        report=report, on_hung=told.append)
+    assert time.monotonic() - start >= 10
+    assert [r.status for r in told] == ["timeout"]
+    stored = RunFolder(tmp_path).trial(0).read_record()
+    assert record.status == stored.status == "timeout" and record.status.state == "PRUNED"
+    assert stored.failure_reason.startswith("hung: still running 1 s past the trial time limit (6 s)")
+    assert stored.epochs_trained == 2 and stored.finished_at is not None
+    assert stored.val_accuracy == max(h["val_accuracy"] for h in stored.history[:2])
+    assert (tmp_path / "trials" / "0" / "model.pt").is_file()
+
+
+def test_the_watchdog_does_nothing_for_a_trial_that_ends_in_time() -> None:
+    import time
+
+    from pdenas.backends._watchdog import Watchdog
+
+    fired = []
+    dog = Watchdog(time.monotonic() + 0.3, lambda: fired.append(1), exit_process=False).start()
+    assert dog.stop() is True
+    time.sleep(0.5)
+    assert fired == []
+    late = Watchdog(time.monotonic() + 0.1, lambda: fired.append(2), exit_process=False).start()
+    time.sleep(0.4)
+    assert fired == [2] and late.stop() is False

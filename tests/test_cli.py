@@ -271,3 +271,57 @@ def test_workers_share_one_study_on_this_machine(tmp_path: Path) -> None:
     assert "study tiny: 4 trials" in done.stdout
     bad = pdenas("search", str(study), "--out", str(run), "--workers", "2", "--backend", "ray")
     assert bad.returncode == 2 and "--workers: is for the optuna backend" in bad.stderr
+
+
+HANG_ONCE = """
+import os
+import time
+from pathlib import Path
+
+if os.environ.get("PDENAS_TEST_HANG_ONCE"):
+    import pdenas.train as _train
+
+    _real_fit = _train.fit
+
+    def _hanging_fit(model, data, config, device, callback=None, **kwargs):
+        def hook(epoch, metrics):
+            stop = callback(epoch, metrics) if callback is not None else False
+            marker = Path(os.environ["PDENAS_TEST_HANG_ONCE"])
+            if epoch == 1 and not marker.exists():  # the first trial hangs after one epoch
+                marker.touch()
+                time.sleep(600)
+            return stop
+
+        return _real_fit(model, data, config, device, callback=hook, **kwargs)
+
+    _train.fit = _hanging_fit
+"""
+
+
+def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
+    """A study with ``trial_timeout`` runs its trials in a supervised worker. The first trial
+    blocks after one epoch (a call that never returns, installed by a ``sitecustomize`` in the
+    child): its watchdog records it as ``timeout`` 1 s past the 4 s limit and ends the worker,
+    a new worker trains the second trial, and the search ends normally."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HANG_ONCE)
+    study = write_study(tmp_path, n_trials=2, epochs=3, trial_timeout="4",
+                        constraints="{skip_infeasible: false}")
+    run = tmp_path / "run"
+    start = time.monotonic()
+    done = pdenas("search", str(study), "--out", str(run),
+                  env={"OMP_NUM_THREADS": "1", "PDENAS_HUNG_GRACE": "1",
+                       "PDENAS_TEST_HANG_ONCE": str(tmp_path / "hung"),
+                       "PYTHONPATH": f"{REPO}{os.pathsep}{hooks}"})
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 200  # not the 600 s the hung call would take
+    assert "worker 1 was restarted" in done.stderr
+    records = [json.loads((run / "trials" / str(n) / "record.json").read_text()) for n in (0, 1)]
+    assert records[0]["status"] == "timeout"
+    assert records[0]["failure_reason"].startswith("hung: still running 1 s past the trial time limit (4 s)")
+    assert records[0]["epochs_trained"] == 1 and (run / "trials" / "0" / "model.pt").is_file()
+    assert records[1]["status"] in ("completed", "pruned", "timeout")
+    assert records[0]["worker"] != records[1]["worker"]  # another process
+    assert [t["state"] for t in stored_trials(run)] in (["PRUNED", "COMPLETE"], ["PRUNED", "PRUNED"])
+    assert "study tiny: 2 trials" in done.stdout

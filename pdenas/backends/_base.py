@@ -44,6 +44,7 @@ import torch
 from pdenas.architecture import Architecture
 from pdenas.backends._stability import estimate, stabilise
 from pdenas.backends._warm_start import warm_start
+from pdenas.backends._watchdog import Watchdog, grace_seconds, may_exit
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, plain
 from pdenas.study import StudyConfig
 from pdenas.train import TrainConfig
@@ -151,7 +152,8 @@ class TrialRunner:
             device: torch.device, params: Mapping[str, Any] | None = None,
             report: Report | None = None,
             on_cost: Callable[[TrialRecord], None] | None = None,
-            time_left: float | None = None) -> TrialRecord:
+            time_left: float | None = None,
+            on_hung: Callable[[TrialRecord], None] | None = None) -> TrialRecord:
         """Builds, measures, trains and records one candidate; never raises for a bad candidate.
 
         The record is written when the trial starts (status running), after every epoch and at
@@ -170,6 +172,9 @@ class TrialRunner:
             on_cost: Called with the record once the cost is known, before training.
             time_left: Seconds the search has left (``--timeout``): a candidate predicted to
                 need more is infeasible.
+            on_hung: With ``trial_timeout``: called from the watchdog thread with the final
+                record (status timeout) when the trial hangs past its limit (see
+                ``_watchdog``), before the process is ended where a supervisor restarts it.
 
         Returns:
             The final record (also in ``trials/<number>/record.json``).
@@ -177,7 +182,8 @@ class TrialRunner:
         from pdenas.cost import measure_cost
         from pdenas.network import build_model
         from pdenas.tracking import notify
-        from pdenas.train import TimedOut, TrainingFailed, estimate_seconds, fit
+        from pdenas.train import (FitResult, TimedOut, TrainingFailed, estimate_seconds, fit,
+                                  final_depth_state)
 
         config = self.config
         folder = self.run_folder.trial(number)
@@ -195,6 +201,31 @@ class TrialRunner:
         save()
         observers = self._observers()
         notify(observers, "trial_started", record)
+        progress = FitResult()  # fit fills it in place: the watchdog reads the best weights
+        model: torch.nn.Module | None = None
+
+        def hung() -> None:
+            limit = config.trial_timeout
+            record.status = TrialStatus.TIMEOUT
+            record.epochs_trained = len(record.history)
+            record.failure_reason = (
+                f"hung: still running {grace:g} s past the trial time limit ({limit:g} s) "
+                f"after {record.epochs_trained} of {train.epochs} epochs; its worker was ended")
+            best = final_depth_state(progress, model, train) if model is not None else {}
+            if best:  # ranked as a stopped trial, its best epoch kept
+                record.val_accuracy = float(progress.best_val_accuracy)
+                folder.write_weights(best)
+            record.finished_at = now()
+            save()
+            notify(observers, "trial_finished", record)
+            if on_hung is not None:
+                on_hung(record)
+
+        watchdog = None
+        if config.trial_timeout is not None:
+            grace = grace_seconds(config.trial_timeout)
+            watchdog = Watchdog(time.monotonic() + config.trial_timeout + grace, hung,
+                                exit_process=may_exit()).start()
 
         def epoch_done(epoch: int, metrics: Mapping[str, float]) -> bool:
             record.history.append({k: float(v) for k, v in metrics.items()})
@@ -237,7 +268,7 @@ class TrialRunner:
             deadline = (None if config.trial_timeout is None
                         else time.monotonic() + config.trial_timeout - (time.perf_counter() - start))
             result = fit(model, data, train, device, callback=epoch_done, seed=config.seed + number,
-                         deadline=deadline)
+                         deadline=deadline, result=progress)
             if check.mode != "off":  # the best-validation weights, as trained
                 record.stability["final"] = estimate(model, images, check)
             record.history = [plain(h) for h in result.history]
@@ -271,10 +302,15 @@ class TrialRunner:
             record.failure_reason = "interrupted (Ctrl-C); a copy was queued for the next run"
             raise
         finally:
-            if record.status.final:
-                record.finished_at = now()
-            save()
-            notify(observers, "trial_finished", record)
+            # A trial the watchdog recorded as hung (and that returned after all, in an
+            # unsupervised process) keeps the watchdog's record.
+            if watchdog is None or watchdog.stop():
+                if record.status.final:
+                    record.finished_at = now()
+                save()
+                notify(observers, "trial_finished", record)
+            else:
+                record = folder.read_record()
         return record
 
 

@@ -452,9 +452,18 @@ class OptunaBackend(Backend):
                     trial.set_user_attr(key, value)
                 trial.set_user_attr("constraints", record.constraints)
 
+        hung: list[TrialRecord] = []
+
+        def on_hung(record: TrialRecord) -> None:  # from the watchdog thread
+            hung.append(record)
+            with _owned(study, trial):
+                tell(study, trial, record, config.objectives)
+
         record = runner.run(trial.number, arch, train, data=self.data, device=self.device,
                             params=trial.params, report=report, on_cost=on_cost,
-                            time_left=time_left)
+                            time_left=time_left, on_hung=on_hung)
+        if hung:  # told already (the call hung past the limit, then returned after all)
+            return record
         with _owned(study, trial):
             tell(study, trial, record, config.objectives)
         return record

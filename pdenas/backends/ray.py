@@ -170,7 +170,9 @@ class _StudySearch(OptunaSearch):
             return
         with contextlib.suppress(Exception):  # attributes are for the dashboard only
             record = folder.read_record()
-            record.status = status  # what the driver's _Finalize writes for a stopped trial
+            if not (record.status is TrialStatus.TIMEOUT and status is TrialStatus.FAILED):
+                record.status = status  # what the driver's _Finalize writes for a stopped trial
+            # else: the trial's watchdog recorded it as hung and ended its actor (an error here)
             copy_record(trial, record)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
