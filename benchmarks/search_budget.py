@@ -162,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "search_budget.md"))
+    parser.add_argument("--keep", help="keep pdenas's run folder here (for pdenas compare)")
     parser.add_argument("--plain-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_only:
@@ -175,7 +176,7 @@ def main() -> None:
         started = time.time()
         plain = subprocess.Popen([sys.executable, __file__, "--minutes", str(args.minutes),
                                   "--plain-only", str(plain_log)], env=env)
-        run = folder / "pdenas-run"
+        run = Path(args.keep) if args.keep else folder / "pdenas-run"
         subprocess.run([sys.executable, "-m", "pdenas.cli", "search", str(STUDY), "--out", str(run),
                         "--timeout", str(args.minutes * 60), "--quiet"], env=env, check=True,
                        stdout=subprocess.DEVNULL)

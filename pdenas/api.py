@@ -106,6 +106,11 @@ def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = No
         **overrides: Study keys merged into the study before validation, e.g.
             ``train={"epochs": 3}``, ``seed=1``, ``tracking={"tensorboard": {}}``.
 
+    A study file or name with a ``trial_timeout`` (Optuna backend) runs in a supervised worker
+    process, as the CLI runs it, so that a trial hung past its limit is recorded and the search
+    goes on in a new worker; a study mapping runs in this process, where a hung trial is
+    recorded but the call cannot be ended.
+
     Returns:
         The run.
 
@@ -114,16 +119,39 @@ def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = No
         KeyboardInterrupt: Interrupted; finished trials are kept and a rerun resumes.
     """
     from pdenas.backends import run_search
+    from pdenas.backends._supervise import needs_supervision
 
     if n_trials is not None:
         overrides["n_trials"] = n_trials
     config = load_study(study, overrides)
+    if needs_supervision(config.trial_timeout, backend) and isinstance(study, (str, Path)):
+        return _search_in_worker(str(study), config, out, overrides, progress)
     bar = TqdmProgress(config, quiet=not progress)
     try:
         folder = run_search(config, backend=backend, out=out, address=address,
                             quiet=not progress, progress=bar)
     finally:
         bar.close()
+    return Run(folder.path)
+
+
+def _search_in_worker(study: str, config: StudyConfig, out: str | Path | None,
+                      overrides: Mapping[str, Any], progress: bool) -> Run:
+    """A study with a ``trial_timeout`` runs in a supervised worker process, as on the CLI: a
+    trial that hangs past its limit is recorded and its worker replaced, where this process
+    could not end the call (``backends._watchdog``)."""
+    from pdenas.backends import run_search
+    from pdenas.backends._supervise import assignments, run_workers, search_command
+
+    folder = run_search(config, out=out, quiet=True, prepare_only=True)
+    sets = assignments({k: v for k, v in overrides.items() if k != "timeout"})
+    command = search_command(study, str(folder.path), quiet=not progress, flags={}, sets=sets)
+    codes = run_workers(command, 1, config.timeout)
+    if 130 in codes:
+        raise KeyboardInterrupt
+    if any(codes):
+        raise RuntimeError(f"the search worker failed (exit status {max(codes)}); finished "
+                           f"trials are stored in {folder.path}")
     return Run(folder.path)
 
 

@@ -137,7 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _search(args: argparse.Namespace) -> int:
     from pdenas.api import TqdmProgress, load_study
     from pdenas.backends import run_search
-    from pdenas.backends._watchdog import SUPERVISED_ENV
+    from pdenas.backends._supervise import needs_supervision
     from pdenas.study import deep_merge, parse_assignments
     from pdenas.tracking import parse_trackers
 
@@ -154,9 +154,7 @@ def _search(args: argparse.Namespace) -> int:
         for key in set(flags) - set(overrides):  # name the flag the user typed
             text = text.replace(f": {key}: ", f": --{key.replace('_', '-')}: ")
         raise UsageError(text) from None
-    supervised = os.environ.get(SUPERVISED_ENV) == "1"
-    if args.workers > 1 or (config.trial_timeout is not None and args.backend == "optuna"
-                            and not supervised):
+    if args.workers > 1 or needs_supervision(config.trial_timeout, args.backend):
         return _workers(args, config)
     progress = TqdmProgress(config, quiet=args.quiet)
     try:
@@ -171,16 +169,12 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _workers(args: argparse.Namespace, config) -> int:
-    """``--workers N``, and any Optuna search with a ``trial_timeout``: creates the study and
-    the run folder once (workers that create a new study at the same moment race on the
-    storage's schema), then runs N ``pdenas search`` processes on it, which share the budget,
-    and prints the leaderboard. A worker whose trial hung past its limit is ended by its
-    watchdog (``EXIT_HUNG``, the trial recorded) and replaced by a new one."""
-    import subprocess
-    import time
-
+    """``--workers N``, and any Optuna search with a ``trial_timeout``: prepares the study and
+    the run folder once, then runs N supervised ``pdenas search`` processes on it
+    (``backends._supervise``), which share the budget, and prints the leaderboard. A worker
+    whose trial hung past its limit is replaced by a new one."""
     from pdenas.backends import run_search
-    from pdenas.backends._watchdog import EXIT_HUNG, SUPERVISED_ENV
+    from pdenas.backends._supervise import run_workers, search_command
 
     if args.workers < 1 or args.workers > 64:
         raise UsageError(f"--workers: got {args.workers}; allowed: 1 to 64")
@@ -188,47 +182,14 @@ def _workers(args: argparse.Namespace, config) -> int:
         raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
                          "itself (ray.max_concurrent, fractional gpus_per_trial)")
     run = run_search(config, backend=args.backend, out=args.out, quiet=True, prepare_only=True)
-    command = [sys.executable, "-m", "pdenas.cli", "search", str(args.study), "--out",
-               str(run.path)]
-    if args.workers > 1 or args.quiet:  # one worker shows its progress bar (on stderr)
-        command.append("--quiet")
-    for flag, value in (("--n-trials", args.n_trials), ("--storage", args.storage),
-                        ("--device", args.device), ("--seed", args.seed)):
-        if value is not None:
-            command += [flag, str(value)]
-    for assignment in args.assignments:
-        command += ["--set", assignment]
-    for tracker in args.track or ():
-        command += ["--track", tracker]
-    env = {**os.environ, SUPERVISED_ENV: "1"}
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
-
-    def start() -> subprocess.Popen | None:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return None
-        timeout = [] if left is None else ["--timeout", f"{left:.1f}"]
-        return subprocess.Popen(command + timeout, stdout=subprocess.DEVNULL, env=env)
-
-    workers = [start() for _ in range(args.workers)]
-    codes: list[int] = []
+    flags = {"n_trials": args.n_trials, "storage": args.storage, "device": args.device,
+             "seed": args.seed}
+    # One worker shows its progress bar (on stderr); several would garble it.
+    command = search_command(str(args.study), str(run.path), quiet=args.workers > 1 or args.quiet,
+                             flags=flags, sets=args.assignments, tracks=args.track or ())
     try:
-        while any(workers):
-            for i, worker in enumerate(workers):
-                if worker is None or worker.poll() is None:
-                    continue
-                if worker.returncode == EXIT_HUNG:  # its trial is recorded; a new worker goes on
-                    print(f"pdenas: a trial hung past its time limit and was recorded as "
-                          f"timeout; worker {i + 1} was restarted", file=sys.stderr)
-                    workers[i] = start()
-                    continue
-                codes.append(worker.returncode)
-                workers[i] = None
-            time.sleep(0.2)
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C and give their trials back
-        for worker in workers:
-            if worker is not None:
-                worker.wait()
+        codes = run_workers(command, args.workers, args.timeout)
+    except KeyboardInterrupt:
         print(_INTERRUPTED, file=sys.stderr)
         return 130
     failed = [code for code in codes if code != 0]

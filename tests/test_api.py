@@ -267,3 +267,22 @@ def test_the_cards_search_command_reproduces_the_overrides(tmp_path: Path) -> No
     assert sorted(sets) == ['objectives=["val_accuracy", "params"]', "train.epochs=3"]
     again = pdenas.load_study("quickstart", {**parse_assignments(sets), "n_trials": 4})
     assert again.to_dict() == config.to_dict()
+
+
+def test_a_study_with_a_trial_timeout_runs_in_a_supervised_worker(tiny_study, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """``pdenas.search`` of a study file with ``trial_timeout`` trains in a worker process (which
+    its watchdog may end for a hung trial, and which is then replaced), overrides passed on."""
+    from pdenas.backends._supervise import assignments
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("PDENAS_SUPERVISED", raising=False)
+    study = tiny_study(trial_timeout=120, n_trials=3)
+    run = pdenas.search(study, out=tmp_path / "run", n_trials=2, progress=False,
+                        train={"epochs": 1})
+    records = [json.loads(p.read_text()) for p in sorted((run.path / "trials").glob("*/record.json"))]
+    assert len(records) == 2 and {r["status"] for r in records} <= {"completed", "pruned"}
+    assert all(r["epochs_planned"] == 1 for r in records)  # the override reached the worker
+    assert {r["worker"].rsplit(":", 1)[1] for r in records} != {str(os.getpid())}
+    assert assignments({"train": {"epochs": 3, "lr": 0.1}, "objectives": ["a", "b"], "seed": None}) == [
+        "train.epochs=3", "train.lr=0.1", 'objectives=["a", "b"]', "seed=null"]

@@ -179,3 +179,26 @@ def test_balanced_claims_take_the_families_in_turn_with_their_own_sampler(tmp_pa
     assert [t.number for t in view.get_trials()] == [2, 5]  # a family's sampler sees its own
     with pytest.raises(ValueError, match="balance_families: not with the nsga2 sampler"):
         check_balanced("nsga2")
+
+
+def test_cost_limits_reach_the_sampler_as_trial_constraints(tiny_study, tmp_path: Path) -> None:
+    """The candidates' constraint values are set on the Optuna trials (``set_constraint``, which
+    TPE, NSGA-II and GP read): infeasible ones positive, the others at most 0; no deprecated
+    ``constraints_func`` is passed."""
+    import warnings
+
+    import pdenas
+
+    study = tiny_study(constraints={"max_params": 8000}, sampler={"name": "tpe"}, n_trials=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*constraints_func.*")
+        run = pdenas.search(study, out=tmp_path / "run", progress=False)
+    stored = optuna.load_study(study_name=run.info["study_name"],
+                               storage=f"sqlite:///{run.path / 'study.db'}").get_trials()
+    assert len(stored) == 4
+    statuses = {RunFolder(run.path).trial(t.number).read_record().status for t in stored}
+    assert TrialStatus.INFEASIBLE in statuses and len(statuses) > 1, statuses
+    for trial in stored:
+        record = RunFolder(run.path).trial(trial.number).read_record()
+        assert list(trial.constraints.values()) == pytest.approx(record.constraints)
+        assert (record.status is TrialStatus.INFEASIBLE) == any(v > 0 for v in record.constraints)

@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from pdenas.study import StudyConfig
 
@@ -116,20 +115,14 @@ def directions(config: StudyConfig) -> list[str]:
     return ["maximize"] + ["minimize"] * (len(config.objectives) - 1)
 
 
-def _constraints(trial: FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints") or [])
-
-
 def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] | None = None,
-                 *, constrained: bool = True, stored: int | None = None
+                 *, stored: int | None = None
                  ) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded, constraint-aware where the sampler supports it.
 
     Args:
         config: The study.
         grid: The search space's grid (for the grid sampler).
-        constrained: Pass the study's cost limits to the sampler (they are read from the
-            trials' ``constraints`` user attribute).
         stored: The number of trials the study holds at this claim: the seed becomes
             ``claim_seed(seed, stored)`` (None: the study's seed as it is).
 
@@ -141,8 +134,10 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
     seed = options.pop("seed", config.seed)
     if stored is not None:
         seed = claim_seed(seed, stored)
-    limits = ({"constraints_func": _constraints}
-              if constrained and config.constraints.active else {})
+    # Cost limits and the predicted time reach TPE, NSGA-II and GP through the trials'
+    # constraints (``Trial.set_constraint``, set by the backend before training), which those
+    # samplers read from every trial; ``constraints_func`` is deprecated since Optuna 5.
+    limits: dict[str, Any] = {}
     makers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **limits, **options),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),

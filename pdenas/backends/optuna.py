@@ -451,6 +451,8 @@ class OptunaBackend(Backend):
                 for key, value in record.cost.items():
                     trial.set_user_attr(key, value)
                 trial.set_user_attr("constraints", record.constraints)
+                for index, value in enumerate(record.constraints):  # read by the samplers
+                    trial.set_constraint(str(index), value)
 
         hung: list[TrialRecord] = []
 

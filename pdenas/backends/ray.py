@@ -363,7 +363,7 @@ class RayBackend(Backend):
         # infeasible candidates are still skipped by the runner and told PRUNED. Made before
         # anything is written or Ray starts: bad sampler options are bad input.
         self.sampler = make_sampler(self.config, lambda: self.space.grid(
-            image_size=min(data.image_size)), constrained=False)
+            image_size=min(data.image_size)))
 
     def search(self, n_trials: int, timeout: float | None = None,
                progress: Progress | None = None) -> None:

@@ -1,0 +1,110 @@
+"""Supervised worker processes: N ``pdenas search`` processes on one prepared run, each replaced
+when its watchdog ended it for a hung trial (``_watchdog.EXIT_HUNG``).
+
+Used by ``pdenas search --workers N``, by ``pdenas search`` of a study with a ``trial_timeout``
+(one supervised worker, so that a hung trial does not end the search) and by ``pdenas.search``
+for such a study. The caller first prepares the run (``run_search(..., prepare_only=True)``:
+the study and the run folder are created once, since workers that create a study at the same
+moment race on the storage's schema); every worker then runs the same search command against
+that folder, and they share the study's budget through its storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pdenas.backends._watchdog import EXIT_HUNG, SUPERVISED_ENV
+
+__all__ = ["assignments", "needs_supervision", "run_workers", "search_command"]
+
+POLL_SECONDS = 0.2
+
+
+def needs_supervision(trial_timeout: float | None, backend: str) -> bool:
+    """Whether a search should run in a supervised worker: it has a per-trial time limit, runs
+    trials in this process's backend (Optuna), and is not already a supervised worker."""
+    return (trial_timeout is not None and backend == "optuna"
+            and os.environ.get(SUPERVISED_ENV) != "1")
+
+
+def assignments(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Nested study overrides as ``--set`` items (``train.epochs=3``; values as JSON, which is
+    YAML)."""
+    items = []
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            items += assignments(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
+
+
+def search_command(study: str, run_path: str, *, quiet: bool, flags: Mapping[str, Any],
+                   sets: Sequence[str] = (), tracks: Sequence[str] = ()) -> list[str]:
+    """The worker's ``pdenas search`` command line (without ``--timeout``: ``run_workers`` adds
+    the time left)."""
+    command = [sys.executable, "-m", "pdenas.cli", "search", study, "--out", run_path]
+    if quiet:
+        command.append("--quiet")
+    for flag, value in flags.items():
+        if value is not None:
+            command += [f"--{flag.replace('_', '-')}", str(value)]
+    for item in sets:
+        command += ["--set", item]
+    for tracker in tracks:
+        command += ["--track", tracker]
+    return command
+
+
+def run_workers(command: Sequence[str], workers: int, timeout: float | None) -> list[int]:
+    """Runs ``workers`` copies of ``command`` until each has exited other than hung.
+
+    Args:
+        command: A worker's command line (``search_command``).
+        workers: How many run at once.
+        timeout: Seconds after which no worker starts a new trial (each gets the time left).
+
+    Returns:
+        The workers' exit statuses.
+
+    Raises:
+        KeyboardInterrupt: After every worker (which got the same Ctrl-C and gave its trial
+            back) has exited.
+    """
+    env = {**os.environ, SUPERVISED_ENV: "1"}
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def start() -> subprocess.Popen | None:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        extra = [] if left is None else ["--timeout", f"{left:.1f}"]
+        return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, env=env)
+
+    running = [start() for _ in range(workers)]
+    codes: list[int] = []
+    try:
+        while any(running):
+            for i, worker in enumerate(running):
+                if worker is None or worker.poll() is None:
+                    continue
+                if worker.returncode == EXIT_HUNG:  # its trial is recorded; a new worker goes on
+                    print(f"pdenas: a trial hung past its time limit and was recorded as "
+                          f"timeout; worker {i + 1} was restarted", file=sys.stderr)
+                    running[i] = start()
+                    continue
+                codes.append(worker.returncode)
+                running[i] = None
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        for worker in running:
+            if worker is not None:
+                worker.wait()
+        raise
+    return codes
