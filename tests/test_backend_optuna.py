@@ -202,3 +202,21 @@ def test_cost_limits_reach_the_sampler_as_trial_constraints(tiny_study, tmp_path
         record = RunFolder(run.path).trial(trial.number).read_record()
         assert list(trial.constraints.values()) == pytest.approx(record.constraints)
         assert (record.status is TrialStatus.INFEASIBLE) == any(v > 0 for v in record.constraints)
+
+
+def test_a_search_out_of_time_stops_at_the_first_candidate_it_cannot_finish(
+        tiny_study, tmp_path: Path) -> None:
+    """With 30 s left, a candidate predicted to need minutes is infeasible with the prediction in
+    its reason, and the search starts no further trial (each would be refused in turn)."""
+    import time
+
+    import pdenas
+
+    study = tiny_study(train={"epochs": 300, "batch_size": 32, "augment": False}, n_trials=10)
+    start = time.monotonic()
+    run = pdenas.search(study, out=tmp_path / "run", progress=False, timeout=30)
+    assert time.monotonic() - start < 25
+    records = RunFolder(run.path).records()
+    assert [r.status for r in records] == [TrialStatus.INFEASIBLE]
+    assert "more than the search has left" in records[0].failure_reason
+    assert records[0].epochs_trained == 0

@@ -105,6 +105,10 @@ class TrialRunner:
                  observers: Callable[[], list[TrialObserver]] | None = None) -> None:
         self.config, self.space, self.run_folder, self.shape = config, space, run, shape
         self.observers = observers
+        self.out_of_time = False
+        """A candidate was refused because it would not finish in the time the search has left
+        (``--timeout``): the backend starts no further trial (each would be refused in turn, a
+        trial number and a calibration spent on each)."""
 
     def _observers(self) -> list[TrialObserver]:
         from pdenas.tracking import observers_for
@@ -328,6 +332,7 @@ class TrialRunner:
             return (f"predicted to need {predicted:,.0f} s, over the trial time limit "
                     f"({config.trial_timeout:g} s)")
         if time_left is not None and predicted > time_left:
+            self.out_of_time = True
             return f"predicted to need {predicted:,.0f} s, more than the search has left ({time_left:,.0f} s)"
         return None
 

@@ -380,6 +380,8 @@ class OptunaBackend(Backend):
                 raise
             if progress is not None:
                 progress.update(record)
+            if self.runner.out_of_time:
+                break  # the time left is shorter than the last candidate needs
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return budget_lock(self.storage_url, self.config.name)
