@@ -144,6 +144,10 @@ class TrainConfig(Config):
         channels_last: Channels-last memory format for the model and batches; None means on
             CUDA only.
         grad_clip: Clip the global gradient norm to this value, or None.
+        compile: Train through ``torch.compile(model)`` (validation stays eager). The first
+            training step includes the compilation; its seconds are recorded as the first
+            epoch's ``compile_seconds`` (``fit``'s history, the trial's record). Pays off for
+            long runs on a GPU; needs a C++ compiler on the CPU.
         multilevel: Coarse-to-fine training (``pdenas.multilevel.MultilevelConfig``; from
             plain data ``{levels: 3, factor: 2, shares: null}``), or None to train at the
             model's depth throughout.
@@ -166,6 +170,7 @@ class TrainConfig(Config):
     amp: str = "off"
     channels_last: bool | None = None
     grad_clip: float | None = None
+    compile: bool = False
     multilevel: MultilevelConfig | None = None
 
     SECTION = "train"
@@ -396,6 +401,9 @@ def _fit(
             "val_accuracy": val_accuracy,
             "seconds": time.perf_counter() - epoch_start,
         }
+        if step.compile_seconds is not None and not step.compile_reported:
+            metrics["compile_seconds"] = step.compile_seconds
+            step.compile_reported = True
         if level is not None:
             metrics.update(level=level.index, depth=sum(level.depths))
         result.history.append(metrics)
@@ -442,7 +450,8 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
 
     Runs ``steps`` real training steps (the run's optimiser, regulariser, clipping and precision)
     on a copy of the model after one untimed warm-up step, and times one validation batch; the
-    prediction scales them to the whole run. The model is left as it was.
+    prediction scales them to the whole run (plus, with ``config.compile``, the warm-up's
+    compilation, which the run repeats). The model is left as it was.
 
     Returns:
         The predicted seconds (training steps plus validation passes, all epochs).
@@ -472,7 +481,8 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
     per_eval = time.perf_counter() - start
     train_steps = len(data.train.y) // config.batch_size or 1
     eval_batches = -(-len(data.val.y) // _EVAL_BATCH)
-    return config.epochs * (train_steps * per_step + eval_batches * per_eval)
+    compiling = step.compile_seconds or 0.0  # the run compiles its own model again
+    return compiling + config.epochs * (train_steps * per_step + eval_batches * per_eval)
 
 
 def _sync(device: torch.device) -> None:
@@ -631,6 +641,12 @@ class _Step:
                 params, lr=config.lr, weight_decay=config.weight_decay
             )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        # The compiled module shares the model's parameters; the regulariser and clipping work
+        # on those. compile_seconds: the first compiled step's wall time (compiling included).
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(model) if config.compile else model)
+        self.compile_seconds: float | None = None
+        self.compile_reported = False
         if config.clip_weights is not None or config.time_smoothness > 0:
             from pdenas.families import clip_weights_, time_smoothness
             from pdenas.families._stability import consecutive_step_parameters
@@ -650,8 +666,12 @@ class _Step:
         seen = 0
         for step, (x, y) in enumerate(batches, start=1):
             x, y = _to_device(x, y, self.device, self.channels_last)
+            timing = config.compile and self.compile_seconds is None
+            if timing:
+                _sync(self.device)
+                compile_start = time.perf_counter()
             with _autocast(self.device, self.amp):
-                logits = model(x).float()
+                logits = self.forward(x).float()
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 total = loss
                 if config.time_smoothness > 0:
@@ -667,6 +687,9 @@ class _Step:
             self.scaler.update()
             if config.clip_weights is not None:
                 self.clip_weights_(model, config.clip_weights)
+            if timing:
+                _sync(self.device)
+                self.compile_seconds = time.perf_counter() - compile_start
             detached = total.detach()
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(detached), step, first_bad)
             loss_sum += loss.detach() * len(y)

@@ -410,3 +410,24 @@ def test_the_optimiser_uses_the_weight_decay_groups(optimizer: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(norms, groups[1]["params"]))
     moved = [not torch.equal(a, b) for a, b in zip(kernels, groups[0]["params"]) if a.abs().sum() > 0]
     assert moved and all(moved)
+
+
+def test_amp_is_off_on_the_cpu_and_gives_the_same_run() -> None:
+    """bf16 autocast is a CUDA path: on the CPU the setting is ignored, and the run is the same
+    to the last bit."""
+    plain = fit(toy_model(), toy_data(), config(epochs=2), "cpu")
+    bf16 = fit(toy_model(), toy_data(), config(epochs=2, amp="bf16"), "cpu")
+    assert [h["train_loss"] for h in bf16.history] == [h["train_loss"] for h in plain.history]
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_reports_its_compile_time() -> None:
+    """``compile: true`` trains through torch.compile (inductor on the CPU): the same losses as
+    eager up to float rounding, and the first epoch records the compiling step's seconds."""
+    eager = fit(toy_model(), toy_data(), config(epochs=2), "cpu")
+    compiled = fit(toy_model(), toy_data(), config(epochs=2, compile=True), "cpu")
+    for a, b in zip(compiled.history, eager.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1 / 128)
+    assert compiled.history[0]["compile_seconds"] > 0
+    assert "compile_seconds" not in compiled.history[1] and "compile_seconds" not in eager.history[0]
