@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,11 +54,12 @@ def may_exit() -> bool:
     """Whether something restarts this process when the watchdog ends it."""
     if os.environ.get(SUPERVISED_ENV) == "1":
         return True
+    ray = sys.modules.get("ray")  # a Ray actor has imported it; never import it here
+    if ray is None:
+        return False
     try:  # a Ray Tune trial actor: Tune records the actor's death and goes on
-        import ray
-
         return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-    except Exception:  # noqa: BLE001 - no Ray, or not inside a worker
+    except Exception:  # noqa: BLE001 - not inside a worker
         return False
 
 
