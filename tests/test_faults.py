@@ -99,6 +99,18 @@ def test_bad_heartbeat_settings_name_the_variable(monkeypatch: pytest.MonkeyPatc
     assert heartbeat_settings() == (10, 30)
 
 
+def test_a_bad_hung_grace_is_refused_before_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdenas.backends.optuna import OptunaBackend
+
+    config = StudyConfig(name="t", trial_timeout=20)
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("PDENAS_HUNG_GRACE", bad)
+        with pytest.raises(ValueError, match=f"^PDENAS_HUNG_GRACE: got '{bad}'; allowed: seconds >= 0"):
+            OptunaBackend.check(config)
+    monkeypatch.setenv("PDENAS_HUNG_GRACE", "3")
+    OptunaBackend.check(config)
+
+
 def test_a_trial_killed_before_its_first_heartbeat_goes_stale(tmp_path: Path, beats) -> None:
     run = RunFolder(tmp_path / "run")
     study = open_study(StudyConfig(name="early"), f"sqlite:///{tmp_path / 's.db'}")

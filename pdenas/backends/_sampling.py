@@ -137,13 +137,12 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
     # Cost limits and the predicted time reach TPE, NSGA-II and GP through the trials'
     # constraints (``Trial.set_constraint``, set by the backend before training), which those
     # samplers read from every trial; ``constraints_func`` is deprecated since Optuna 5.
-    limits: dict[str, Any] = {}
     makers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **limits, **options),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **options),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **limits, **options),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **options),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **options),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed, **limits, **options),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, **options),
         "grid": lambda: optuna.samplers.GridSampler(_grid(grid), seed=seed, **options),
     }
     try:

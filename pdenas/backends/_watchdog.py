@@ -46,7 +46,13 @@ def grace_seconds(trial_timeout: float) -> float:
     120 s; ``PDENAS_HUNG_GRACE`` overrides it)."""
     override = os.environ.get("PDENAS_HUNG_GRACE")
     if override:
-        return max(float(override), 0.0)
+        try:
+            seconds = float(override)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0:
+            raise ValueError(f"PDENAS_HUNG_GRACE: got {override!r}; allowed: seconds >= 0")
+        return seconds
     return min(max(trial_timeout / 4, 10.0), 120.0)
 
 

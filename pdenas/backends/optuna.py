@@ -45,6 +45,7 @@ from pdenas.backends._sampling import (check_names, check_options, directions, m
                                       make_sampler)
 from pdenas.backends._storage import (MAX_RETRY, budget_lock, check_storage_url,
                                       heartbeat_settings, make_storage, redact_url)
+from pdenas.backends._watchdog import grace_seconds
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
@@ -307,6 +308,8 @@ class OptunaBackend(Backend):
         if config.storage is not None:
             check_storage_url(config.storage)
         heartbeat_settings()
+        if config.trial_timeout is not None:
+            grace_seconds(config.trial_timeout)  # a bad PDENAS_HUNG_GRACE is bad input
         if config.balance_families:
             check_balanced(config.sampler)
 
