@@ -1,7 +1,7 @@
 """Coarse-to-fine against from-scratch training on Fashion-MNIST, per PDE family.
 
 For each PDE family (parabolic, hamiltonian, second_order) one network at a fixed final depth
-(2 units of 8 steps, widths 8-16-16, h = 0.25, TV norm, ReLU) is trained
+(3 units of 8 steps, widths 8-16-32-32, h = 0.25, TV norm, ReLU) is trained
 
 * from scratch at the final depth for all epochs, and
 * coarse-to-fine (``TrainConfig.multilevel``: 3 levels, factor 2, so 2 -> 4 -> 8 steps per unit
@@ -14,21 +14,23 @@ fixed). The default epoch shares of the levels are 50 / 25 / 25 % (``--shares``;
 equal). Reported: test accuracy (on the first ``--test-limit`` test images) of the
 best-validation weights at the final depth, and the training seconds (``FitResult.seconds``:
 every epoch with its validation pass, and the resampling between levels; the final test
-evaluation is not counted). Runs of one seed are
-interleaved, family by family, so both methods see the same load on a shared machine.
+evaluation is not counted). Runs are interleaved, family by family and seed by seed, so both
+methods see the same load on a shared machine; with ``--jobs 2`` two runs at a time (the
+scratch and the coarse-to-fine run of one family and seed side by side), each on one thread.
 
 The target (issue 15): coarse-to-fine reaches the from-scratch final accuracy (mean within one
 standard deviation over seeds of the from-scratch mean) in at most 70 % of the from-scratch
 time, for at least two of the three families.
 
-Run from the repository root: ``OMP_NUM_THREADS=1 python benchmarks/multilevel.py`` (20 to 26
-minutes on one thread of a shared machine); it prints the tables and writes them to
+Run from the repository root: ``OMP_NUM_THREADS=1 python benchmarks/multilevel.py --jobs 2``
+(about 20 minutes on 2 cores); it prints the tables and writes them to
 ``benchmarks/multilevel.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import platform
 import statistics
@@ -55,7 +57,7 @@ def run_one(family: str, method: str, seed: int, data: Any, args: argparse.Names
     """Trains one network; returns its test accuracy, seconds and validation curve."""
     torch.manual_seed(seed)
     arch = Architecture(
-        family=family, widths=(8, 16, 16), depths=(args.depth, args.depth),
+        family=family, widths=tuple(args.widths), depths=(args.depth,) * (len(args.widths) - 1),
         step_size=args.time / args.depth, in_channels=data.in_channels,
         num_classes=data.num_classes,
     )
@@ -75,6 +77,23 @@ def run_one(family: str, method: str, seed: int, data: Any, args: argparse.Names
     return {"test_accuracy": test_accuracy, "seconds": result.seconds, "curve": curve}
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(args: argparse.Namespace) -> None:
+    """One thread per run; each worker loads the data subset once."""
+    torch.set_num_threads(1)
+    _WORKER["args"] = args
+    _WORKER["data"] = load_data(
+        DataConfig.from_dict({"name": "fashion_mnist", "train_limit": args.train_limit}), "cpu"
+    )
+
+
+def _run_task(task: tuple[str, str, int]) -> dict:
+    family, method, seed = task
+    return run_one(family, method, seed, _WORKER["data"], _WORKER["args"])
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -87,12 +106,14 @@ def report(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace, to
         "# Coarse-to-fine against from-scratch training (Fashion-MNIST)",
         "",
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python "
-        f"benchmarks/multilevel.py` (torch {torch.__version__}, {torch.get_num_threads()} "
-        f"thread(s), {platform.machine()} CPU, float32, a machine shared with other jobs).",
+        f"benchmarks/multilevel.py {' '.join(args.argv)}` (torch {torch.__version__}, one "
+        f"thread per run, {args.jobs} run(s) at a time, {os.cpu_count()} cores, "
+        f"{platform.machine()} CPU, float32).",
         "",
         f"Data: Fashion-MNIST 28x28, a fixed subset of {args.train_limit} training images "
         f"(80 % train, 20 % validation), {tested}. Network: "
-        f"2 units of {args.depth} steps, widths 8-16-16, h = {args.time / args.depth:g} "
+        f"{len(args.widths) - 1} units of {args.depth} steps, widths "
+        f"{'-'.join(map(str, args.widths))}, h = {args.time / args.depth:g} "
         f"(T = {args.time:g} per unit), TV norm, ReLU. Training: SGD lr 0.05 momentum 0.9, "
         f"batch 64, cosine over {args.epochs} epochs, weight clipping 1, time smoothness 2e-4, "
         f"no augmentation. Coarse-to-fine: {args.levels} levels, factor 2, epoch shares "
@@ -157,26 +178,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-limit", type=int, default=6000)
     parser.add_argument("--test-limit", type=int, default=10000)
     parser.add_argument("--depth", type=int, default=8, help="final steps per unit")
+    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 32],
+                        help="channels of the opening and after each unit (units: one fewer)")
     parser.add_argument("--time", type=float, default=2.0, help="T = depth * h per unit")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--shares", type=float, nargs="*", default=[0.5, 0.25, 0.25],
                         help="epoch share per level, coarsest first (none given: equal)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.shares = args.shares or None
     start = time.perf_counter()
-    data = load_data(
-        DataConfig.from_dict({"name": "fashion_mnist", "train_limit": args.train_limit}), "cpu"
-    )
+    tasks = [(f, m, s) for s in args.seeds for f in FAMILIES for m in METHODS]
     runs: dict[tuple[str, str], list[dict]] = {(f, m): [] for f in FAMILIES for m in METHODS}
-    for seed in args.seeds:
-        for family in FAMILIES:
-            for method in METHODS:
-                run = run_one(family, method, seed, data, args)
-                runs[family, method].append(run)
-                print(f"seed {seed} {family:13s} {method:15s} test {run['test_accuracy']:.3f} "
-                      f"{run['seconds']:.0f} s", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(
+        args.jobs, initializer=_start_worker, initargs=(args,)
+    ) as pool:
+        # map keeps the order of tasks, so each list of runs is in seed order.
+        for (family, method, seed), run in zip(tasks, pool.map(_run_task, tasks)):
+            runs[family, method].append(run)
+            print(f"seed {seed} {family:13s} {method:15s} test {run['test_accuracy']:.3f} "
+                  f"{run['seconds']:.0f} s", flush=True)
     text = report(runs, args, time.perf_counter() - start)
     print(text)
     Path(args.out).write_text(text)
