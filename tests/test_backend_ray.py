@@ -154,3 +154,38 @@ def test_bad_sampler_options_raise_before_anything_is_written(tiny_study, tmp_pa
     with pytest.raises(ValueError, match="sampler_options"):
         run_search(config, backend="ray", out=run_dir, quiet=True, address="127.0.0.1:1")
     assert not run_dir.exists()
+
+
+def test_a_hung_ray_trial_is_ended_recorded_and_the_search_goes_on(tiny_study, tmp_path):
+    """The Ray side of the hung-trial rule, on a runtime of its own (``RAY_ADDRESS=local``) so
+    that its workers start with the hang hook (``tests/hooks/sitecustomize.py``) on their path:
+    the first trial blocks after one epoch, its watchdog inside the trial's actor records it as
+    ``timeout`` and ends the actor, the driver keeps that record, and the second trial trains
+    in a new actor."""
+    hooks = Path(__file__).resolve().parent / "hooks"
+    repo = Path(__file__).resolve().parents[1]
+    study = tiny_study(ray={"cpus_per_trial": 1, "max_concurrent": 1, "scheduler": "fifo"},
+                       train={"epochs": 3, "batch_size": 32, "augment": False},
+                       trial_timeout=4, constraints={"skip_infeasible": False}, n_trials=2)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local",
+           "OMP_NUM_THREADS": "1", "PDENAS_HUNG_GRACE": "1",
+           "PDENAS_TEST_HANG_ONCE": str(tmp_path / "hung"),
+           "PYTHONPATH": os.pathsep.join(map(str, (repo, hooks)))}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pdenas.cli", "search", str(study), "--backend",
+                           "ray", "--out", str(run_dir), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == 0, output
+    assert time.monotonic() - start < 250, output  # not the 600 s the hung call would take
+    assert (tmp_path / "hung").exists(), output  # the hook ran in a Ray worker
+    records = _records(run_dir)
+    assert sorted(records) == [0, 1], output
+    hung, other = records[0], records[1]
+    assert hung["status"] == "timeout", hung
+    assert hung["failure_reason"].startswith(
+        "hung: still running 1 s past the trial time limit (4 s) after 1 of 3 epochs"), hung
+    assert hung["epochs_trained"] == 1 and (run_dir / "trials" / "0" / "model.pt").is_file()
+    assert other["status"] == "completed" and other["epochs_trained"] == 3, other
+    assert "2 trials" in done.stdout, output

@@ -273,29 +273,7 @@ def test_workers_share_one_study_on_this_machine(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--workers: is for the optuna backend" in bad.stderr
 
 
-HANG_ONCE = """
-import os
-import time
-from pathlib import Path
-
-if os.environ.get("PDENAS_TEST_HANG_ONCE"):
-    import pdenas.train as _train
-
-    _real_fit = _train.fit
-
-    def _hanging_fit(model, data, config, device, callback=None, **kwargs):
-        def hook(epoch, metrics):
-            stop = callback(epoch, metrics) if callback is not None else False
-            marker = Path(os.environ["PDENAS_TEST_HANG_ONCE"])
-            if epoch == 1 and not marker.exists():  # the first trial hangs after one epoch
-                marker.touch()
-                time.sleep(600)
-            return stop
-
-        return _real_fit(model, data, config, device, callback=hook, **kwargs)
-
-    _train.fit = _hanging_fit
-"""
+HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: the hang
 
 
 def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
@@ -303,9 +281,6 @@ def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -
     blocks after one epoch (a call that never returns, installed by a ``sitecustomize`` in the
     child): its watchdog records it as ``timeout`` 1 s past the 4 s limit and ends the worker,
     a new worker trains the second trial, and the search ends normally."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(HANG_ONCE)
     study = write_study(tmp_path, n_trials=2, epochs=3, trial_timeout="4",
                         constraints="{skip_infeasible: false}")
     run = tmp_path / "run"
@@ -313,7 +288,7 @@ def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -
     done = pdenas("search", str(study), "--out", str(run),
                   env={"OMP_NUM_THREADS": "1", "PDENAS_HUNG_GRACE": "1",
                        "PDENAS_TEST_HANG_ONCE": str(tmp_path / "hung"),
-                       "PYTHONPATH": f"{REPO}{os.pathsep}{hooks}"})
+                       "PYTHONPATH": f"{REPO}{os.pathsep}{HOOKS}"})
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - start < 200  # not the 600 s the hung call would take
     assert "worker 1 was restarted" in done.stderr
