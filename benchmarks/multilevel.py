@@ -15,8 +15,8 @@ equal). Reported: test accuracy (on the first ``--test-limit`` test images) of t
 best-validation weights at the final depth, and the training seconds (``FitResult.seconds``:
 every epoch with its validation pass, and the resampling between levels; the final test
 evaluation is not counted). Runs are interleaved, family by family and seed by seed, so both
-methods see the same load on a shared machine; with ``--jobs 2`` two runs at a time (the
-scratch and the coarse-to-fine run of one family and seed side by side), each on one thread.
+methods see the same load on a shared machine; with ``--jobs 2`` two runs at a time, each on
+one thread, in task order (so every run but the last shares the machine with one other run).
 
 The target (issue 15): coarse-to-fine reaches the from-scratch final accuracy (mean within one
 standard deviation over seeds of the from-scratch mean) in at most 70 % of the from-scratch
