@@ -44,7 +44,8 @@ def step_seconds(split: TensorSplit, settings: dict, generator: torch.Generator)
 def main() -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
-    split = TensorSplit(torch.randn(125, 3, 32, 32, generator=g), torch.randint(0, 10, (125,), generator=g))
+    split = TensorSplit(torch.randn(125, 3, 32, 32, generator=g),
+                        torch.randint(0, 10, (125,), generator=g))
     print("| setting | ms per step |\n|---|---:|")
     for name, settings in SETTINGS:
         print(f"| {name} | {1000 * step_seconds(split, settings, g):.0f} |", flush=True)

@@ -206,8 +206,9 @@ def test_cost_limits_reach_the_sampler_as_trial_constraints(tiny_study, tmp_path
 
 def test_a_search_out_of_time_stops_at_the_first_candidate_it_cannot_finish(
         tiny_study, tmp_path: Path) -> None:
-    """With 30 s left, a candidate predicted to need many minutes (5,000 epochs) is infeasible with the prediction in
-    its reason, and the search starts no further trial (each would be refused in turn)."""
+    """With 30 s left, a candidate predicted to need many minutes (5,000 epochs) is infeasible
+    with the prediction in its reason, and the search starts no further trial (each would be
+    refused in turn)."""
     import time
 
     import pdenas
