@@ -139,9 +139,11 @@ class StudyConfig(Config):
         pruner_options: Keyword arguments for the pruner.
         cover_families: Start a new study with one trial per family, so every family is
             tried before the sampler narrows down.
-        balance_families: Give every family an equal share of the trials (in turn) and its own
-            sampler state (the sampler sees only that family's trials), so the family table
-            compares equals. Optuna backend.
+        balance_families: Give every family an equal share of the trials (in turn), its own
+            sampler state (the sampler sees only that family's trials) and its own early
+            stopping (pruners other than Hyperband, and the multi-objective rules, compare a
+            trial with its family's trials), so the family table compares equals. Optuna
+            backend.
         stability: The stability estimate and what to do with unstable candidates.
         warm_start: Start a candidate from the weights of the best finished trial with the same
             family, widths, norm and activation at smaller depths, resampled in time

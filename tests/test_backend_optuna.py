@@ -181,6 +181,88 @@ def test_balanced_claims_take_the_families_in_turn_with_their_own_sampler(tmp_pa
         check_balanced("nsga2")
 
 
+def _family_curves(study: optuna.Study, family: str, curves: list[list[float]]) -> None:
+    """Finished trials of ``family`` with these validation curves (reported and in history)."""
+    for curve in curves:
+        trial = _running(study, family, curve)
+        trial.set_user_attr("history", [{"epoch": i + 1, "val_accuracy": a}
+                                        for i, a in enumerate(curve)])
+        trial.set_user_attr("latency_ms", 1.0)
+        study.tell(trial, curve[-1] if len(study.directions) == 1 else [curve[-1], 1.0])
+
+
+def _running(study: optuna.Study, family: str, curve: list[float]) -> optuna.Trial:
+    """A running trial of ``family`` that has reported ``curve``."""
+    study.enqueue_trial({"family": family})  # fixed, as claim_trial fixes it
+    trial = study.ask()
+    trial.suggest_categorical("family", ["parabolic", "resnet"])
+    if len(study.directions) == 1:  # Optuna takes reports of single-objective trials only
+        for step, value in enumerate(curve, start=1):
+            trial.report(value, step)
+    return trial
+
+
+def test_balanced_pruning_measures_a_trial_against_its_own_family_only() -> None:
+    """A slow-starting family is not pruned for being behind another family at an epoch, but
+    still is for being behind its own; Hyperband (which reads its brackets from the storage)
+    is left shared."""
+    from pdenas.backends._balanced import FamilyBalancedPruner, partitions_pruner
+
+    median = dict(n_startup_trials=2, n_warmup_steps=0)
+    shared = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(**median))
+    balanced = optuna.create_study(direction="maximize", pruner=FamilyBalancedPruner(
+        optuna.pruners.MedianPruner(**median)))
+    for study in (shared, balanced):
+        _family_curves(study, "resnet", [[0.8, 0.9], [0.85, 0.92], [0.9, 0.95]])
+        _family_curves(study, "parabolic", [[0.3, 0.6], [0.4, 0.7]])
+    slow = {name: _running(study, "parabolic", [0.38]) for name, study in
+            (("shared", shared), ("balanced", balanced))}
+    assert slow["shared"].should_prune()  # below the median of all five (0.8)
+    assert not slow["balanced"].should_prune()  # above its own family's median (0.35)
+    behind = _running(balanced, "parabolic", [0.32])
+    assert behind.should_prune()  # below its own family's median
+    assert not partitions_pruner(optuna.pruners.HyperbandPruner())
+    assert not partitions_pruner(optuna.pruners.NopPruner())
+    with pytest.raises(ValueError, match="HyperbandPruner cannot be partitioned"):
+        FamilyBalancedPruner(optuna.pruners.HyperbandPruner())
+
+
+def test_a_balanced_study_prunes_and_stops_early_within_each_family(tiny_study, tmp_path: Path
+                                                                     ) -> None:
+    """The Optuna backend of a balanced study wraps its median pruner per family, and its
+    multi-objective rules see only the trial's family."""
+    import torch
+
+    from pdenas.backends._balanced import FamilyBalancedPruner
+    from pdenas.backends._base import DataShape
+    from pdenas.backends.optuna import MOASHARule, OptunaBackend
+    from pdenas.data import load_data
+    from pdenas.space import SearchSpace
+
+    def backend(**overrides: object) -> OptunaBackend:
+        config = StudyConfig.load(tiny_study(balance_families=True, sampler={"name": "tpe"},
+                                             **overrides))
+        run = RunFolder(tmp_path / f"run-{len(overrides)}")
+        run.claim(config.name)
+        data = load_data(config.data)
+        engine = OptunaBackend(config, SearchSpace.load(config.space_path()), run,
+                               DataShape.of(data), torch.device("cpu"), quiet=True)
+        engine.prepare(data)
+        return engine
+
+    single = backend(pruner="median")
+    assert isinstance(single.study.pruner, FamilyBalancedPruner)
+    multi = backend(objectives=["val_accuracy", "latency_ms"], early_stop_rule="mo_asha",
+                    early_stop_warmup=0)
+    _family_curves(multi.study, "resnet", [[0.9], [0.92], [0.95]])
+    _family_curves(multi.study, "parabolic", [[0.3]])
+    rule = multi._early_stop_rule("parabolic")
+    assert isinstance(rule, MOASHARule)
+    assert [t.number for t in rule.study.get_trials()] == [3]  # the parabolic trial only
+    hyperband = backend(pruner="hyperband")
+    assert isinstance(hyperband.study.pruner, optuna.pruners.HyperbandPruner)  # left shared
+
+
 def test_cost_limits_reach_the_sampler_as_trial_constraints(tiny_study, tmp_path: Path) -> None:
     """The candidates' constraint values are set on the Optuna trials (``set_constraint``, which
     TPE, NSGA-II and GP read): infeasible ones positive, the others at most 0; no deprecated

@@ -37,7 +37,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pdenas.backends._balanced import FamilyBalancedSampler, check_balanced, family_of
+from pdenas.backends._balanced import (FamilyBalancedPruner, FamilyBalancedSampler, check_balanced,
+                                      family_of, family_view, partitions_pruner)
 from pdenas.backends._base import Backend, Progress, now as _now
 from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
@@ -329,6 +330,8 @@ class OptunaBackend(Backend):
                                  "families; allowed: a space with a families list")
             self.balance = (param, families)
             sampler = FamilyBalancedSampler(lambda: make_sampler(self.config, grid), param)
+            if partitions_pruner(pruner):  # each family measured against its own trials
+                pruner = FamilyBalancedPruner(pruner, param)
         self.storage = self.config.storage
         if self.storage is None:
             run = self.run_folder
@@ -389,15 +392,18 @@ class OptunaBackend(Backend):
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return budget_lock(self.storage_url, self.config.name)
 
-    def _early_stop_rule(self) -> Callable[[int, TrialRecord], bool] | None:
-        """The multi-objective study's rule (None: never stop early)."""
+    def _early_stop_rule(self, family: str) -> Callable[[int, TrialRecord], bool] | None:
+        """The multi-objective study's rule for a trial of ``family`` (None: never stop early);
+        balanced studies compare it with that family's trials only."""
         config = self.config
         if not config.multi_objective:
             return None  # single objective: Optuna's pruners
+        study = self.study if self.balance is None else family_view(self.study, family,
+                                                                     self.balance[0])
         if config.early_stop_rule == "mo_asha":
-            return MOASHARule(self.study, config)
+            return MOASHARule(study, config)
         if config.early_stop_rule == "percentile":
-            percentile = EarlyStopRule(self.study, config.early_stop_warmup,
+            percentile = EarlyStopRule(study, config.early_stop_warmup,
                                        config.early_stop_percentile)
             return lambda epoch, record: percentile(epoch, float(record.val_accuracy or 0.0))
         return None
@@ -441,7 +447,8 @@ class OptunaBackend(Backend):
         with _owned(study, trial):
             trial.set_user_attr("architecture", arch.to_dict())
             trial.set_user_attr("family", arch.family)
-        rule = self._early_stop_rule()
+        family = trial.params.get(self.balance[0], arch.family) if self.balance else arch.family
+        rule = self._early_stop_rule(family)
 
         def report(record: TrialRecord, metrics: Mapping[str, float]) -> bool:
             with _owned(study, trial):
