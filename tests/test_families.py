@@ -695,3 +695,20 @@ def test_unknown_family_lists_the_allowed_names():
     assert message.startswith("family: unknown 'heat'")
     for name in FAMILIES:
         assert name in message
+
+
+def test_the_stability_estimate_prints_no_warning_about_torch_itself():
+    """The first forward-mode product in a process makes torch script its own JVP
+    decompositions, which warns that ``torch.jit.script`` is deprecated; the estimate silences
+    that one message (a fresh process, so the decompositions are not loaded yet)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from pdenas import build_unit; "
+            "from pdenas.families._stability import step_spectral_radii; "
+            "unit = build_unit('parabolic', 2, 1, 0.5); "
+            "print(step_spectral_radii(unit, torch.randn(2, 2, 6, 6)))")
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "deprecated" not in done.stderr

@@ -10,6 +10,7 @@ estimated by Arnoldi with Jacobian-vector products), next to the older ``||K||``
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,7 +216,12 @@ def step_spectral_radii(
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     radii = []
-    with _training_normalisation(unit), torch.no_grad():
+    with _training_normalisation(unit), torch.no_grad(), warnings.catch_warnings():
+        # torch's first forward-mode product in a process loads torch's own JVP decompositions
+        # through torch.jit.script, which warns that torch.jit.script is deprecated: a warning
+        # about torch's code, printed at every search. Only that message is silenced.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                category=FutureWarning)
         state = unit.init_state(x)
         for j in range(unit.depth):
             like = state
