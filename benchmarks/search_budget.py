@@ -110,7 +110,8 @@ def plain_search(minutes: float, out: Path) -> None:
             if trial.should_prune():
                 raise optuna.TrialPruned()
         model.load_state_dict(best_state)
-        line = {"number": trial.number, "val_accuracy": best, "seconds": time.monotonic() - start,
+        line = {"number": trial.number, "val_accuracy": best,
+                "finished_at_s": time.monotonic() - start,
                 "test_accuracy": accuracy(model, data.test.x, data.test.y)}
         with out.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
@@ -140,7 +141,7 @@ def _pdenas_rows(run: Path, started: float) -> list[dict]:
         model = saved_model(run, int(trial["number"]), Architecture.from_dict(record["architecture"]))
         finished = trial["datetime_complete"].timestamp() - started
         rows.append({"number": int(trial["number"]), "val_accuracy": float(trial["val_accuracy"]),
-                     "seconds": finished, "family": trial["family"],
+                     "finished_at_s": finished, "family": trial["family"],
                      "test_accuracy": evaluate(model, data.test, "cpu")[1]})
     return rows
 
@@ -148,13 +149,13 @@ def _pdenas_rows(run: Path, started: float) -> list[dict]:
 def _summary(rows: list[dict]) -> dict:
     if not rows:
         return {"trials": 0}
-    best = max(rows, key=lambda r: (r["val_accuracy"], -r["seconds"]))
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["finished_at_s"]))
     return {"trials": len(rows), "best_val": best["val_accuracy"], "test": best["test_accuracy"],
-            "reached_at": best["seconds"], "chosen": best}
+            "reached_at": best["finished_at_s"], "chosen": best}
 
 
 def _first_reaching(rows: list[dict], target: float) -> float | None:
-    times = [r["seconds"] for r in rows if r["val_accuracy"] >= target]
+    times = [r["finished_at_s"] for r in rows if r["val_accuracy"] >= target]
     return min(times) if times else None
 
 
