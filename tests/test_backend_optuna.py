@@ -160,6 +160,28 @@ def test_a_trial_whose_worker_died_does_not_use_up_the_budget(tmp_path: Path) ->
     assert claim_trial(study, 2) is None
 
 
+def test_an_interrupted_first_trial_does_not_skip_a_family(tmp_path: Path) -> None:
+    """``cover_families``: every family gets its first trial even when one of them was
+    interrupted and queued again (the copy used to take the next family's place)."""
+    families = ["parabolic", "hamiltonian", "second_order", "resnet"]
+    first = [{"family": f} for f in families]
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for number in range(6):
+        trial = claim_trial(study, 5, first)
+        seen.append(trial.suggest_categorical("family", families))
+        if number == 1:  # interrupted: its slot given back as a queued copy, as on Ctrl-C
+            study.enqueue_trial(trial.params, user_attrs={"status": "queued"})
+            trial.set_user_attr("status", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            trial.set_user_attr("status", "completed")
+            study.tell(trial, 0.5)
+    assert seen[:5] == ["parabolic", "hamiltonian", "hamiltonian", "second_order", "resnet"]
+    assert claim_trial(study, 5, first) is None  # 5 used: the interrupted one does not count
+
+
 def test_balanced_claims_take_the_families_in_turn_with_their_own_sampler(tmp_path: Path) -> None:
     from pdenas.backends._balanced import FamilyBalancedSampler, _FamilyView, check_balanced
 

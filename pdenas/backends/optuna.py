@@ -113,7 +113,8 @@ def claim_trial(study: optuna.Study, n_trials: int,
     """Takes the next trial of the budget, or None when the budget is used (call under the lock).
 
     A queued copy (a retry, an interrupted trial) is taken first; otherwise a new trial is
-    asked for, fixed to ``first_params[k]`` when it is the study's k-th trial, or, with
+    asked for, fixed to the first of ``first_params`` that no trial of the study has yet (a
+    queued copy does not shift them: every entry is tried once), or, with
     ``balance`` (the family param and its choices), to the family with the fewest trials that
     use the budget (ties: the first in the space's order). With ``sampler_for``, the study's
     sampler is replaced first by ``sampler_for(trials stored)`` (a sampler seeded for this
@@ -130,8 +131,8 @@ def claim_trial(study: optuna.Study, n_trials: int,
             param, families = balance
             counts = Counter(family_of(t, param) for t in trials if counts_toward_budget(t))
             fixed = {param: min(families, key=lambda f: (counts[f], families.index(f)))}
-        elif len(trials) < len(first_params):
-            fixed = dict(first_params[len(trials)])
+        else:
+            fixed = _first_uncovered(trials, first_params)
         if fixed is not None:
             study.enqueue_trial(fixed, user_attrs={"status": "queued"})
     if sampler_for is not None:
@@ -140,6 +141,17 @@ def claim_trial(study: optuna.Study, n_trials: int,
     if _beats(study):
         study._storage.record_heartbeat(trial._trial_id)
     return trial
+
+
+def _first_uncovered(trials: Sequence[FrozenTrial], first_params: Sequence[Mapping[str, Any]]
+                     ) -> dict[str, Any] | None:
+    """The first entry of ``first_params`` that no trial has (fixed at its queueing or
+    suggested), or None."""
+    for params in first_params:
+        if not any(all(family_of(t, key) == value for key, value in params.items())
+                   for t in trials):
+            return dict(params)
+    return None
 
 
 def fail_stale(study: optuna.Study, run: RunFolder) -> list[int]:
