@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdenas._config import Config, ConfigError
+from pdenas._interrupt import raise_if_interrupted
 from pdenas.runs import TrialStatus
 from pdenas.multilevel import Level, MultilevelConfig, pde_units, resample_model
 
@@ -430,18 +431,15 @@ def _fit(
     return result
 
 
-def _until(deadline: float | None, batches: Iterable[Any], epoch: int) -> Iterable[Any]:
-    """``batches``, ending with ``TimedOut`` at the first step after ``deadline``."""
-    if deadline is None:
-        return batches
-
-    def bounded() -> Iterator[Any]:
-        for step, batch in enumerate(batches, start=1):
-            if time.monotonic() >= deadline:
-                raise TimedOut(f"timeout: reached the time limit at epoch {epoch} step {step}")
-            yield batch
-
-    return bounded()
+def _until(deadline: float | None, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
+    """``batches``, ending with ``TimedOut`` at the first step after ``deadline``, and with
+    ``KeyboardInterrupt`` at the first step after a Ctrl-C that was swallowed elsewhere
+    (``pdenas._interrupt``)."""
+    for step, batch in enumerate(batches, start=1):
+        raise_if_interrupted()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimedOut(f"timeout: reached the time limit at epoch {epoch} step {step}")
+        yield batch
 
 
 def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,

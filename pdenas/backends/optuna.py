@@ -37,6 +37,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pdenas._interrupt import catch_interrupts, raise_if_interrupted
 from pdenas.backends._balanced import (FamilyBalancedPruner, FamilyBalancedSampler, check_balanced,
                                       family_of, family_view, partitions_pruner)
 from pdenas.backends._base import Backend, Progress, now as _now
@@ -358,7 +359,7 @@ class OptunaBackend(Backend):
 
     def search(self, n_trials: int, timeout: float | None = None,
                progress: Progress | None = None) -> None:
-        study, run, lock = self.study, self.run_folder, self._lock
+        study = self.study
         if progress is not None:
             finished = [t for t in study.get_trials(deepcopy=False)
                         if t.state.is_finished() and counts_toward_budget(t)]
@@ -366,9 +367,16 @@ class OptunaBackend(Backend):
                         if t.state == TrialState.COMPLETE
                         and t.user_attrs.get("val_accuracy") is not None), default=None)
             progress.start(len(finished), n_trials, best)
+        with catch_interrupts():  # a Ctrl-C that Python swallowed still stops the search
+            self._search(n_trials, timeout, progress)
+
+    def _search(self, n_trials: int, timeout: float | None, progress: Progress | None) -> None:
+        """Claims and runs trials until the budget or the time is used."""
+        study, run, lock = self.study, self.run_folder, self._lock
         first = self.runner.first_params()
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
+            raise_if_interrupted()
             with lock():
                 fail_stale(study, run)
                 trial = claim_trial(study, n_trials, first, self._sampler_for,
@@ -398,6 +406,7 @@ class OptunaBackend(Backend):
                 raise
             if progress is not None:
                 progress.update(record)
+            raise_if_interrupted()  # came while the trial measured or saved: it is finished
             if self.runner.out_of_time:
                 break  # the time left is shorter than the last candidate needs
 

@@ -1,0 +1,104 @@
+"""Ctrl-C that Python swallows in a finaliser still stops training (``pdenas._interrupt``)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from pdenas._interrupt import catch_interrupts, raise_if_interrupted
+
+# The finaliser's ignored KeyboardInterrupt is the point of these tests, not a fault in them.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+class _InterruptedWhileCollected:
+    """Gets SIGINT inside ``__del__``, where Python ignores the ``KeyboardInterrupt``."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, inside the finaliser
+
+
+def _swallowed_interrupt() -> None:
+    thing = _InterruptedWhileCollected()
+    del thing
+    gc.collect()
+
+
+def test_a_ctrl_c_swallowed_in_a_finaliser_is_raised_at_the_next_check() -> None:
+    with catch_interrupts():
+        _swallowed_interrupt()  # prints "Exception ignored in ..." and goes on
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    raise_if_interrupted()  # outside, the flag is cleared: nothing to raise
+
+
+def test_without_the_guard_the_swallowed_ctrl_c_is_lost() -> None:
+    """What the guard is for: Python's own handler leaves no trace of the interrupt."""
+    _swallowed_interrupt()
+    raise_if_interrupted()  # nothing raised: the interrupt is gone
+
+
+def test_training_stops_at_the_step_after_a_swallowed_ctrl_c() -> None:
+    """``fit`` checks at every step: the interrupt that a finaliser swallowed ends training with
+    ``KeyboardInterrupt`` (which the runner records as ``interrupted``, giving the trial back)."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from pdenas.data import TensorSplit
+    from pdenas.train import TrainConfig, fit
+
+    def split(n: int) -> TensorSplit:
+        return TensorSplit(torch.randn(n, 1, 4, 4), torch.randint(0, 2, (n,)))
+
+    torch.manual_seed(0)
+    data = SimpleNamespace(train=split(128), val=split(64), flip=False)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 2))
+    epochs = []
+
+    def swallow_after_the_first_epoch(epoch: int, metrics: dict) -> bool:
+        epochs.append(epoch)
+        if epoch == 1:
+            _swallowed_interrupt()
+        return False
+
+    config = TrainConfig(epochs=3, batch_size=32, augment=False, clip_weights=None,
+                         time_smoothness=0.0)
+    with catch_interrupts(), pytest.raises(KeyboardInterrupt):
+        fit(model, data, config, "cpu", callback=swallow_after_the_first_epoch)
+    assert epochs == [1]  # stopped at the second epoch's first step, not after the epoch
+
+
+def test_an_optuna_search_stops_after_a_swallowed_ctrl_c_and_resumes(tiny_study, tmp_path) -> None:
+    """The Optuna backend's search runs inside the guard: a Ctrl-C swallowed after the first
+    trial ends the search there (nothing lost), and a rerun finishes the budget."""
+    from pdenas.backends import run_search
+    from pdenas.results import load_trials
+    from pdenas.study import StudyConfig
+
+    class SwallowAfterFirstTrial:
+        def start(self, done: int, total: int, best: float | None) -> None:
+            self.updates = 0
+
+        def update(self, record) -> None:
+            self.updates += 1
+            if self.updates == 1:
+                _swallowed_interrupt()
+
+    config = StudyConfig.load(tiny_study(n_trials=3))
+    progress = SwallowAfterFirstTrial()
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, out=tmp_path / "run", quiet=True, progress=progress)
+    assert progress.updates == 1
+    assert len(load_trials(tmp_path / "run")) == 1
+    run_search(config, out=tmp_path / "run", quiet=True)
+    trials = load_trials(tmp_path / "run")
+    assert len(trials) == 3 and set(trials["status"]) == {"completed"}
