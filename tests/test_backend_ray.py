@@ -145,6 +145,52 @@ def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_
     assert "4 trials, 4 ranked" in second.stdout
 
 
+@pytest.mark.parametrize("status, weights, trains", [
+    ("completed", True, False),   # finished before Tune heard of it: reported, not retrained
+    ("diverged", False, False),   # a failed candidate is not retried either
+    ("completed", False, True),   # weights missing: the record cannot be trusted
+    ("running", True, True),      # a partial record: trained again
+    ("interrupted", True, True),  # given back by Ctrl-C: trained again
+])
+def test_a_restored_trial_the_run_folder_records_as_finished_is_not_trained_again(
+        monkeypatch, tmp_path, status, weights, trains):
+    """Ctrl-C between the runner's final record and the trainable's last report leaves Tune one
+    epoch behind; the restored trial must take the run folder's word for it."""
+    from types import SimpleNamespace
+
+    from pdenas.backends import ray as backend
+    from pdenas.runs import RunFolder, TrialRecord
+
+    run = RunFolder(tmp_path / "run")
+    folder = run.trial(0)
+    folder.write_record(TrialRecord(number=0, status=status, val_accuracy=0.75,
+                                    epochs_trained=3, epochs_planned=3))
+    if weights:
+        folder.weights_path.write_bytes(b"weights")
+    reports: list[dict] = []
+    monkeypatch.setattr(backend, "_report", lambda path, metrics: reports.append(dict(metrics)))
+    monkeypatch.setattr(backend.tune, "get_checkpoint", lambda: None)
+
+    class Trained(Exception):
+        pass
+
+    def replay(params):
+        raise Trained
+
+    runner = SimpleNamespace(config=SimpleNamespace(objectives=("val_accuracy",)),
+                             run_folder=run, replay=replay)
+    if trains:
+        with pytest.raises(Trained):
+            backend._run_trial({backend.NUMBER_KEY: 0, "family": "resnet"}, runner=runner,
+                               gpus=0)
+        assert reports == []
+    else:
+        backend._run_trial({backend.NUMBER_KEY: 0, "family": "resnet"}, runner=runner, gpus=0)
+        assert [(r["trial_number"], r["status"], r["val_accuracy"]) for r in reports] == [
+            (0, status, 0.75)]
+        assert folder.read_record().status == status  # the record is left as it was
+
+
 def test_bad_sampler_options_raise_before_anything_is_written(tiny_study, tmp_path):
     from pdenas.backends import run_search
     from pdenas.study import StudyConfig

@@ -27,6 +27,8 @@ early values; this backend tells Optuna it was PRUNED instead, and failed candid
 Rerunning the same command restores the latest experiment (``Tuner.restore(...,
 resume_errored=True)``): finished trials stay, interrupted ones start again from their last
 checkpoint (a finished trial is not retrained; a partly trained one trains again from scratch).
+The run folder has the last word: a trial whose record there is already final (Ctrl-C came
+between its final record and its last report to Tune) is reported again, not retrained.
 If the study then holds fewer finished trials than ``n_trials`` (a larger ``--n-trials``, or an
 earlier ``--timeout``), a new experiment runs the missing trials with the next free numbers.
 ``--timeout`` starts no new trial after that many seconds; running trials finish.
@@ -67,7 +69,7 @@ from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
 from pdenas.backends._storage import make_storage
-from pdenas.runs import RunFolder, TrialRecord, TrialStatus, read_json
+from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_json
 from pdenas.study import StudyConfig, resolve_device
 
 if TYPE_CHECKING:
@@ -503,6 +505,8 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
     number = int(trial_config[NUMBER_KEY])
     params = {k: v for k, v in trial_config.items() if k != NUMBER_KEY}
     folder = runner.run_folder.trial(number)
+    if _finished_in_folder(folder, config.objectives):
+        return
     previous = tune.get_checkpoint()
     if previous is not None and _reuse_final(previous, folder.path, config.objectives):
         return
@@ -539,6 +543,28 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
     record = runner.run(number, arch, train, data=data, device=device, params=params,
                         report=report)
     _report(folder.path, _metrics(record, config.objectives, max(record.epochs_trained, 1)))
+
+
+def _finished_in_folder(folder: TrialFolder, objectives: tuple[str, ...]) -> bool:
+    """A restored trial that the run folder already records as over: report it, do not train.
+
+    The runner writes the final record and the weights before the trainable's last
+    ``tune.report``; a Ctrl-C between the two leaves Tune's experiment state one epoch behind, so
+    Tune restores the trial from its partial checkpoint. The run folder is the truth: a trial it
+    records as finished (and counted toward the budget) is not trained again.
+    """
+    if not folder.record_path.is_file():
+        return False
+    try:
+        record = folder.read_record()
+    except ValueError:
+        return False  # a damaged record: the trial trains again and rewrites it
+    if not (record.status.final and record.status.uses_budget):
+        return False
+    if record.status.trained and not folder.weights_path.is_file():
+        return False
+    _report(folder.path, _metrics(record, objectives, max(record.epochs_trained, 1)))
+    return True
 
 
 def _reuse_final(checkpoint: Any, folder: Path, objectives: tuple[str, ...]) -> bool:
