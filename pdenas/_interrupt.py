@@ -4,8 +4,9 @@ Python delivers SIGINT as a ``KeyboardInterrupt`` raised wherever the main threa
 When that is inside a finaliser (a ``__del__``, a weakref callback: SQLAlchemy and torch run such
 code during garbage collection), Python prints "Exception ignored in ..." and carries on, so the
 user's Ctrl-C is silently dropped and the search runs to its end. Within ``catch_interrupts`` the
-signal also sets a flag; ``raise_if_interrupted`` (called at every training step and between
-trials) raises the interrupt again where it was swallowed.
+signal also sets a flag; ``raise_if_interrupted`` (called at every training step, between
+trials, and by the process that supervises worker processes at every poll) raises the interrupt
+again where it was swallowed.
 """
 
 from __future__ import annotations

@@ -146,9 +146,7 @@ def _search_in_worker(study: str, config: StudyConfig, out: str | Path | None,
     folder = run_search(config, out=out, quiet=True, prepare_only=True)
     sets = assignments({k: v for k, v in overrides.items() if k != "timeout"})
     command = search_command(study, str(folder.path), quiet=not progress, flags={}, sets=sets)
-    codes = run_workers(command, 1, config.timeout)
-    if 130 in codes:
-        raise KeyboardInterrupt
+    codes = run_workers(command, 1, config.timeout)  # raises KeyboardInterrupt on Ctrl-C
     if any(codes):
         raise RuntimeError(f"the search worker failed (exit status {max(codes)}); finished "
                            f"trials are stored in {folder.path}")

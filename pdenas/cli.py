@@ -174,7 +174,7 @@ def _workers(args: argparse.Namespace, config) -> int:
     (``backends._supervise``), which share the budget, and prints the leaderboard. A worker
     whose trial hung past its limit is replaced by a new one."""
     from pdenas.backends import run_search
-    from pdenas.backends._supervise import run_workers, search_command
+    from pdenas.backends._supervise import EXIT_INTERRUPTED, run_workers, search_command
 
     if args.workers < 1 or args.workers > 64:
         raise UsageError(f"--workers: got {args.workers}; allowed: 1 to 64")
@@ -191,7 +191,7 @@ def _workers(args: argparse.Namespace, config) -> int:
         codes = run_workers(command, args.workers, args.timeout)
     except KeyboardInterrupt:
         print(_INTERRUPTED, file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     failed = [code for code in codes if code != 0]
     if failed:
         print(f"pdenas: error: {len(failed)} of {args.workers} workers failed (exit status "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -102,3 +103,42 @@ def test_an_optuna_search_stops_after_a_swallowed_ctrl_c_and_resumes(tiny_study,
     run_search(config, out=tmp_path / "run", quiet=True)
     trials = load_trials(tmp_path / "run")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+
+
+def _worker(code: int, seconds: float = 0.0) -> list[str]:
+    return [sys.executable, "-c", f"import sys, time; time.sleep({seconds}); sys.exit({code})"]
+
+
+def test_the_supervisor_reports_a_workers_interruption_as_one(monkeypatch) -> None:
+    """A worker that gave its trial back after Ctrl-C (exit 130) makes the supervised search
+    raise ``KeyboardInterrupt`` (the CLI's 130, the API's interrupt), never a worker failure;
+    other exit statuses come back as they were."""
+    from pdenas.backends import _supervise
+
+    monkeypatch.setattr(_supervise, "POLL_SECONDS", 0.01)
+    with pytest.raises(KeyboardInterrupt):
+        _supervise.run_workers(_worker(_supervise.EXIT_INTERRUPTED), 2, None)
+    assert _supervise.run_workers(_worker(3), 2, None) == [3, 3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_supervisor_stops_after_a_ctrl_c_it_swallowed(monkeypatch) -> None:
+    """The supervising process may lose its own Ctrl-C in a finaliser too: it still waits for
+    its workers and raises, instead of running on (here the workers never saw the Ctrl-C and
+    exit 0 after a second)."""
+    from types import SimpleNamespace
+
+    from pdenas.backends import _supervise
+
+    polls = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 1:
+            _swallowed_interrupt()
+
+    # Only the supervisor's clock is replaced: the finaliser's own sleep must stay real.
+    monkeypatch.setattr(_supervise, "time", SimpleNamespace(sleep=sleep, monotonic=time.monotonic))
+    with pytest.raises(KeyboardInterrupt):
+        _supervise.run_workers(_worker(0, seconds=1.0), 1, None)
+    assert len(polls) == 1  # raised at the first check after the interrupt

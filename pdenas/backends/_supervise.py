@@ -16,14 +16,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pdenas._interrupt import catch_interrupts, raise_if_interrupted
 from pdenas.backends._watchdog import EXIT_HUNG, SUPERVISED_ENV
 
-__all__ = ["assignments", "needs_supervision", "run_workers", "search_command"]
+__all__ = ["EXIT_INTERRUPTED", "assignments", "needs_supervision", "run_workers",
+           "search_command"]
 
 POLL_SECONDS = 0.2
+EXIT_INTERRUPTED = 130
+"""A worker's exit status after Ctrl-C (``pdenas search`` gives its trial back and exits so)."""
 
 
 def needs_supervision(trial_timeout: float | None, backend: str) -> bool:
@@ -75,7 +79,9 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None) -> 
 
     Raises:
         KeyboardInterrupt: After every worker (which got the same Ctrl-C and gave its trial
-            back) has exited.
+            back) has exited; also when this process missed the Ctrl-C (Python swallowed it in
+            a finaliser) or only a worker got it, so that a worker's interruption is never
+            reported as a failure.
     """
     env = {**os.environ, SUPERVISED_ENV: "1"}
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -87,6 +93,16 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None) -> 
         extra = [] if left is None else ["--timeout", f"{left:.1f}"]
         return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, env=env)
 
+    with catch_interrupts():
+        codes = _supervise(start, workers)
+    if EXIT_INTERRUPTED in codes:
+        raise KeyboardInterrupt("a worker was interrupted; run the same command to resume")
+    return codes
+
+
+def _supervise(start: Callable[[], subprocess.Popen | None], workers: int) -> list[int]:
+    """Polls the workers ``start`` makes, restarting hung ones, until all have exited; on
+    Ctrl-C waits for the running ones (which give their trials back) and raises again."""
     running = [start() for _ in range(workers)]
     codes: list[int] = []
     try:
@@ -102,6 +118,7 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None) -> 
                 codes.append(worker.returncode)
                 running[i] = None
             time.sleep(POLL_SECONDS)
+            raise_if_interrupted()
     except KeyboardInterrupt:
         for worker in running:
             if worker is not None:
