@@ -145,6 +145,32 @@ def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_
     assert "4 trials, 4 ranked" in second.stdout
 
 
+def _restore_trial(monkeypatch, run, checkpoint) -> tuple[bool, list[dict]]:
+    """Run the trainable for trial 0 as Tune does on a restore, with training replaced by an
+    exception: returns whether it went on to train, and what it reported."""
+    from types import SimpleNamespace
+
+    from pdenas.backends import ray as backend
+
+    reports: list[dict] = []
+    monkeypatch.setattr(backend, "_report", lambda path, metrics: reports.append(dict(metrics)))
+    monkeypatch.setattr(backend.tune, "get_checkpoint", lambda: checkpoint)
+
+    class Trained(Exception):
+        pass
+
+    def replay(params):
+        raise Trained
+
+    runner = SimpleNamespace(config=SimpleNamespace(objectives=("val_accuracy",)),
+                             run_folder=run, replay=replay)
+    try:
+        backend._run_trial({backend.NUMBER_KEY: 0, "family": "resnet"}, runner=runner, gpus=0)
+    except Trained:
+        return True, reports
+    return False, reports
+
+
 @pytest.mark.parametrize("status, weights, trains", [
     ("completed", True, False),   # finished before Tune heard of it: reported, not retrained
     ("diverged", False, False),   # a failed candidate is not retried either
@@ -156,9 +182,6 @@ def test_a_restored_trial_the_run_folder_records_as_finished_is_not_trained_agai
         monkeypatch, tmp_path, status, weights, trains):
     """Ctrl-C between the runner's final record and the trainable's last report leaves Tune one
     epoch behind; the restored trial must take the run folder's word for it."""
-    from types import SimpleNamespace
-
-    from pdenas.backends import ray as backend
     from pdenas.runs import RunFolder, TrialRecord
 
     run = RunFolder(tmp_path / "run")
@@ -167,28 +190,48 @@ def test_a_restored_trial_the_run_folder_records_as_finished_is_not_trained_agai
                                     epochs_trained=3, epochs_planned=3))
     if weights:
         folder.weights_path.write_bytes(b"weights")
-    reports: list[dict] = []
-    monkeypatch.setattr(backend, "_report", lambda path, metrics: reports.append(dict(metrics)))
-    monkeypatch.setattr(backend.tune, "get_checkpoint", lambda: None)
-
-    class Trained(Exception):
-        pass
-
-    def replay(params):
-        raise Trained
-
-    runner = SimpleNamespace(config=SimpleNamespace(objectives=("val_accuracy",)),
-                             run_folder=run, replay=replay)
+    trained, reports = _restore_trial(monkeypatch, run, checkpoint=None)
+    assert trained == trains
     if trains:
-        with pytest.raises(Trained):
-            backend._run_trial({backend.NUMBER_KEY: 0, "family": "resnet"}, runner=runner,
-                               gpus=0)
         assert reports == []
     else:
-        backend._run_trial({backend.NUMBER_KEY: 0, "family": "resnet"}, runner=runner, gpus=0)
         assert [(r["trial_number"], r["status"], r["val_accuracy"]) for r in reports] == [
             (0, status, 0.75)]
         assert folder.read_record().status == status  # the record is left as it was
+
+
+@pytest.mark.parametrize("status, weights, trains", [
+    ("completed", True, False),   # the checkpoint holds the final record: restored, reported
+    ("pruned", False, False),     # stopped early, no weights needed
+    ("completed", False, True),   # weights missing from the checkpoint: trained again
+    ("interrupted", True, True),  # given back by Ctrl-C: trained again, not taken as final
+    ("running", True, True),      # a partial checkpoint
+])
+def test_a_restored_trial_is_taken_from_its_checkpoint_only_when_that_ended_it(
+        monkeypatch, tmp_path, status, weights, trains):
+    import contextlib
+    from types import SimpleNamespace
+
+    from pdenas.runs import RunFolder, TrialFolder, TrialRecord
+
+    saved = tmp_path / "checkpoint"
+    saved.mkdir()
+    record = TrialRecord(number=0, status=status, val_accuracy=0.75, epochs_trained=3,
+                         epochs_planned=3)
+    (saved / TrialFolder.RECORD).write_text(json.dumps(record.to_dict()))
+    if weights:
+        (saved / TrialFolder.WEIGHTS).write_bytes(b"weights")
+    checkpoint = SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(saved)))
+    run = RunFolder(tmp_path / "run")
+    trained, reports = _restore_trial(monkeypatch, run, checkpoint)
+    assert trained == trains
+    if trains:
+        assert reports == []
+        assert not run.trial(0).has_record()
+    else:
+        assert [(r["trial_number"], r["status"]) for r in reports] == [(0, status)]
+        assert run.trial(0).read_record().status == status  # the files were restored
+        assert run.trial(0).has_weights() == weights
 
 
 def test_bad_sampler_options_raise_before_anything_is_written(tiny_study, tmp_path):

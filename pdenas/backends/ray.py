@@ -559,23 +559,30 @@ def _finished_in_folder(folder: TrialFolder, objectives: tuple[str, ...]) -> boo
         record = folder.read_record()
     except ValueError:
         return False  # a damaged record: the trial trains again and rewrites it
-    if not (record.status.final and record.status.uses_budget):
-        return False
-    if record.status.trained and not folder.weights_path.is_file():
+    if not _over(record, weights=folder.weights_path.is_file()):
         return False
     _report(folder.path, _metrics(record, objectives, max(record.epochs_trained, 1)))
     return True
 
 
+def _over(record: TrialRecord, *, weights: bool) -> bool:
+    """Whether a restored trial's saved record ends it: final, counted toward the budget (an
+    interrupted or lost trial trains again) and, when completed, with its weights beside it."""
+    if not (record.status.final and record.status.uses_budget):
+        return False
+    return weights or not record.status.trained
+
+
 def _reuse_final(checkpoint: Any, folder: Path, objectives: tuple[str, ...]) -> bool:
     """A restored trial whose checkpoint holds its final record: restore its files, report it
-    again and do not train. Returns False for a partial checkpoint (the trial trains again)."""
+    again and do not train. Returns False for a partial or interrupted checkpoint (the trial
+    trains again; the same rule as ``_finished_in_folder``)."""
     with checkpoint.as_directory() as saved:
-        path = Path(saved) / "record.json"
+        path = Path(saved) / TrialFolder.RECORD
         if not path.is_file():
             return False
         record = TrialRecord.from_dict(read_json(path))
-        if not record.status.final:
+        if not _over(record, weights=(Path(saved) / TrialFolder.WEIGHTS).is_file()):
             return False
         for item in Path(saved).iterdir():
             if item.is_file() and not (folder / item.name).exists():

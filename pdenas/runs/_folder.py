@@ -100,17 +100,20 @@ class RunInfo(dict):
 class TrialFolder:
     """The files of one trial: ``trials/<number>/`` of a run folder."""
 
+    RECORD = "record.json"
+    WEIGHTS = "model.pt"
+
     def __init__(self, run_path: Path, number: int) -> None:
         self.number = int(number)
         self.path = Path(run_path) / "trials" / str(self.number)
 
     @property
     def record_path(self) -> Path:
-        return self.path / "record.json"
+        return self.path / self.RECORD
 
     @property
     def weights_path(self) -> Path:
-        return self.path / "model.pt"
+        return self.path / self.WEIGHTS
 
     @property
     def architecture_path(self) -> Path:
