@@ -64,10 +64,12 @@ def test_compiled_training_on_cuda_reports_its_compile_time() -> None:
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
 
 
-def test_reversible_units_need_a_fraction_of_the_memory_at_depth_32() -> None:
+def test_reversible_units_need_a_tenth_of_the_memory_at_depth_64() -> None:
+    """At depth 64 a reversible unit's peak CUDA memory for one training step is at most 10 % of
+    the plain unit's. On the CPU it saves 1 state for backward against the plain unit's 265."""
     peaks = {}
     for reversible in (False, True):
-        unit = build_unit("hamiltonian", width=32, depth=32, step_size=0.1, norm="tv",
+        unit = build_unit("hamiltonian", width=32, depth=64, step_size=0.1, norm="tv",
                           reversible=reversible).to(DEVICE).train()
         x = torch.randn(64, 32, 16, 16, device=DEVICE, requires_grad=True)
         torch.cuda.synchronize()
@@ -76,4 +78,4 @@ def test_reversible_units_need_a_fraction_of_the_memory_at_depth_32() -> None:
         unit(x).square().mean().backward()
         torch.cuda.synchronize()
         peaks[reversible] = torch.cuda.max_memory_allocated() - before
-    assert peaks[True] <= 0.25 * peaks[False], peaks
+    assert peaks[True] <= 0.10 * peaks[False], peaks
