@@ -286,9 +286,10 @@ HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: the hang
 def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
     """A study with ``trial_timeout`` runs its trials in a supervised worker. The first trial
     blocks after one epoch (a call that never returns, installed by a ``sitecustomize`` in the
-    child): its watchdog records it as ``timeout`` 1 s past the 4 s limit and ends the worker,
-    a new worker trains the second trial, and the search ends normally."""
-    study = write_study(tmp_path, n_trials=2, epochs=3, trial_timeout="4",
+    child): its watchdog records it as ``timeout`` 1 s past the 12 s limit and ends the worker,
+    a new worker trains the second trial, and the search ends normally. (12 s, not less: the
+    first epoch must end inside the limit for the hang to begin, on a CI machine twice as slow.)"""
+    study = write_study(tmp_path, n_trials=2, epochs=3, trial_timeout="12",
                         constraints="{skip_infeasible: false}")
     run = tmp_path / "run"
     start = time.monotonic()
@@ -301,7 +302,7 @@ def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -
     assert "worker 1 was restarted" in done.stderr
     records = [json.loads((run / "trials" / str(n) / "record.json").read_text()) for n in (0, 1)]
     assert records[0]["status"] == "timeout"
-    assert records[0]["failure_reason"].startswith("hung: still running 1 s past the trial time limit (4 s)")
+    assert records[0]["failure_reason"].startswith("hung: still running 1 s past the trial time limit (12 s)")
     assert records[0]["epochs_trained"] == 1 and (run / "trials" / "0" / "model.pt").is_file()
     assert records[1]["status"] in ("completed", "pruned", "timeout")
     assert records[0]["worker"] != records[1]["worker"]  # another process
