@@ -206,6 +206,7 @@ def test_a_restored_trial_the_run_folder_records_as_finished_is_not_trained_agai
     ("completed", False, True),   # weights missing from the checkpoint: trained again
     ("interrupted", True, True),  # given back by Ctrl-C: trained again, not taken as final
     ("running", True, True),      # a partial checkpoint
+    ("damaged", True, True),      # a record cut short: trained again, not an error
 ])
 def test_a_restored_trial_is_taken_from_its_checkpoint_only_when_that_ended_it(
         monkeypatch, tmp_path, status, weights, trains):
@@ -216,9 +217,12 @@ def test_a_restored_trial_is_taken_from_its_checkpoint_only_when_that_ended_it(
 
     saved = tmp_path / "checkpoint"
     saved.mkdir()
-    record = TrialRecord(number=0, status=status, val_accuracy=0.75, epochs_trained=3,
-                         epochs_planned=3)
-    (saved / TrialFolder.RECORD).write_text(json.dumps(record.to_dict()))
+    if status == "damaged":
+        (saved / TrialFolder.RECORD).write_text('{"number": 0, "status": "compl')
+    else:
+        record = TrialRecord(number=0, status=status, val_accuracy=0.75, epochs_trained=3,
+                             epochs_planned=3)
+        (saved / TrialFolder.RECORD).write_text(json.dumps(record.to_dict()))
     if weights:
         (saved / TrialFolder.WEIGHTS).write_bytes(b"weights")
     checkpoint = SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(saved)))

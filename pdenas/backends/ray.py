@@ -576,12 +576,15 @@ def _over(record: TrialRecord, *, weights: bool) -> bool:
 def _reuse_final(checkpoint: Any, folder: Path, objectives: tuple[str, ...]) -> bool:
     """A restored trial whose checkpoint holds its final record: restore its files, report it
     again and do not train. Returns False for a partial or interrupted checkpoint (the trial
-    trains again; the same rule as ``_finished_in_folder``)."""
+    trains again; the same rule as ``_finished_in_folder``), and for a damaged one."""
     with checkpoint.as_directory() as saved:
         path = Path(saved) / TrialFolder.RECORD
         if not path.is_file():
             return False
-        record = TrialRecord.from_dict(read_json(path))
+        try:
+            record = TrialRecord.from_dict(read_json(path))
+        except (TypeError, ValueError):
+            return False  # a damaged record: the trial trains again and rewrites it
         if not _over(record, weights=(Path(saved) / TrialFolder.WEIGHTS).is_file()):
             return False
         for item in Path(saved).iterdir():
