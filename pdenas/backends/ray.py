@@ -69,7 +69,7 @@ from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
 from pdenas.backends._storage import make_storage
-from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_json
+from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_record
 from pdenas.study import StudyConfig, resolve_device
 
 if TYPE_CHECKING:
@@ -553,39 +553,20 @@ def _finished_in_folder(folder: TrialFolder, objectives: tuple[str, ...]) -> boo
     Tune restores the trial from its partial checkpoint. The run folder is the truth: a trial it
     records as finished (and counted toward the budget) is not trained again.
     """
-    if not folder.record_path.is_file():
-        return False
-    try:
-        record = folder.read_record()
-    except ValueError:
-        return False  # a damaged record: the trial trains again and rewrites it
-    if not _over(record, weights=folder.weights_path.is_file()):
+    record = _ending_record(folder.record_path, weights=folder.has_weights())
+    if record is None:
         return False
     _report(folder.path, _metrics(record, objectives, max(record.epochs_trained, 1)))
     return True
 
 
-def _over(record: TrialRecord, *, weights: bool) -> bool:
-    """Whether a restored trial's saved record ends it: final, counted toward the budget (an
-    interrupted or lost trial trains again) and, when completed, with its weights beside it."""
-    if not (record.status.final and record.status.uses_budget):
-        return False
-    return weights or not record.status.trained
-
-
 def _reuse_final(checkpoint: Any, folder: Path, objectives: tuple[str, ...]) -> bool:
     """A restored trial whose checkpoint holds its final record: restore its files, report it
-    again and do not train. Returns False for a partial or interrupted checkpoint (the trial
-    trains again; the same rule as ``_finished_in_folder``), and for a damaged one."""
+    again and do not train. Returns False otherwise (the trial trains again)."""
     with checkpoint.as_directory() as saved:
-        path = Path(saved) / TrialFolder.RECORD
-        if not path.is_file():
-            return False
-        try:
-            record = TrialRecord.from_dict(read_json(path))
-        except (TypeError, ValueError):
-            return False  # a damaged record: the trial trains again and rewrites it
-        if not _over(record, weights=(Path(saved) / TrialFolder.WEIGHTS).is_file()):
+        record = _ending_record(Path(saved) / TrialFolder.RECORD,
+                                weights=(Path(saved) / TrialFolder.WEIGHTS).is_file())
+        if record is None:
             return False
         for item in Path(saved).iterdir():
             if item.is_file() and not (folder / item.name).exists():
@@ -593,3 +574,19 @@ def _reuse_final(checkpoint: Any, folder: Path, objectives: tuple[str, ...]) -> 
                 shutil.copy2(item, folder / item.name)
     _report(folder, _metrics(record, objectives, max(record.epochs_trained, 1)))
     return True
+
+
+def _ending_record(path: Path, *, weights: bool) -> TrialRecord | None:
+    """The saved record at ``path`` if it ends a restored trial: final, counted toward the budget
+    (an interrupted or lost trial trains again) and, when completed, with its weights beside it.
+    None for a missing, damaged or partial record: the trial trains again and rewrites it. One
+    rule for the run folder and for a Tune checkpoint."""
+    if not path.is_file():
+        return None
+    try:
+        record = read_record(path)
+    except ValueError:
+        return None
+    if not (record.status.final and record.status.uses_budget):
+        return None
+    return record if weights or not record.status.trained else None

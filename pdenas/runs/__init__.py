@@ -4,7 +4,8 @@ one vocabulary of trial statuses."""
 from __future__ import annotations
 
 from pdenas.runs._folder import (DEFAULT_STORAGE, RUN_FORMAT, RUN_VERSION, RunFolder, RunInfo,
-                                 TrialFolder, atomic_write, read_json, write_json)
+                                 TrialFolder, atomic_write, read_json, read_record,
+                                 write_json)
 from pdenas.runs._record import TrialRecord, plain
 from pdenas.runs._status import TrialStatus
 
@@ -20,5 +21,6 @@ __all__ = [
     "atomic_write",
     "plain",
     "read_json",
+    "read_record",
     "write_json",
 ]

@@ -81,6 +81,18 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (not UTF-8 text); the file is damaged") from None
 
 
+def read_record(path: Path) -> TrialRecord:
+    """Reads a trial record file (a run folder's, or a copy such as a Ray checkpoint's); a
+    damaged one is a ``ValueError`` naming the file."""
+    try:
+        return TrialRecord.from_dict(read_json(path))
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if message.startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {message}") from None
+
+
 class RunInfo(dict):
     """The contents of ``run.json``: ``study_name``, ``backend``, ``storage`` (None: the
     folder's own SQLite file), ``study_file`` and ``config`` (the resolved study)."""
@@ -133,13 +145,7 @@ class TrialFolder:
         """
         if not self.record_path.is_file():
             raise ValueError(f"{self.record_path}: no record of trial {self.number} in the run folder")
-        try:
-            return TrialRecord.from_dict(read_json(self.record_path))
-        except (TypeError, ValueError) as error:
-            message = str(error)
-            if message.startswith(str(self.record_path)):
-                raise
-            raise ValueError(f"{self.record_path}: {message}") from None
+        return read_record(self.record_path)
 
     def write_record(self, record: TrialRecord) -> None:
         write_json(self.record_path, record.to_dict())
