@@ -288,7 +288,8 @@ def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -
     blocks after one epoch (a call that never returns, installed by a ``sitecustomize`` in the
     child): its watchdog records it as ``timeout`` 1 s past the 12 s limit and ends the worker,
     a new worker trains the second trial, and the search ends normally. (12 s, not less: the
-    first epoch must end inside the limit for the hang to begin, on a CI machine 1.8 times as slow.)"""
+    first epoch must end inside the limit for the hang to begin, on a CI machine 1.8 times as
+    slow.)"""
     study = write_study(tmp_path, n_trials=2, epochs=3, trial_timeout="12",
                         constraints="{skip_infeasible: false}")
     run = tmp_path / "run"
