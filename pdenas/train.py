@@ -44,6 +44,7 @@ __all__ = [
     "evaluate",
     "final_depth_state",
     "fit",
+    "learning_rate",
     "learning_rates",
     "weight_decay_groups",
 ]
@@ -55,6 +56,7 @@ CHECK_EVERY = 50
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
+SCHEDULE_INTERVALS = ("epoch", "step")
 AMP_MODES = ("off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _EVAL_BATCH = 512
@@ -128,8 +130,14 @@ class TrainConfig(Config):
         weight_decay: L2 penalty for SGD, decoupled weight decay for AdamW; on the convolution
             kernels and the classifier only, not on the normalisations' scales and shifts
             (``weight_decay_groups``, as Meganet.m's ``cnnDriver``).
-        schedule: Learning rate per epoch: "cosine" (to zero), "step" (times ``gamma`` at each
-            milestone) or "constant".
+        schedule: The learning rate over the run: "cosine" (to zero at the end), "step" (times
+            ``gamma`` at each milestone) or "constant".
+        schedule_interval: How often the schedule moves: "epoch" (one rate per epoch, as the
+            paper's drops) or "step" (after every training step, as Lightning's ``interval:
+            step`` or timm's ``sched_on_updates``: a cosine then reaches zero at the last step
+            instead of stopping at the last epoch's rate, ``lr * (1 - cos(pi / epochs)) / 2``).
+        warmup_epochs: Epochs (fractions allowed) over which the rate rises linearly from
+            ``lr / (warm-up steps)`` to the schedule's, step by step; 0 for none.
         milestones: For "step": the epochs of the drops as increasing fractions of ``epochs`` in
             (0, 1); the paper's 60/20/20 epochs is (0.6, 0.8).
         gamma: Factor of each drop (the paper: 0.2).
@@ -162,6 +170,8 @@ class TrainConfig(Config):
     nesterov: bool = False
     weight_decay: float = 2e-4
     schedule: str = "cosine"
+    schedule_interval: str = "epoch"
+    warmup_epochs: float = 0.0
     milestones: tuple[float, ...] = (0.6, 0.8)
     gamma: float = 0.2
     label_smoothing: float = 0.0
@@ -183,6 +193,10 @@ class TrainConfig(Config):
         req("batch_size", 1 <= self.batch_size <= 65_536, "an integer >= 1 and <= 65536")
         req("optimizer", self.optimizer in OPTIMIZERS, " | ".join(OPTIMIZERS))
         req("schedule", self.schedule in SCHEDULES, " | ".join(SCHEDULES))
+        req("schedule_interval", self.schedule_interval in SCHEDULE_INTERVALS,
+            " | ".join(SCHEDULE_INTERVALS))
+        req("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs,
+            "a number >= 0 and <= train.epochs")
         req("amp", self.amp in AMP_MODES, " | ".join(AMP_MODES))
         req("lr", self.lr > 0, "a finite number > 0")
         req("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
@@ -225,22 +239,46 @@ class TrainConfig(Config):
         return super().from_dict(data, section=section)
 
 
-def learning_rates(config: TrainConfig) -> list[float]:
-    """The learning rate of each epoch (index 0 is the first epoch).
+def learning_rate(config: TrainConfig, epoch: int, step: int = 0, steps_per_epoch: int = 1
+                  ) -> float:
+    """The learning rate of one training step.
+
+    Args:
+        config: The training config (``schedule``, ``schedule_interval``, ``warmup_epochs``).
+        epoch: The epoch, from 0.
+        step: The step within the epoch, from 0.
+        steps_per_epoch: Training steps per epoch.
+
+    Returns:
+        The schedule's rate at the epoch's start (``schedule_interval: epoch``) or at this step
+        (``step``), times the warm-up factor ``min(1, (steps so far + 1) / warm-up steps)``.
+    """
+    n = config.epochs
+    progress = epoch + (step / steps_per_epoch if config.schedule_interval == "step" else 0)
+    if config.schedule == "constant":
+        rate = config.lr
+    elif config.schedule == "cosine":
+        rate = config.lr * 0.5 * (1 + math.cos(math.pi * progress / n))
+    else:
+        drops = sum(progress >= round(m * n) for m in config.milestones)
+        rate = config.lr * config.gamma ** drops
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if warmup_steps > 0:
+        rate *= min(1.0, (epoch * steps_per_epoch + step + 1) / warmup_steps)
+    return rate
+
+
+def learning_rates(config: TrainConfig, steps_per_epoch: int = 1) -> list[float]:
+    """The learning rate of each epoch's first step (index 0 is the first epoch).
 
     Args:
         config: The training config.
+        steps_per_epoch: Training steps per epoch (what warm-up is counted in).
 
     Returns:
         ``config.epochs`` learning rates.
     """
-    n = config.epochs
-    if config.schedule == "constant":
-        return [config.lr] * n
-    if config.schedule == "cosine":
-        return [config.lr * 0.5 * (1 + math.cos(math.pi * e / n)) for e in range(n)]
-    drops = [round(m * n) for m in config.milestones]
-    return [config.lr * config.gamma ** sum(e >= d for d in drops) for e in range(n)]
+    return [learning_rate(config, e, 0, steps_per_epoch) for e in range(config.epochs)]
 
 
 @dataclass
@@ -375,7 +413,9 @@ def _fit(
     step: _Step | None = None
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    for epoch, lr in enumerate(learning_rates(config), start=1):
+    steps_per_epoch = _steps_per_epoch(len(data.train.y), config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        lr = learning_rate(config, epoch - 1, 0, steps_per_epoch)
         epoch_start = time.perf_counter()
         if plan and (level is None or epoch == level.first_epoch + level.epochs):
             level = plan[0 if level is None else level.index]
@@ -383,11 +423,11 @@ def _fit(
             level_start, step = epoch_start, None
         if step is None:  # once, or again for each level's new parameters (fresh state)
             step = _Step(work, config, device, amp, channels_last)
-        for group in step.optimizer.param_groups:
-            group["lr"] = lr
         batches = _until(deadline, _training_batches(data, config, generator), epoch)
         with _out_of_memory(f"at epoch {epoch}"):
-            train_loss, train_accuracy = step.epoch(batches, epoch)
+            train_loss, train_accuracy = step.epoch(
+                batches, epoch,
+                lambda i, e=epoch - 1: learning_rate(config, e, i, steps_per_epoch))
             val_loss, val_accuracy = evaluate(
                 work, data.val, device, amp=amp, channels_last=channels_last
             )
@@ -429,6 +469,11 @@ def _fit(
     model.train(work.training)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _steps_per_epoch(images: int, batch_size: int) -> int:
+    """Training steps per epoch (``_training_batches`` drops a last partial batch)."""
+    return max(1, images // batch_size)
 
 
 def _until(deadline: float | None, batches: Iterable[Any], epoch: int) -> Iterator[Any]:
@@ -477,7 +522,7 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
     evaluate(probe, type(data.val)(data.val.x[:val_size], data.val.y[:val_size]), device,
              amp=amp, channels_last=channels_last)
     per_eval = time.perf_counter() - start
-    train_steps = len(data.train.y) // config.batch_size or 1
+    train_steps = _steps_per_epoch(len(data.train.y), config.batch_size)
     eval_batches = -(-len(data.val.y) // _EVAL_BATCH)
     compiling = step.compile_seconds or 0.0  # the run compiles its own model again
     return compiling + config.epochs * (train_steps * per_step + eval_batches * per_eval)
@@ -653,9 +698,18 @@ class _Step:
             self.step_pairs = consecutive_step_parameters(model)  # once per run, not per step
 
     def epoch(
-        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        epoch: int,
+        rate: Callable[[int], float] | None = None,
     ) -> tuple[float, float]:
-        """Trains one epoch; returns (mean training loss, training accuracy)."""
+        """Trains one epoch; returns (mean training loss, training accuracy).
+
+        Args:
+            batches: The epoch's training batches.
+            epoch: The epoch, from 1 (for messages).
+            rate: The learning rate of each step (from 0), or None to keep the optimiser's.
+        """
         config, model = self.config, self.model
         model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -663,6 +717,10 @@ class _Step:
         first_bad = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
         for step, (x, y) in enumerate(batches, start=1):
+            if rate is not None:
+                lr = rate(step - 1)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             x, y = _to_device(x, y, self.device, self.channels_last)
             timing = config.compile and self.compile_seconds is None
             if timing:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pdenas import train as train_module
 from pdenas.architecture import Architecture
@@ -23,6 +25,7 @@ from pdenas.train import (
     TrainingFailed,
     evaluate,
     fit,
+    learning_rate,
     learning_rates,
     weight_decay_groups,
 )
@@ -111,6 +114,9 @@ def test_unknown_key_names_key_and_allowed() -> None:
         ("augment", 1, "true or false"),
         ("channels_last", "yes", "true or false or null"),
         ("label_smoothing", 1.0, r"\[0, 1\)"),
+        ("schedule_interval", "batch", "epoch | step"),
+        ("warmup_epochs", -0.5, ">= 0"),
+        ("warmup_epochs", 11, "<= train.epochs"),
     ],
 )
 def test_bad_values_name_key_and_allowed(key: str, value: object, allowed: str) -> None:
@@ -144,19 +150,50 @@ def test_cosine_and_constant_schedules() -> None:
     assert learning_rates(TrainConfig(epochs=3, lr=0.3, schedule="constant")) == [0.3] * 3
 
 
-def test_fit_applies_the_schedule_to_the_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def step_rates() -> Iterator[list[float]]:
+    """The learning rate that each optimiser step of the test runs with."""
     seen: list[float] = []
-    original = train_module._Step.epoch
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"]))
+    yield seen
+    handle.remove()
 
-    def spy(self: train_module._Step, batches, epoch):  # type: ignore[no-untyped-def]
-        seen.append(self.optimizer.param_groups[0]["lr"])
-        return original(self, batches, epoch)
 
-    monkeypatch.setattr(train_module._Step, "epoch", spy)
+def test_fit_applies_the_schedule_to_the_optimizer(step_rates: list[float]) -> None:
     cfg = config(epochs=5, lr=1.0, schedule="step", milestones=[0.4], gamma=0.5)
     result = fit(toy_model(), toy_data(), cfg, "cpu")
-    assert seen == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.5])
-    assert [h["lr"] for h in result.history] == pytest.approx(seen)
+    per_epoch = [1.0, 1.0, 0.5, 0.5, 0.5]
+    assert step_rates == pytest.approx([r for r in per_epoch for _ in range(256 // 32)])
+    assert [h["lr"] for h in result.history] == pytest.approx(per_epoch)
+
+
+def test_a_per_step_cosine_reaches_zero_at_the_last_step(step_rates: list[float]) -> None:
+    cfg = config(epochs=3, lr=1.0, schedule="cosine", schedule_interval="step")
+    result = fit(toy_model(), toy_data(), cfg, "cpu")
+    total = 3 * (256 // 32)
+    assert step_rates == pytest.approx([0.5 * (1 + math.cos(math.pi * t / total))
+                                        for t in range(total)])
+    assert step_rates[-1] < 0.04  # the per-epoch cosine's last rate is 0.25
+    assert [h["lr"] for h in result.history] == pytest.approx(learning_rates(cfg))
+
+
+def test_warmup_rises_linearly_then_follows_the_schedule(step_rates: list[float]) -> None:
+    cfg = config(epochs=2, lr=0.8, schedule="constant", warmup_epochs=0.5)
+    fit(toy_model(), toy_data(), cfg, "cpu")
+    # 8 steps an epoch, so 4 warm-up steps: 0.2, 0.4, 0.6, 0.8, then the constant rate
+    assert step_rates == pytest.approx([0.2, 0.4, 0.6] + [0.8] * 13)
+
+
+def test_learning_rate_per_step_meets_the_per_epoch_rates_at_epoch_starts() -> None:
+    for schedule in ("cosine", "step", "constant"):
+        by_epoch = TrainConfig(epochs=10, lr=0.3, schedule=schedule)
+        by_step = TrainConfig(epochs=10, lr=0.3, schedule=schedule, schedule_interval="step")
+        assert learning_rates(by_step, 50) == pytest.approx(learning_rates(by_epoch, 50))
+        assert learning_rate(by_epoch, 2, 30, 50) == learning_rate(by_epoch, 2, 0, 50)
+    drops = TrainConfig(epochs=10, lr=1.0, schedule="step", milestones=(0.5,), gamma=0.1,
+                        schedule_interval="step")
+    assert learning_rate(drops, 4, 49, 50) == 1.0 and learning_rate(drops, 5, 0, 50) == 0.1
 
 
 # --- fit ---------------------------------------------------------------------------------------
