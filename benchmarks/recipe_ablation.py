@@ -1,4 +1,4 @@
-"""Which parts of a training recipe pay under ``search_budget.py``'s protocol, one candidate at a time.
+"""Which parts of a training recipe pay under ``search_budget.py``'s protocol, one candidate each.
 
 A bare PyTorch loop (written here so that each lever is one flag) trains pdenas's ResNet candidate
 32-64-128-128, one block per unit, on the same data as ``search_budget.py`` (Debian's
