@@ -15,6 +15,7 @@ Batches stay on the device: losses and accuracies are accumulated there and read
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "TimedOut",
     "TrainingFailed",
+    "amp_mode",
     "estimate_seconds",
     "evaluate",
     "final_depth_state",
@@ -148,8 +150,11 @@ class TrainConfig(Config):
             loss (``families.time_smoothness``: Meganet.m's ``l1Reg`` of ``opTimeDer``,
             ``α Σ sqrt(((θ_{j+1} - θ_j) / h)² + eps)``; the paper: about 2e-4); 0 turns it off.
         augment: Random flips (where the data allows) and padded crops of training batches.
-        amp: Mixed precision on CUDA: "off", "bf16", or "fp16" (with a gradient scaler). Ignored
-            on the CPU.
+        amp: Mixed precision: "off", "bf16", or "fp16" (with a gradient scaler). On CUDA as
+            asked; on the CPU "bf16" autocasts where the processor computes bf16 natively (AMX or
+            AVX512-BF16, as oneDNN reports it; 1.8-2.6 times the images per second of fp32 on
+            one thread, ``benchmarks/cpu_bf16.md``) and is off elsewhere, where it would be
+            emulated and slower; "fp16" is CUDA only (``amp_mode``).
         channels_last: Channels-last memory format for the model and batches; None means on
             CUDA only.
         grad_clip: Clip the global gradient norm to this value, or None.
@@ -401,7 +406,7 @@ def _fit(
         raise ValueError("fit needs a non-empty validation split")
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
-    amp = config.amp if cuda else "off"
+    amp = amp_mode(config.amp, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -504,7 +509,7 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
     device = torch.device(device)
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
-    amp = config.amp if cuda else "off"
+    amp = amp_mode(config.amp, device)
     probe = copy.deepcopy(model).to(device)
     if channels_last:
         probe.to(memory_format=torch.channels_last)
@@ -586,7 +591,7 @@ def evaluate(
         split: The images ``x`` and labels ``y``.
         device: Where to evaluate.
         batch_size: Images per forward pass.
-        amp: "off", "bf16" or "fp16" autocast (CUDA only).
+        amp: "off", "bf16" or "fp16" autocast, as ``amp_mode`` gives it for ``device``.
         channels_last: Feed batches in channels-last memory format.
 
     Returns:
@@ -790,8 +795,35 @@ def _to_device(
     return x, y.to(device, non_blocking=True)
 
 
+def amp_mode(amp: str, device: torch.device | str) -> str:
+    """The precision a run asking for ``amp`` trains in on ``device``.
+
+    CUDA: as asked. CPU: "bf16" where the processor computes bf16 natively (oneDNN's check: AMX
+    or AVX512-BF16), else "off"; "fp16" is "off" (CPU autocast to fp16 is emulated).
+
+    Returns:
+        "off", "bf16" or "fp16".
+    """
+    device = torch.device(device)
+    if device.type == "cuda" or amp == "off":
+        return amp
+    if device.type == "cpu" and amp == "bf16" and _cpu_has_native_bf16():
+        return "bf16"
+    return "off"
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    # torch exposes no public check; this is the one its own CPU autocast tests use.
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(device: torch.device, amp: str) -> torch.autocast:
-    dtype = _AMP_DTYPES.get(amp) if device.type == "cuda" else None
+    dtype = _AMP_DTYPES.get(amp) if device.type in ("cuda", "cpu") else None
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 

@@ -23,6 +23,7 @@ from pdenas.train import (
     OutOfMemory,
     TrainConfig,
     TrainingFailed,
+    amp_mode,
     evaluate,
     fit,
     learning_rate,
@@ -449,12 +450,46 @@ def test_the_optimiser_uses_the_weight_decay_groups(optimizer: str) -> None:
     assert moved and all(moved)
 
 
-def test_amp_is_off_on_the_cpu_and_gives_the_same_run() -> None:
-    """bf16 autocast is a CUDA path: on the CPU the setting is ignored, and the run is the same
-    to the last bit."""
-    plain = fit(toy_model(), toy_data(), config(epochs=2), "cpu")
-    bf16 = fit(toy_model(), toy_data(), config(epochs=2, amp="bf16"), "cpu")
-    assert [h["train_loss"] for h in bf16.history] == [h["train_loss"] for h in plain.history]
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_mode_on_the_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """bf16 autocast runs on a CPU only where the processor computes bf16 natively; fp16 never
+    does; CUDA gets what was asked."""
+    monkeypatch.setattr(train_module, "_cpu_has_native_bf16", lambda: native)
+    assert amp_mode("bf16", "cpu") == ("bf16" if native else "off")
+    assert amp_mode("fp16", "cpu") == "off" and amp_mode("off", "cpu") == "off"
+    assert amp_mode("fp16", "cuda") == "fp16" and amp_mode("bf16", "cuda:0") == "bf16"
+
+
+def _conv_output_dtypes(model: nn.Module) -> list[torch.dtype]:
+    seen: list[torch.dtype] = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_trains_the_convolutions_in_bf16_and_keeps_fp32_weights(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """With native bf16 the convolutions of training and validation compute in bf16 (the weights
+    and the recorded losses stay fp32, and the run learns); without it the same config is the
+    fp32 run to the last bit."""
+    monkeypatch.setattr(train_module, "_cpu_has_native_bf16", lambda: native)
+    model = toy_model()
+    seen = _conv_output_dtypes(model)
+    result = fit(model, toy_data(), config(epochs=3, amp="bf16"), "cpu")
+    plain = fit(toy_model(), toy_data(), config(epochs=3), "cpu")
+    assert set(seen) == ({torch.bfloat16} if native else {torch.float32})
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for v in result.best_state.values() if v.is_floating_point())
+    losses = [h["train_loss"] for h in result.history]
+    if native:
+        assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+        assert losses[0] == pytest.approx(plain.history[0]["train_loss"], rel=0.05)
+        assert losses != [h["train_loss"] for h in plain.history]
+    else:
+        assert losses == [h["train_loss"] for h in plain.history]
 
 
 @pytest.mark.slow
