@@ -712,3 +712,23 @@ def test_the_stability_estimate_prints_no_warning_about_torch_itself():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "deprecated" not in done.stderr
+
+
+def test_tv_norm_computes_in_fp32_under_bf16_autocast() -> None:
+    """A bf16 input (a convolution's output under autocast) is normalised in fp32: the result
+    is the formula on the widened input, in fp32, and gradients reach the bf16 input."""
+    torch.manual_seed(0)
+    norm = TVNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    y = torch.randn(3, 6, 5, 5).to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(y)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _tv(y.detach().float(), norm.weight, norm.bias),
+                               rtol=1e-5, atol=1e-5)  # bf16 arithmetic would be ~1e-2 off
+    out.sum().backward()
+    assert y.grad is not None and y.grad.dtype == torch.bfloat16 and y.grad.abs().sum() > 0
+    double = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    assert norm.double()(double).dtype == torch.float64  # wider inputs are left as they are
