@@ -253,3 +253,39 @@ def test_the_watchdog_does_nothing_for_a_trial_that_ends_in_time() -> None:
     late = Watchdog(time.monotonic() + 0.1, lambda: fired.append(2), exit_process=False).start()
     time.sleep(0.4)
     assert fired == [2] and late.stop() is False
+
+
+def test_a_refusal_for_time_ends_the_search_only_when_no_finished_candidate_would_fit(
+        tmp_path: Path) -> None:
+    """A candidate predicted to need more than the time left is infeasible, but the search goes
+    on while a trial it completed was shorter than that time, and stops once none was or after
+    MAX_TIME_REFUSALS refusals in a row; before any trial completed, the first refusal ends it."""
+    from pdenas.backends._base import MAX_TIME_REFUSALS
+
+    data = _tiny_data()
+    config = StudyConfig(name="t", latency_repeats=1)
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    quick = TrainConfig.from_dict({"epochs": 1, "batch_size": 64})
+    slow = TrainConfig.from_dict({"epochs": 5000, "batch_size": 64})
+    runner = TrialRunner(config, None, RunFolder(tmp_path), DataShape.of(data))
+    cpu = torch.device("cpu")
+
+    first = runner.run(0, arch, slow, data=data, device=cpu, time_left=60)
+    assert first.status == "infeasible" and runner.out_of_time  # nothing finished yet
+    runner.out_of_time = False
+    done = runner.run(1, arch, quick, data=data, device=cpu, time_left=60)
+    assert done.status == "completed" and 0 < runner.quickest_seconds < 60
+    numbers = iter(range(2, 100))
+    for _ in range(MAX_TIME_REFUSALS - 1):
+        record = runner.run(next(numbers), arch, slow, data=data, device=cpu, time_left=60)
+        assert "more than the search has left" in record.failure_reason
+        assert not runner.out_of_time  # the quick candidate's time still fits
+    runner.run(next(numbers), arch, slow, data=data, device=cpu, time_left=60)
+    assert runner.out_of_time  # MAX_TIME_REFUSALS in a row
+    runner.out_of_time = False
+    assert runner.run(next(numbers), arch, quick, data=data, device=cpu).status == "completed"
+    runner.run(next(numbers), arch, slow, data=data, device=cpu, time_left=60)
+    assert not runner.out_of_time  # a trained candidate started the count again
+    runner.run(next(numbers), arch, slow, data=data, device=cpu,
+               time_left=runner.quickest_seconds / 2)
+    assert runner.out_of_time  # shorter than every trial it completed

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import datetime
+import math
 import os
 import socket
 import time
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
     from pdenas.tracking import TrialObserver
 
 __all__ = ["Backend", "DataShape", "Progress", "Report", "TrialRunner", "finished_summary", "now"]
+
+MAX_TIME_REFUSALS = 5
+"""Candidates refused in a row as too long for the time left before a search stops trying (each
+costs a trial number and a calibration of a few seconds)."""
 
 Report = Callable[[TrialRecord, Mapping[str, float]], bool]
 """Called after each epoch with the trial's record so far (already written) and this epoch's
@@ -106,9 +111,14 @@ class TrialRunner:
         self.config, self.space, self.run_folder, self.shape = config, space, run, shape
         self.observers = observers
         self.out_of_time = False
-        """A candidate was refused because it would not finish in the time the search has left
-        (``--timeout``): the backend starts no further trial (each would be refused in turn, a
-        trial number and a calibration spent on each)."""
+        """The search has no time for another candidate (``--timeout``): one was refused as too
+        long for the time left, and no trial this runner completed was shorter than that time,
+        or ``MAX_TIME_REFUSALS`` were refused in a row. The backend starts no further trial. A
+        refusal alone does not end the search: candidates differ in cost several times over (a
+        net of widths 48-96-192 against 16-32-64), and a cheaper one may still fit."""
+        self.quickest_seconds: float | None = None
+        """The wall seconds of the shortest trial this runner completed (calibration included)."""
+        self._time_refusals = 0
 
     def _observers(self) -> list[TrialObserver]:
         from pdenas.tracking import observers_for
@@ -260,6 +270,7 @@ class TrialRunner:
             if refused is not None:
                 record.status, record.failure_reason = TrialStatus.INFEASIBLE, refused
                 return record
+            self._time_refusals = 0
             check = config.stability
             if check.mode != "off":
                 images = data.train.x[:check.images]
@@ -280,6 +291,9 @@ class TrialRunner:
             record.val_accuracy = float(result.best_val_accuracy) if result.history else None
             folder.write_weights(result.best_state)
             record.status = TrialStatus.PRUNED if result.stopped else TrialStatus.COMPLETED
+            if record.status is TrialStatus.COMPLETED:
+                took = time.perf_counter() - start
+                self.quickest_seconds = min(self.quickest_seconds or math.inf, took)
         except TrainingFailed as error:
             record.status = error.status
             record.failure_reason = str(error)
@@ -332,7 +346,9 @@ class TrialRunner:
             return (f"predicted to need {predicted:,.0f} s, over the trial time limit "
                     f"({config.trial_timeout:g} s)")
         if time_left is not None and predicted > time_left:
-            self.out_of_time = True
+            self._time_refusals += 1
+            self.out_of_time = (self.quickest_seconds is None or self.quickest_seconds > time_left
+                                or self._time_refusals >= MAX_TIME_REFUSALS)
             return f"predicted to need {predicted:,.0f} s, more than the search has left ({time_left:,.0f} s)"
         return None
 

@@ -408,7 +408,7 @@ class OptunaBackend(Backend):
                 progress.update(record)
             raise_if_interrupted()  # came while the trial measured or saved: it is finished
             if self.runner.out_of_time:
-                break  # the time left is shorter than the last candidate needs
+                break  # no candidate this search has finished would fit the time left
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return budget_lock(self.storage_url, self.config.name)
