@@ -205,6 +205,12 @@ def main() -> None:
                      if when is not None else "no point of its run."),
                   f"Test accuracy difference (pdenas − plain): {100 * (a['test'] - b['test']):+.2f} points."]
         lines += ["", f"pdenas's chosen trial: {a['chosen']}", f"plain script's: {b['chosen']}"]
+    lines += ["", "Every finished trial (val / test accuracy, when it finished):", ""]
+    for name, rows in (("pdenas", ours), ("plain", theirs)):
+        lines.append(f"- {name}: " + ", ".join(
+            f"{r['number']} {r.get('family', 'resnet')} {100 * r['val_accuracy']:.2f} / "
+            f"{100 * r['test_accuracy']:.2f} at {r['finished_at_s'] / 60:.1f} min"
+            for r in sorted(rows, key=lambda r: r["number"])))
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -34,10 +34,15 @@ MIXED_RECIPE = {**OTHER_RECIPE, "clip_weights": 1.0, "time_smoothness": 2e-4}
 STEP_RECIPE = {**OTHER_RECIPE, "schedule_interval": "step", "warmup_epochs": 0.3,
                "channels_last": True}
 STEP_RECIPE_32 = {**STEP_RECIPE, "batch_size": 32, "lr": 2e-3}
+# The same in bf16 autocast (native on this CPU: AMX), 2026-12-06.
+BF16_RECIPE = {**STEP_RECIPE, "amp": "bf16"}
+BF16_RECIPE_32 = {**STEP_RECIPE_32, "amp": "bf16"}
 RESNET = {"family": "resnet"}
 # Two PDE candidates of the search_budget run (trials 6 and 4 there), at the same fixed lr.
 SECOND_ORDER = {"family": "second_order", "step_size": 0.363, "norm": "batch"}
 PARABOLIC = {"family": "parabolic", "step_size": 0.392, "norm": "batch"}
+# The chosen trial of the 2026-12-05 search_budget runs (trial 5 there).
+HAMILTONIAN = {"family": "hamiltonian", "step_size": 0.435, "norm": "batch"}
 RUNS = [  # (name, family options, widths, blocks per unit, recipe)
     ("resnet 16-32-64 x2, study recipe", RESNET, (16, 32, 64, 64), (2, 2, 2), STUDY_RECIPE),
     ("resnet 16-32-64 x2, other recipe", RESNET, (16, 32, 64, 64), (2, 2, 2), OTHER_RECIPE),
@@ -63,6 +68,20 @@ RUNS = [  # (name, family options, widths, blocks per unit, recipe)
      STEP_RECIPE),
     ("parabolic 16-32-64 x1, per-step recipe", PARABOLIC, (16, 32, 64, 64), (1, 1, 1),
      STEP_RECIPE),
+    ("resnet 32-64-128 x1, per-step recipe, batch 32, bf16", RESNET, (32, 64, 128, 128),
+     (1, 1, 1), BF16_RECIPE_32),
+    ("resnet 32-64-128 x1, per-step recipe, bf16", RESNET, (32, 64, 128, 128), (1, 1, 1),
+     BF16_RECIPE),
+    ("resnet 32-64-128 x2, per-step recipe, batch 32, bf16", RESNET, (32, 64, 128, 128),
+     (2, 2, 2), BF16_RECIPE_32),
+    ("parabolic 16-32-64 x1, per-step recipe, bf16", PARABOLIC, (16, 32, 64, 64), (1, 1, 1),
+     BF16_RECIPE),
+    ("resnet 48-96-192 x1, per-step recipe, batch 32, bf16", RESNET, (48, 96, 192, 192),
+     (1, 1, 1), BF16_RECIPE_32),
+    ("resnet 64-128-256 x1, per-step recipe, batch 32, bf16", RESNET, (64, 128, 256, 256),
+     (1, 1, 1), BF16_RECIPE_32),
+    ("hamiltonian 48-96-192 x1, per-step recipe, batch 32, bf16", HAMILTONIAN,
+     (48, 96, 192, 192), (1, 1, 1), BF16_RECIPE_32),
 ]
 
 
