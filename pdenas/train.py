@@ -152,7 +152,7 @@ class TrainConfig(Config):
         augment: Random flips (where the data allows) and padded crops of training batches.
         amp: Mixed precision: "off", "bf16", or "fp16" (with a gradient scaler). On CUDA as
             asked; on the CPU "bf16" autocasts where the processor computes bf16 natively (AMX or
-            AVX512-BF16, as oneDNN reports it; 1.8-2.6 times the images per second of fp32 on
+            AVX512-BF16, as oneDNN reports it; 1.4-3 times the images per second of fp32 on
             one thread, ``benchmarks/cpu_bf16.md``) and is off elsewhere, where it would be
             emulated and slower; "fp16" is CUDA only (``amp_mode``).
         channels_last: Channels-last memory format for the model and batches; None means on
