@@ -106,10 +106,10 @@ def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = No
         **overrides: Study keys merged into the study before validation, e.g.
             ``train={"epochs": 3}``, ``seed=1``, ``tracking={"tensorboard": {}}``.
 
-    A study file or name with a ``trial_timeout`` (Optuna backend) runs in a supervised worker
-    process, as the CLI runs it, so that a trial hung past its limit is recorded and the search
-    goes on in a new worker; a study mapping runs in this process, where a hung trial is
-    recorded but the call cannot be ended.
+    A study file or name with a ``trial_timeout`` or more than one ``workers`` (Optuna backend)
+    runs in supervised worker processes, as the CLI runs it: they share the study, and a trial
+    hung past its limit is recorded and the search goes on in a new worker. A study mapping runs
+    in this process, one worker, where a hung trial is recorded but the call cannot be ended.
 
     Returns:
         The run.
@@ -119,13 +119,15 @@ def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = No
         KeyboardInterrupt: Interrupted; finished trials are kept and a rerun resumes.
     """
     from pdenas.backends import run_search
-    from pdenas.backends._supervise import needs_supervision
+    from pdenas.backends._supervise import needs_supervision, worker_count
 
     if n_trials is not None:
         overrides["n_trials"] = n_trials
     config = load_study(study, overrides)
-    if needs_supervision(config.trial_timeout, backend) and isinstance(study, (str, Path)):
-        return _search_in_worker(str(study), config, out, overrides, progress)
+    if isinstance(study, (str, Path)):
+        workers = worker_count(config.workers, config.device, config.threads, backend)
+        if workers > 1 or needs_supervision(config.trial_timeout, backend):
+            return _search_in_workers(str(study), config, out, overrides, progress, workers)
     bar = TqdmProgress(config, quiet=not progress)
     try:
         folder = run_search(config, backend=backend, out=out, address=address,
@@ -135,21 +137,33 @@ def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = No
     return Run(folder.path)
 
 
-def _search_in_worker(study: str, config: StudyConfig, out: str | Path | None,
-                      overrides: Mapping[str, Any], progress: bool) -> Run:
-    """A study with a ``trial_timeout`` runs in a supervised worker process, as on the CLI: a
-    trial that hangs past its limit is recorded and its worker replaced, where this process
-    could not end the call (``backends._watchdog``)."""
+def _search_in_workers(study: str, config: StudyConfig, out: str | Path | None,
+                       overrides: Mapping[str, Any], progress: bool, workers: int) -> Run:
+    """A study with several ``workers`` or a ``trial_timeout`` runs in supervised worker
+    processes, as on the CLI: they share the study's budget, and a trial that hangs past its
+    limit is recorded and its worker replaced, where this process could not end the call
+    (``backends._watchdog``). One worker shows its own progress bar; several run quiet and one
+    bar here follows them through the run folder."""
     from pdenas.backends import run_search
-    from pdenas.backends._supervise import assignments, run_workers, search_command
+    from pdenas.backends._supervise import (RecordFollower, assignments, run_workers,
+                                            search_command)
 
     folder = run_search(config, out=out, quiet=True, prepare_only=True)
     sets = assignments({k: v for k, v in overrides.items() if k != "timeout"})
-    command = search_command(study, str(folder.path), quiet=not progress, flags={}, sets=sets)
-    codes = run_workers(command, 1, config.timeout)  # raises KeyboardInterrupt on Ctrl-C
+    command = search_command(study, str(folder.path), quiet=not progress or workers > 1,
+                             flags={}, sets=sets)
+    bar = TqdmProgress(config)
+    follower = (RecordFollower(folder, bar, config.n_trials) if progress and workers > 1
+                else None)
+    try:  # raises KeyboardInterrupt on Ctrl-C
+        codes = run_workers(command, workers, config.timeout, poll=follower)
+    finally:
+        if follower is not None:
+            follower(force=True)
+        bar.close()
     if any(codes):
-        raise RuntimeError(f"the search worker failed (exit status {max(codes)}); finished "
-                           f"trials are stored in {folder.path}")
+        raise RuntimeError(f"{sum(map(bool, codes))} of {workers} search workers failed (exit "
+                           f"status {max(codes)}); finished trials are stored in {folder.path}")
     return Run(folder.path)
 
 

@@ -34,8 +34,8 @@ study keys (any of them with --set KEY=VALUE, dotted, values read as YAML):
   name, description, data.{name,root,download,val_fraction,image_size,train_limit,seed}, space,
   train.{epochs,batch_size,optimizer,lr,momentum,weight_decay,schedule,...}, objectives,
   sampler, sampler_options, pruner, pruner_options, n_trials, timeout, storage, device, seed,
-  constraints.{max_params,max_flops,max_latency_ms,skip_infeasible}, threads, ray.{...},
-  tracking.{mlflow.{tracking_uri,experiment},tensorboard.log_dir}, cover_families, ...
+  constraints.{max_params,max_flops,max_latency_ms,skip_infeasible}, threads, workers,
+  ray.{...}, tracking.{mlflow.{tracking_uri,experiment},tensorboard.log_dir}, cover_families, ...
 
 environment:
   PDENAS_LOG                 log level (default WARNING; INFO shows every epoch)
@@ -100,9 +100,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--track", action="append", default=[], metavar="mlflow|tensorboard",
                    help="send per-epoch metrics to MLflow or TensorBoard (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--workers", type=int, default=1, metavar="N",
+    s.add_argument("--workers", type=int, metavar="N",
                    help="optuna backend: run N worker processes on this machine that share the "
-                        "study (several small trials on one GPU, or one per CPU core)")
+                        "study (several small trials on one GPU, or one per CPU core; default: "
+                        "the study's workers, 1 unless it says)")
 
     sub.add_parser("studies", help="list the shipped studies")
 
@@ -137,7 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _search(args: argparse.Namespace) -> int:
     from pdenas.api import TqdmProgress, load_study
     from pdenas.backends import run_search
-    from pdenas.backends._supervise import needs_supervision
+    from pdenas.backends._supervise import needs_supervision, worker_count
     from pdenas.study import deep_merge, parse_assignments
     from pdenas.tracking import parse_trackers
 
@@ -154,8 +155,16 @@ def _search(args: argparse.Namespace) -> int:
         for key in set(flags) - set(overrides):  # name the flag the user typed
             text = text.replace(f": {key}: ", f": --{key.replace('_', '-')}: ")
         raise UsageError(text) from None
-    if args.workers > 1 or needs_supervision(config.trial_timeout, args.backend):
-        return _workers(args, config)
+    if args.workers is not None:
+        if args.workers < 1 or args.workers > 64:
+            raise UsageError(f"--workers: got {args.workers}; allowed: 1 to 64")
+        if args.workers > 1 and args.backend != "optuna":
+            raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
+                             "itself (ray.max_concurrent, fractional gpus_per_trial)")
+    workers = (args.workers if args.workers is not None else
+               worker_count(config.workers, config.device, config.threads, args.backend))
+    if workers > 1 or needs_supervision(config.trial_timeout, args.backend):
+        return _workers(args, config, workers)
     progress = TqdmProgress(config, quiet=args.quiet)
     try:
         run = run_search(config, backend=args.backend, out=args.out, address=args.address,
@@ -168,33 +177,37 @@ def _search(args: argparse.Namespace) -> int:
     return _print_board(run.path)
 
 
-def _workers(args: argparse.Namespace, config) -> int:
-    """``--workers N``, and any Optuna search with a ``trial_timeout``: prepares the study and
-    the run folder once, then runs N supervised ``pdenas search`` processes on it
-    (``backends._supervise``), which share the budget, and prints the leaderboard. A worker
-    whose trial hung past its limit is replaced by a new one."""
+def _workers(args: argparse.Namespace, config, workers: int) -> int:
+    """Several workers (``--workers N`` or the study's ``workers``), and any Optuna search with
+    a ``trial_timeout``: prepares the study and the run folder once, then runs the supervised
+    ``pdenas search`` processes on it (``backends._supervise``), which share the budget, and
+    prints the leaderboard. A worker whose trial hung past its limit is replaced by a new one."""
+    from pdenas.api import TqdmProgress
     from pdenas.backends import run_search
-    from pdenas.backends._supervise import EXIT_INTERRUPTED, run_workers, search_command
+    from pdenas.backends._supervise import (EXIT_INTERRUPTED, RecordFollower, run_workers,
+                                            search_command)
 
-    if args.workers < 1 or args.workers > 64:
-        raise UsageError(f"--workers: got {args.workers}; allowed: 1 to 64")
-    if args.backend != "optuna":
-        raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
-                         "itself (ray.max_concurrent, fractional gpus_per_trial)")
     run = run_search(config, backend=args.backend, out=args.out, quiet=True, prepare_only=True)
     flags = {"n_trials": args.n_trials, "storage": args.storage, "device": args.device,
              "seed": args.seed}
-    # One worker shows its progress bar (on stderr); several would garble it.
-    command = search_command(str(args.study), str(run.path), quiet=args.workers > 1 or args.quiet,
+    # One worker shows its progress bar (on stderr); several would garble each other's, so they
+    # run quiet and one bar here follows them all through the run folder.
+    command = search_command(str(args.study), str(run.path), quiet=workers > 1 or args.quiet,
                              flags=flags, sets=args.assignments, tracks=args.track or ())
+    bar = TqdmProgress(config)
+    follower = None if workers == 1 or args.quiet else RecordFollower(run, bar, config.n_trials)
     try:
-        codes = run_workers(command, args.workers, args.timeout)
+        codes = run_workers(command, workers, args.timeout, poll=follower)
     except KeyboardInterrupt:
         print(_INTERRUPTED, file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if follower is not None:
+            follower(force=True)
+        bar.close()
     failed = [code for code in codes if code != 0]
     if failed:
-        print(f"pdenas: error: {len(failed)} of {args.workers} workers failed (exit status "
+        print(f"pdenas: error: {len(failed)} of {workers} workers failed (exit status "
               f"{failed[0]}); finished trials are stored", file=sys.stderr)
         return failed[0]
     return _print_board(run.path)

@@ -32,6 +32,7 @@ COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_TRIALS = 1_000_000
+MAX_WORKERS = 64
 """The most trials a study may ask for (a larger number is a typo, not a plan)."""
 
 
@@ -171,6 +172,11 @@ class StudyConfig(Config):
         latency_repeats: Timed forward passes per latency measurement.
         threads: CPU threads torch uses in each worker (None: torch's default, one per core).
             Small candidates train faster on one thread; Ray sets it from ``cpus_per_trial``.
+        workers: Worker processes ``pdenas search`` runs on this machine, sharing the study
+            (Optuna backend; ``--workers`` overrides it): an integer, or "auto", which is one
+            worker per ``threads`` CPU cores on a CPU study with ``threads`` set, else 1
+            (``backends._supervise.worker_count``). Ray runs trials side by side itself
+            (``ray.max_concurrent``).
         ray: The Ray Tune backend's settings (validated by that backend).
         tracking: Experiment trackers (MLflow, TensorBoard) the trials report to
             (``pdenas.tracking``).
@@ -204,6 +210,7 @@ class StudyConfig(Config):
     constraints: Constraints = field(default_factory=Constraints)
     latency_repeats: int = 10
     threads: int | None = None
+    workers: int | str = 1
     ray: Mapping[str, Any] = field(default_factory=dict)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     description: str = ""
@@ -232,6 +239,9 @@ class StudyConfig(Config):
         self.require("latency_repeats", 1 <= self.latency_repeats <= 1000,
                      "an integer from 1 to 1000")
         self.require("threads", self.threads is None or self.threads >= 1, "an integer >= 1 or null")
+        self.require("workers", self.workers == "auto" or (
+            isinstance(self.workers, int) and not isinstance(self.workers, bool)
+            and 1 <= self.workers <= MAX_WORKERS), f"an integer from 1 to {MAX_WORKERS}, or auto")
         self.require("early_stop_percentile", 0 <= self.early_stop_percentile <= 100,
                      "a number from 0 to 100")
         self.require("early_stop_warmup", self.early_stop_warmup >= 0, "an integer >= 0")

@@ -269,15 +269,18 @@ def test_the_cards_search_command_reproduces_the_overrides(tmp_path: Path) -> No
     assert again.to_dict() == config.to_dict()
 
 
-def test_a_study_with_a_trial_timeout_runs_in_a_supervised_worker(tiny_study, tmp_path: Path,
-                                                                   monkeypatch) -> None:
+@pytest.mark.parametrize("keys", [{"trial_timeout": 120}, {"workers": 2}],
+                         ids=["trial_timeout", "workers"])
+def test_a_study_with_a_trial_timeout_or_workers_runs_in_supervised_workers(
+        tiny_study, tmp_path: Path, monkeypatch, keys: dict) -> None:
     """``pdenas.search`` of a study file with ``trial_timeout`` trains in a worker process (which
-    its watchdog may end for a hung trial, and which is then replaced), overrides passed on."""
+    its watchdog may end for a hung trial, and which is then replaced), one with ``workers: 2``
+    in two that share the budget; overrides passed on."""
     from pdenas.backends._supervise import assignments
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("PDENAS_SUPERVISED", raising=False)
-    study = tiny_study(trial_timeout=120, n_trials=3)
+    study = tiny_study(n_trials=3, **keys)
     run = pdenas.search(study, out=tmp_path / "run", n_trials=2, progress=False,
                         train={"epochs": 1})
     records = [json.loads(p.read_text()) for p in sorted((run.path / "trials").glob("*/record.json"))]

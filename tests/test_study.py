@@ -48,11 +48,21 @@ def test_round_trip() -> None:
         ({"train": {"learning_rate": 0.1}}, "learning_rate"),
         ({"data": {"name": "imagenet"}}, "imagenet"),
         ({"constraints": {"max_params": -5}}, "constraints.max_params"),
+        ({"workers": 0}, "workers: got 0; allowed: an integer from 1 to 64, or auto"),
+        ({"workers": "all"}, "workers: got 'all'; allowed: an integer from 1 to 64, or auto"),
+        ({"workers": True}, "workers: got True"),
+        ({"workers": None}, "workers: got None"),
     ],
 )
 def test_bad_values_name_the_key(change: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=re.escape(needle)):
         StudyConfig.from_dict({"name": "x", **change})
+
+
+def test_workers_takes_a_count_or_auto() -> None:
+    assert StudyConfig.from_dict({"name": "x"}).workers == 1
+    assert StudyConfig.from_dict({"name": "x", "workers": "auto"}).workers == "auto"
+    assert StudyConfig.from_dict({"name": "x", "workers": 64}).workers == 64
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
 """Supervised worker processes: N ``pdenas search`` processes on one prepared run, each replaced
 when its watchdog ended it for a hung trial (``_watchdog.EXIT_HUNG``).
 
-Used by ``pdenas search --workers N``, by ``pdenas search`` of a study with a ``trial_timeout``
-(one supervised worker, so that a hung trial does not end the search) and by ``pdenas.search``
-for such a study. The caller first prepares the run (``run_search(..., prepare_only=True)``:
-the study and the run folder are created once, since workers that create a study at the same
-moment race on the storage's schema); every worker then runs the same search command against
-that folder, and they share the study's budget through its storage.
+Used by ``pdenas search --workers N`` or of a study with ``workers`` above 1
+(``worker_count``), by ``pdenas search`` of a study with a ``trial_timeout`` (one supervised
+worker, so that a hung trial does not end the search) and by ``pdenas.search`` for such studies;
+``RecordFollower`` gives several workers one progress bar. The caller first prepares the run
+(``run_search(..., prepare_only=True)``: the study and the run folder are created once, since
+workers that create a study at the same moment race on the storage's schema); every worker then
+runs the same search command against that folder, and they share the study's budget through its
+storage.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
+from pdenas.backends._base import Progress
 from pdenas.backends._watchdog import EXIT_HUNG, SUPERVISED_ENV
+from pdenas.runs import RunFolder, TrialRecord
 
-__all__ = ["EXIT_INTERRUPTED", "assignments", "needs_supervision", "run_workers",
-           "search_command"]
+__all__ = ["EXIT_INTERRUPTED", "RecordFollower", "assignments", "needs_supervision", "run_workers",
+           "search_command", "worker_count"]
 
 POLL_SECONDS = 0.2
 EXIT_INTERRUPTED = 130
@@ -35,6 +39,40 @@ def needs_supervision(trial_timeout: float | None, backend: str) -> bool:
     trials in this process's backend (Optuna), and is not already a supervised worker."""
     return (trial_timeout is not None and backend == "optuna"
             and os.environ.get(SUPERVISED_ENV) != "1")
+
+
+def worker_count(workers: int | str, device: str, threads: int | None, backend: str) -> int:
+    """How many worker processes a search starts on this machine for the study's ``workers``.
+
+    "auto" is one worker per ``threads`` cores of this process's CPUs when the study trains on
+    the CPU with ``threads`` set (a 2-core machine and ``threads: 1``: 2 workers); with
+    ``threads`` unset torch already uses every core in one process, and on a GPU several
+    workers are a choice about its memory, so both give 1. A supervised worker (a process a
+    search started) and the Ray backend (which runs trials side by side itself) always get 1.
+
+    Args:
+        workers: The study's ``workers``: an integer or "auto".
+        device: The study's device ("auto", "cpu" or "cuda").
+        threads: The study's torch threads per worker.
+        backend: "optuna" or "ray".
+    """
+    if backend != "optuna" or os.environ.get(SUPERVISED_ENV) == "1":
+        return 1
+    if workers != "auto":
+        return int(workers)
+    import torch
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if threads is None or not on_cpu:
+        return 1
+    return max(1, _cpu_cores() // threads)
+
+
+def _cpu_cores() -> int:
+    """The CPUs this process may run on (its affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def assignments(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -66,13 +104,15 @@ def search_command(study: str, run_path: str, *, quiet: bool, flags: Mapping[str
     return command
 
 
-def run_workers(command: Sequence[str], workers: int, timeout: float | None) -> list[int]:
+def run_workers(command: Sequence[str], workers: int, timeout: float | None,
+                poll: Callable[[], None] | None = None) -> list[int]:
     """Runs ``workers`` copies of ``command`` until each has exited other than hung.
 
     Args:
         command: A worker's command line (``search_command``).
         workers: How many run at once.
         timeout: Seconds after which no worker starts a new trial (each gets the time left).
+        poll: Called while they run, every fraction of a second (a ``RecordFollower``).
 
     Returns:
         The workers' exit statuses.
@@ -94,13 +134,14 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None) -> 
         return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, env=env)
 
     with catch_interrupts():
-        codes = _supervise(start, workers)
+        codes = _supervise(start, workers, poll or (lambda: None))
     if EXIT_INTERRUPTED in codes:
         raise KeyboardInterrupt("a worker was interrupted; run the same command to resume")
     return codes
 
 
-def _supervise(start: Callable[[], subprocess.Popen | None], workers: int) -> list[int]:
+def _supervise(start: Callable[[], subprocess.Popen | None], workers: int,
+               poll: Callable[[], None]) -> list[int]:
     """Polls the workers ``start`` makes, restarting hung ones, until all have exited; on
     Ctrl-C waits for the running ones (which give their trials back) and raises again."""
     running = [start() for _ in range(workers)]
@@ -117,6 +158,7 @@ def _supervise(start: Callable[[], subprocess.Popen | None], workers: int) -> li
                     continue
                 codes.append(worker.returncode)
                 running[i] = None
+            poll()
             time.sleep(POLL_SECONDS)
             raise_if_interrupted()
     except KeyboardInterrupt:
@@ -125,3 +167,52 @@ def _supervise(start: Callable[[], subprocess.Popen | None], workers: int) -> li
                 worker.wait()
         raise
     return codes
+
+
+class RecordFollower:
+    """A progress bar for a search that runs in other processes (several workers): called
+    often, it reads the run folder's records, at most every ``interval`` seconds, and tells
+    ``progress`` of each trial that finished since: one bar for all workers, where theirs would
+    garble each other's.
+
+    Args:
+        run: The run folder the workers write.
+        progress: The bar; started here with the trials already finished.
+        total: The study's ``n_trials``.
+        interval: Seconds between reads of the folder.
+    """
+
+    def __init__(self, run: RunFolder, progress: Progress, total: int,
+                 interval: float = 2.0) -> None:
+        self.run, self.progress, self.interval = run, progress, interval
+        self.seen: set[int] = set()
+        finished = self._finished()
+        self.seen.update(finished)
+        best = max((r.val_accuracy for r in finished.values()
+                    if r.status == "completed" and r.val_accuracy is not None), default=None)
+        progress.start(len(finished), total, best)
+        self.last = time.monotonic()
+
+    def _finished(self) -> dict[int, TrialRecord]:
+        """The records of trials not yet seen that are over and use the budget, by number."""
+        finished = {}
+        for number in self.run.trial_numbers():
+            if number in self.seen:
+                continue
+            folder = self.run.trial(number)
+            try:
+                record = folder.read_record() if folder.has_record() else None
+            except ValueError:  # unreadable now: read it again at the next call
+                continue
+            if record is not None and record.status.final and record.status.uses_budget:
+                finished[number] = record
+        return finished
+
+    def __call__(self, force: bool = False) -> None:
+        """Reports the trials finished since the last call (``force``: whatever the interval)."""
+        if not force and time.monotonic() - self.last < self.interval:
+            return
+        self.last = time.monotonic()
+        for number, record in sorted(self._finished().items()):
+            self.seen.add(number)
+            self.progress.update(record)
