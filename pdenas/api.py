@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,10 +125,13 @@ def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = No
     if n_trials is not None:
         overrides["n_trials"] = n_trials
     config = load_study(study, overrides)
+    workers = worker_count(config.workers, config.device, config.threads, backend)
     if isinstance(study, (str, Path)):
-        workers = worker_count(config.workers, config.device, config.threads, backend)
         if workers > 1 or needs_supervision(config.trial_timeout, backend):
             return _search_in_workers(str(study), config, out, overrides, progress, workers)
+    elif workers > 1:
+        warnings.warn(f"workers: a study given as a mapping runs in this process, one worker, "
+                      f"not {workers}; give a study file for several", stacklevel=2)
     bar = TqdmProgress(config, quiet=not progress)
     try:
         folder = run_search(config, backend=backend, out=out, address=address,

@@ -55,6 +55,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _workers_arg(text: str) -> int | str:
+    """An argparse type: "auto" or an integer from 1 to ``MAX_WORKERS``."""
+    from pdenas.study import MAX_WORKERS
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"got {text}; allowed: 1 to {MAX_WORKERS}, or auto")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -100,10 +115,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--track", action="append", default=[], metavar="mlflow|tensorboard",
                    help="send per-epoch metrics to MLflow or TensorBoard (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--workers", type=int, metavar="N",
+    s.add_argument("--workers", type=_workers_arg, metavar="N",
                    help="optuna backend: run N worker processes on this machine that share the "
                         "study (several small trials on one GPU, or one per CPU core; default: "
-                        "the study's workers, 1 unless it says)")
+                        "the study's workers, 1 unless it says; auto: one per core on a CPU "
+                        "study with threads set)")
 
     sub.add_parser("studies", help="list the shipped studies")
 
@@ -155,14 +171,11 @@ def _search(args: argparse.Namespace) -> int:
         for key in set(flags) - set(overrides):  # name the flag the user typed
             text = text.replace(f": {key}: ", f": --{key.replace('_', '-')}: ")
         raise UsageError(text) from None
-    if args.workers is not None:
-        if args.workers < 1 or args.workers > 64:
-            raise UsageError(f"--workers: got {args.workers}; allowed: 1 to 64")
-        if args.workers > 1 and args.backend != "optuna":
-            raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
-                             "itself (ray.max_concurrent, fractional gpus_per_trial)")
-    workers = (args.workers if args.workers is not None else
-               worker_count(config.workers, config.device, config.threads, args.backend))
+    if args.workers not in (None, 1) and args.backend != "optuna":
+        raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
+                         "itself (ray.max_concurrent, fractional gpus_per_trial)")
+    workers = worker_count(config.workers if args.workers is None else args.workers,
+                           config.device, config.threads, args.backend)
     if workers > 1 or needs_supervision(config.trial_timeout, args.backend):
         return _workers(args, config, workers)
     progress = TqdmProgress(config, quiet=args.quiet)
@@ -196,15 +209,18 @@ def _workers(args: argparse.Namespace, config, workers: int) -> int:
                              flags=flags, sets=args.assignments, tracks=args.track or ())
     bar = TqdmProgress(config)
     follower = None if workers == 1 or args.quiet else RecordFollower(run, bar, config.n_trials)
-    try:
-        codes = run_workers(command, workers, args.timeout, poll=follower)
+    codes: list[int] | None = None  # None: interrupted
+    try:  # --timeout or the study's: each worker (one restarted too) gets the time left
+        codes = run_workers(command, workers, config.timeout, poll=follower)
     except KeyboardInterrupt:
-        print(_INTERRUPTED, file=sys.stderr)
-        return EXIT_INTERRUPTED
+        pass
     finally:
         if follower is not None:
             follower(force=True)
         bar.close()
+    if codes is None:
+        print(_INTERRUPTED, file=sys.stderr)  # after the bar, not on its line
+        return EXIT_INTERRUPTED
     failed = [code for code in codes if code != 0]
     if failed:
         print(f"pdenas: error: {len(failed)} of {workers} workers failed (exit status "

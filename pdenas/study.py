@@ -32,8 +32,9 @@ COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_TRIALS = 1_000_000
-MAX_WORKERS = 64
 """The most trials a study may ask for (a larger number is a typo, not a plan)."""
+MAX_WORKERS = 64
+"""The most worker processes one ``pdenas search`` starts (``workers: auto`` included)."""
 
 
 @dataclass(frozen=True)

@@ -278,8 +278,14 @@ def test_a_study_with_a_trial_timeout_or_workers_runs_in_supervised_workers(
     in two that share the budget; overrides passed on."""
     from pdenas.backends._supervise import assignments
 
+    from pdenas.backends import _supervise
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("PDENAS_SUPERVISED", raising=False)
+    counts: list[int] = []
+    real = _supervise.run_workers
+    monkeypatch.setattr(_supervise, "run_workers", lambda command, workers, *rest, **kw: (
+        counts.append(workers) or real(command, workers, *rest, **kw)))
     study = tiny_study(n_trials=3, **keys)
     run = pdenas.search(study, out=tmp_path / "run", n_trials=2, progress=False,
                         train={"epochs": 1})
@@ -287,5 +293,6 @@ def test_a_study_with_a_trial_timeout_or_workers_runs_in_supervised_workers(
     assert len(records) == 2 and {r["status"] for r in records} <= {"completed", "pruned"}
     assert all(r["epochs_planned"] == 1 for r in records)  # the override reached the worker
     assert {r["worker"].rsplit(":", 1)[1] for r in records} != {str(os.getpid())}
+    assert counts == [keys.get("workers", 1)]
     assert assignments({"train": {"epochs": 3, "lr": 0.1}, "objectives": ["a", "b"], "seed": None}) == [
         "train.epochs=3", "train.lr=0.1", 'objectives=["a", "b"]', "seed=null"]

@@ -79,7 +79,13 @@ def test_the_follower_reports_each_finished_trial_once(tmp_path) -> None:
     write(4, "infeasible")
     follower()  # within the interval: nothing read
     assert bar.updates == []
+    run.trial(5).path.mkdir(parents=True)
+    run.trial(5).record_path.write_text("{not json")  # unreadable: skipped, read again later
     follower(force=True)
     assert bar.updates == [(2, "completed"), (4, "infeasible")]
+    assert 3 in follower.seen  # over without using the budget: not read again
+    write(5, "timeout", 0.7)
     follower(force=True)
-    assert len(bar.updates) == 2
+    assert bar.updates == [(2, "completed"), (4, "infeasible"), (5, "timeout")]
+    follower(force=True)
+    assert len(bar.updates) == 3

@@ -200,6 +200,9 @@ def test_bad_inputs_exit_2(tmp_path: Path, capsys) -> None:
         (["search", str(study), "--backend", "hyperopt"], "backend: unknown 'hyperopt'; allowed: optuna, ray"),
         (["search", str(study), "--out", str(study)], "exists and is not a folder"),
         (["search", str(study), "--address", "auto"], "--address is for the ray backend"),
+        (["search", str(study), "--workers", "0"], "--workers: got 0; allowed: 1 to 64, or auto"),
+        (["search", str(study), "--workers", "all"], "--workers: got all; allowed"),
+        (["search", str(study), "--set", "workers=0"], "workers: got 0; allowed: an integer"),
         (["leaderboard", str(tmp_path)], "not a pdenas run folder"),
         (["frobnicate"], "invalid choice"),
     ]
@@ -281,6 +284,33 @@ def test_workers_share_one_study_on_this_machine(tmp_path: Path, how: list[str])
     assert "4/4" in done.stderr  # one progress bar followed both
     bad = pdenas("search", str(study), "--out", str(run), "--workers", "2", "--backend", "ray")
     assert bad.returncode == 2 and "--workers: is for the optuna backend" in bad.stderr
+
+
+def test_workers_flag_over_the_study_key_and_the_studys_timeout_reaches_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers`` wins over the study's ``workers`` (``--workers 1`` searches in this
+    process); the workers get the study's ``timeout`` when no ``--timeout`` is given, and
+    ``--workers auto`` is one per core on this CPU study with one thread."""
+    from pdenas.backends import _supervise
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("PDENAS_SUPERVISED", raising=False)
+    study = write_study(tmp_path, n_trials=2, epochs=1, workers=2, timeout=60, threads=1)
+    started: list[tuple[int, float | None]] = []
+    monkeypatch.setattr(_supervise, "run_workers",
+                        lambda command, workers, timeout, poll=None: started.append(
+                            (workers, timeout)) or [0] * workers)
+    monkeypatch.setattr(_supervise, "_cpu_cores", lambda: 3)
+    assert main(["search", str(study), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["search", str(study), "--out", str(tmp_path / "b"), "--quiet",
+                 "--workers", "auto"]) == 0
+    assert started == [(2, 60.0), (3, 60.0)]
+    run = tmp_path / "c"
+    assert main(["search", str(study), "--out", str(run), "--quiet", "--workers", "1"]) == 0
+    assert len(started) == 2  # no workers started: this process searched
+    records = [json.loads(p.read_text()) for p in (run / "trials").glob("*/record.json")]
+    assert len(records) == 2 and {r["worker"].rsplit(":", 1)[1] for r in records} == {
+        str(os.getpid())}
 
 
 HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: the hang

@@ -45,10 +45,11 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
     """How many worker processes a search starts on this machine for the study's ``workers``.
 
     "auto" is one worker per ``threads`` cores of this process's CPUs when the study trains on
-    the CPU with ``threads`` set (a 2-core machine and ``threads: 1``: 2 workers); with
-    ``threads`` unset torch already uses every core in one process, and on a GPU several
-    workers are a choice about its memory, so both give 1. A supervised worker (a process a
-    search started) and the Ray backend (which runs trials side by side itself) always get 1.
+    the CPU with ``threads`` set (a 2-core machine and ``threads: 1``: 2 workers; at most
+    ``MAX_WORKERS``); with ``threads`` unset torch already uses every core in one process, and
+    on a GPU several workers are a choice about its memory, so both give 1. A supervised worker
+    (a process a search started) and the Ray backend (which runs trials side by side itself)
+    always get 1.
 
     Args:
         workers: The study's ``workers``: an integer or "auto".
@@ -62,10 +63,13 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
         return int(workers)
     import torch
 
+    from pdenas.study import MAX_WORKERS
+
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if threads is None or not on_cpu:
         return 1
-    return max(1, _cpu_cores() // threads)
+    # The CPUs of this process's affinity; a container's CPU quota (cgroup cpu.max) is not read.
+    return max(1, min(MAX_WORKERS, _cpu_cores() // threads))
 
 
 def _cpu_cores() -> int:
@@ -128,7 +132,7 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
 
     def start() -> subprocess.Popen | None:
         left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
+        if left is not None and left < 1:  # too little for a worker to start a trial
             return None
         extra = [] if left is None else ["--timeout", f"{left:.1f}"]
         return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, env=env)
@@ -194,18 +198,27 @@ class RecordFollower:
         self.last = time.monotonic()
 
     def _finished(self) -> dict[int, TrialRecord]:
-        """The records of trials not yet seen that are over and use the budget, by number."""
+        """The records of trials not yet seen that are over and use the budget, by number
+        (those over without using it, lost or interrupted, are only marked seen)."""
         finished = {}
-        for number in self.run.trial_numbers():
+        try:
+            numbers = self.run.trial_numbers()
+        except OSError:  # a shared folder that failed this once: read it at the next call
+            return finished
+        for number in numbers:
             if number in self.seen:
                 continue
             folder = self.run.trial(number)
             try:
                 record = folder.read_record() if folder.has_record() else None
-            except ValueError:  # unreadable now: read it again at the next call
+            except (ValueError, OSError):  # unreadable now: read it again at the next call
                 continue
-            if record is not None and record.status.final and record.status.uses_budget:
+            if record is None or not record.status.final:
+                continue
+            if record.status.uses_budget:
                 finished[number] = record
+            else:
+                self.seen.add(number)
         return finished
 
     def __call__(self, force: bool = False) -> None:
