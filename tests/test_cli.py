@@ -266,14 +266,14 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
         "parabolic", "hamiltonian", "second_order", "resnet"}, after
 
 
-@pytest.mark.parametrize("how", [["--workers", "2"], ["--set", "workers=2"]],
-                         ids=["flag", "study-key"])
-def test_workers_share_one_study_on_this_machine(tmp_path: Path, how: list[str]) -> None:
-    """``--workers 2`` or the study's ``workers: 2``: the study is created once, two processes
-    share its exact budget."""
+def test_workers_share_one_study_on_this_machine(tmp_path: Path) -> None:
+    """``--workers 2``: the study is created once, two processes share its exact budget, one
+    progress bar follows them (the study's ``workers`` key takes the same path: the next test
+    and tests/test_api.py)."""
     study = write_study(tmp_path, n_trials=4, epochs=3)  # trials long enough for both to start
     run = tmp_path / "run"
-    done = pdenas("search", str(study), "--out", str(run), *how, env={"OMP_NUM_THREADS": "1"})
+    done = pdenas("search", str(study), "--out", str(run), "--workers", "2",
+                  env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     trials = stored_trials(run)
     assert len(trials) == 4 and {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
