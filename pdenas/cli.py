@@ -55,19 +55,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _workers_arg(text: str) -> int | str:
-    """An argparse type: "auto" or an integer from 1 to ``MAX_WORKERS``."""
-    from pdenas.study import MAX_WORKERS
-
-    if text == "auto":
-        return text
+def _int_or_word(text: str) -> int | str:
+    """An argparse type: an integer where the text is one, else the text (the study checks it)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"got {text}; allowed: 1 to {MAX_WORKERS}, or auto")
-    return value
+        return text
 
 
 def _positive_int(text: str) -> int:
@@ -115,7 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--track", action="append", default=[], metavar="mlflow|tensorboard",
                    help="send per-epoch metrics to MLflow or TensorBoard (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--workers", type=_workers_arg, metavar="N",
+    s.add_argument("--workers", type=_int_or_word, metavar="N",
                    help="optuna backend: run N worker processes on this machine that share the "
                         "study (several small trials on one GPU, or one per CPU core; default: "
                         "the study's workers, 1 unless it says; auto: one per core on a CPU "
@@ -163,7 +156,7 @@ def _search(args: argparse.Namespace) -> int:
         overrides = deep_merge(overrides, {"tracking": parse_trackers(args.track)})
     flags = {k: v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
                                 ("storage", args.storage), ("device", args.device),
-                                ("seed", args.seed)) if v is not None}
+                                ("seed", args.seed), ("workers", args.workers)) if v is not None}
     try:
         config = load_study(args.study, deep_merge(overrides, flags))
     except ValueError as error:
@@ -174,8 +167,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.workers not in (None, 1) and args.backend != "optuna":
         raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
                          "itself (ray.max_concurrent, fractional gpus_per_trial)")
-    workers = worker_count(config.workers if args.workers is None else args.workers,
-                           config.device, config.threads, args.backend)
+    workers = worker_count(config.workers, config.device, config.threads, args.backend)
     if workers > 1 or needs_supervision(config.trial_timeout, args.backend):
         return _workers(args, config, workers)
     progress = TqdmProgress(config, quiet=args.quiet)
