@@ -1,4 +1,4 @@
-"""Ctrl-C that a search does not lose.
+"""Ctrl-C that a search does not lose, and the other signals that ask a search to stop.
 
 Python delivers SIGINT as a ``KeyboardInterrupt`` raised wherever the main thread happens to be.
 When that is inside a finaliser (a ``__del__``, a weakref callback: SQLAlchemy and torch run such
@@ -7,6 +7,11 @@ user's Ctrl-C is silently dropped and the search runs to its end. Within ``catch
 signal also sets a flag; ``raise_if_interrupted`` (called at every training step, between
 trials, and by the process that supervises worker processes at every poll) raises the interrupt
 again where it was swallowed.
+
+SIGTERM (``kill``, ``timeout``, a batch scheduler's end of job, ``docker stop``) and SIGHUP (the
+terminal closed) are taken the same way inside ``catch_interrupts``: the running trial is given
+back to the study, as after Ctrl-C, instead of the process dying with the trial left running
+until its heartbeat goes stale.
 """
 
 from __future__ import annotations
@@ -17,20 +22,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["catch_interrupts", "raise_if_interrupted"]
+__all__ = ["STOP_SIGNALS", "catch_interrupts", "raise_if_interrupted"]
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+"""The signals taken as Ctrl-C inside ``catch_interrupts`` (SIGHUP where the platform has it)."""
 
 _requested = threading.Event()
 
 
 @contextmanager
 def catch_interrupts() -> Iterator[None]:
-    """SIGINT sets the flag and raises ``KeyboardInterrupt`` as usual, while inside.
+    """SIGINT, SIGTERM and SIGHUP set the flag and raise ``KeyboardInterrupt``, while inside.
 
-    Does nothing off the main thread, or where SIGINT already has a handler other than
-    Python's default one (a notebook's, Ray Tune's), which stays in charge.
+    Does nothing off the main thread. A signal that already has a handler of someone else's (a
+    notebook's or Ray Tune's SIGINT handler: Python's default one is ours to replace, as is the
+    default action of the others) keeps it.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -38,17 +47,24 @@ def catch_interrupts() -> Iterator[None]:
         _requested.set()
         raise KeyboardInterrupt
 
+    ours = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS
+            if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)}
+    if not ours:  # inside another catch_interrupts, or every signal is someone else's
+        yield
+        return
     _requested.clear()
-    signal.signal(signal.SIGINT, interrupted)
+    for sig in ours:
+        signal.signal(sig, interrupted)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, previous in ours.items():
+            signal.signal(sig, previous)
         _requested.clear()
 
 
 def raise_if_interrupted() -> None:
-    """Raises ``KeyboardInterrupt`` if Ctrl-C came (inside ``catch_interrupts``), even when the
-    ``KeyboardInterrupt`` it raised then was swallowed."""
+    """Raises ``KeyboardInterrupt`` if a stop signal came (inside ``catch_interrupts``), even
+    when the ``KeyboardInterrupt`` it raised then was swallowed."""
     if _requested.is_set():
         raise KeyboardInterrupt

@@ -147,10 +147,11 @@ def _build_parser() -> argparse.ArgumentParser:
 def _search(args: argparse.Namespace) -> int:
     from pdenas.api import TqdmProgress, load_study
     from pdenas.backends import run_search
-    from pdenas.backends._supervise import needs_supervision, worker_count
+    from pdenas.backends._supervise import follow_supervisor, needs_supervision, worker_count
     from pdenas.study import deep_merge, parse_assignments
     from pdenas.tracking import parse_trackers
 
+    follow_supervisor()  # a worker: stops (giving its trial back) if its supervisor dies
     overrides = parse_assignments(args.assignments)
     if args.track:
         overrides = deep_merge(overrides, {"tracking": parse_trackers(args.track)})

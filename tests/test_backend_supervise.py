@@ -1,12 +1,23 @@
-"""``backends._supervise``: how many worker processes a study's ``workers`` starts, and the one
-progress bar that follows them."""
+"""``backends._supervise``: how many worker processes a study's ``workers`` starts (a container's
+CPU quota included), the one progress bar that follows them, and the signals the supervisor
+passes on to them."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
-from pdenas.backends import _supervise
+from pdenas.backends import _cpus, _supervise
+from pdenas.backends._cpus import cgroup_cpu_quota
 from pdenas.backends._supervise import RecordFollower, worker_count
 from pdenas.backends._watchdog import SUPERVISED_ENV
 from pdenas.runs import RunFolder, TrialRecord
@@ -89,3 +100,172 @@ def test_the_follower_reports_each_finished_trial_once(tmp_path) -> None:
     assert bar.updates == [(2, "completed"), (4, "infeasible"), (5, "timeout")]
     follower(force=True)
     assert len(bar.updates) == 3
+
+
+# --- a container's CPU quota -------------------------------------------------------------------
+
+
+def _cgroups(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "membership").write_text(membership)
+    return root, tmp_path / "membership"
+
+
+def test_the_quota_of_cgroup_v2_is_the_smallest_up_to_the_mount(tmp_path: Path) -> None:
+    root, membership = _cgroups(tmp_path, "0::/job/step\n", {
+        "job/cpu.max": "250000 100000\n", "job/step/cpu.max": "max 100000\n"})
+    assert cgroup_cpu_quota(root, membership) == 2.5  # the step has none; its job allows 2.5
+    (root / "job/step/cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(root, membership) == 1.5
+
+
+def test_the_quota_of_cgroup_v1_and_a_container_that_sees_only_its_own(tmp_path: Path) -> None:
+    # Docker on cgroup v1: the membership names the host's path, the mount is the container's.
+    root, membership = _cgroups(tmp_path, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n", {
+        "cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpu_quota(root, membership) == 2.0
+    (root / "cpu,cpuacct/cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert cgroup_cpu_quota(root, membership) is None
+
+
+def test_no_quota_where_there_are_no_cgroups(tmp_path: Path) -> None:
+    assert cgroup_cpu_quota(tmp_path / "none", tmp_path / "no-membership") is None
+    root, membership = _cgroups(tmp_path, "0::/\n", {"cpu.max": "not numbers\n"})
+    assert cgroup_cpu_quota(root, membership) is None
+
+
+@pytest.mark.parametrize(("quota", "expected"), [(None, 4), (2.0, 2), (1.5, 1), (0.5, 1), (64.0, 4)])
+def test_auto_takes_the_quota_where_it_allows_fewer_cores(monkeypatch: pytest.MonkeyPatch,
+                                                          quota: float | None, expected: int) -> None:
+    monkeypatch.delenv(SUPERVISED_ENV, raising=False)
+    monkeypatch.setattr(_cpus.os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: quota)
+    assert worker_count("auto", "cpu", 1, "optuna") == expected
+
+
+# --- signals: the supervisor passes them on to its workers, once ----------------------------------
+
+_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+if len(sys.argv) > 2:
+    from pdenas.backends._supervise import follow_supervisor
+    follow_supervisor()
+def interrupted(signum, frame):
+    with (out / f"{os.getpid()}.signals").open("a") as handle:
+        handle.write("INT\\n")
+    time.sleep(0.5)  # a second SIGINT would come in here
+    sys.exit(130)
+signal.signal(signal.SIGINT, interrupted)
+(out / f"{os.getpid()}.ready").write_text("")
+while True:
+    time.sleep(0.05)
+"""
+
+_SUPERVISOR = """
+import sys
+from pdenas.backends._supervise import run_workers
+try:
+    run_workers([sys.executable, *sys.argv[1:]], 2, None)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.fixture
+def leftovers() -> Iterator[list[int]]:
+    """Process ids to kill after the test, whatever it asserted (no worker outlives it)."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _supervisor(tmp_path: Path, leftovers: list[int], follow: bool = False
+                ) -> tuple[subprocess.Popen, list[int]]:
+    """A process running ``run_workers`` over two workers that record each SIGINT they get,
+    once both are ready; it is the leader of a process group of its own, as a command that a
+    shell runs in the foreground is (the group the terminal's Ctrl-C and Ctrl-Z go to)."""
+    (tmp_path / "worker.py").write_text(_WORKER)
+    (tmp_path / "supervisor.py").write_text(_SUPERVISOR)
+    command = [sys.executable, str(tmp_path / "supervisor.py"), str(tmp_path / "worker.py"),
+               str(tmp_path), *(["follow"] if follow else [])]
+    supervisor = subprocess.Popen(command, process_group=0)
+    leftovers.append(supervisor.pid)
+    deadline = time.monotonic() + 120
+    while len(ready := list(tmp_path.glob("*.ready"))) < 2:
+        assert time.monotonic() < deadline and supervisor.poll() is None, "workers never started"
+        time.sleep(0.05)
+    workers = [int(path.stem) for path in ready]
+    leftovers.extend(workers)
+    return supervisor, workers
+
+
+def _signals(tmp_path: Path, pid: int) -> list[str]:
+    path = tmp_path / f"{pid}.signals"
+    return path.read_text().split() if path.exists() else []
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T for stopped, Z), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def _wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -INT", "kill -TERM", "kill -HUP"])
+def test_a_stop_signal_reaches_each_worker_once(tmp_path: Path, leftovers: list[int],
+                                                how: str) -> None:
+    """Ctrl-C in a terminal goes to the supervisor's process group; ``kill``, a scheduler or a
+    closed terminal signal the supervisor alone. Either way each worker gets exactly one
+    SIGINT (it gives its trial back), and the supervisor waits for them and exits as
+    interrupted."""
+    supervisor, workers = _supervisor(tmp_path, leftovers)
+    # The terminal's signals reach the supervisor's group, not the workers: it passes them on
+    # (had they both, a worker would get its Ctrl-C twice, the second in its giving back).
+    assert all(os.getpgid(pid) not in (os.getpgid(supervisor.pid), os.getpgid(0))
+               for pid in workers)
+    if how == "ctrl-c":
+        os.killpg(supervisor.pid, signal.SIGINT)
+    else:
+        os.kill(supervisor.pid, getattr(signal, "SIG" + how.split("-")[-1]))
+    assert supervisor.wait(timeout=60) == 130
+    for pid in workers:
+        assert _signals(tmp_path, pid) == ["INT"], how
+        assert _state(pid) == "gone"
+
+
+def test_ctrl_z_stops_the_workers_with_the_supervisor_and_fg_resumes_them(
+        tmp_path: Path, leftovers: list[int]) -> None:
+    supervisor, workers = _supervisor(tmp_path, leftovers)
+    os.killpg(supervisor.pid, signal.SIGTSTP)
+    _wait_for(lambda: all(_state(pid) == "T" for pid in [supervisor.pid, *workers]))
+    os.killpg(supervisor.pid, signal.SIGCONT)
+    _wait_for(lambda: all(_state(pid) in "RS" for pid in [supervisor.pid, *workers]))
+    os.kill(supervisor.pid, signal.SIGINT)
+    assert supervisor.wait(timeout=60) == 130
+    assert all(_signals(tmp_path, pid) == ["INT"] for pid in workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path: Path,
+                                                              leftovers: list[int]) -> None:
+    """``kill -9`` passes nothing on: Linux tells each worker (``follow_supervisor``)."""
+    supervisor, workers = _supervisor(tmp_path, leftovers, follow=True)
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.wait()
+    _wait_for(lambda: all(_state(pid) in ("gone", "Z") for pid in workers))
+    assert all(_signals(tmp_path, pid) == ["INT"] for pid in workers)

@@ -1,4 +1,5 @@
-"""Ctrl-C that Python swallows in a finaliser still stops training (``pdenas._interrupt``)."""
+"""Ctrl-C that Python swallows in a finaliser still stops training, and SIGTERM and SIGHUP stop a
+search as Ctrl-C does (``pdenas._interrupt``)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,34 @@ def test_a_ctrl_c_swallowed_in_a_finaliser_is_raised_at_the_next_check() -> None
             raise_if_interrupted()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     raise_if_interrupted()  # outside, the flag is cleared: nothing to raise
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_are_taken_as_ctrl_c_inside(name: str) -> None:
+    """``kill``, a scheduler's end of job, a closed terminal: the search gives its trial back as
+    after Ctrl-C, instead of dying with it running; outside, the default action is back."""
+    sig = getattr(signal, name)
+    assert signal.getsignal(sig) == signal.SIG_DFL
+    with catch_interrupts():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)
+            time.sleep(1)
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()  # and a swallowed one is raised again, as for Ctrl-C
+    assert signal.getsignal(sig) == signal.SIG_DFL
+
+
+def test_a_signal_the_user_ignores_stays_ignored() -> None:
+    """``nohup pdenas search ...`` ignores SIGHUP: the search goes on when the terminal closes."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with catch_interrupts():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            raise_if_interrupted()  # nothing to raise
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_without_the_guard_the_swallowed_ctrl_c_is_lost() -> None:

@@ -317,7 +317,7 @@ class TrialRunner:
             record.failure_reason = f"{type(error).__name__}: {text}"
         except KeyboardInterrupt:
             record.status = TrialStatus.INTERRUPTED
-            record.failure_reason = "interrupted (Ctrl-C); a copy was queued for the next run"
+            record.failure_reason = "interrupted (Ctrl-C or kill); a copy was queued for the next run"
             raise
         finally:
             # A trial the watchdog recorded as hung (and that returned after all, in an

@@ -8,30 +8,39 @@ worker, so that a hung trial does not end the search) and by ``pdenas.search`` f
 (``run_search(..., prepare_only=True)``: the study and the run folder are created once, since
 workers that create a study at the same moment race on the storage's schema); every worker then
 runs the same search command against that folder, and they share the study's budget through its
-storage.
+storage. The supervisor owns the workers' signals (``run_workers``): they run in a process group
+of their own and get Ctrl-C, ``kill``, a closed terminal and Ctrl-Z from it, once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
+from pdenas.backends._cpus import cpu_cores as _cpu_cores
 from pdenas.backends._base import Progress
 from pdenas.backends._watchdog import EXIT_HUNG, SUPERVISED_ENV
 from pdenas.runs import RunFolder, TrialRecord
 
-__all__ = ["EXIT_INTERRUPTED", "RecordFollower", "assignments", "needs_supervision", "run_workers",
-           "search_command", "worker_count"]
+__all__ = ["EXIT_INTERRUPTED", "SUPERVISOR_ENV", "RecordFollower", "assignments",
+           "follow_supervisor", "needs_supervision", "run_workers", "search_command",
+           "worker_count"]
 
 POLL_SECONDS = 0.2
 EXIT_INTERRUPTED = 130
 """A worker's exit status after Ctrl-C (``pdenas search`` gives its trial back and exits so)."""
+SUPERVISOR_ENV = "PDENAS_SUPERVISOR_PID"
+"""Set in worker processes to the process id of the process that started them."""
 
 
 def needs_supervision(trial_timeout: float | None, backend: str) -> bool:
@@ -68,15 +77,7 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if threads is None or not on_cpu:
         return 1
-    # The CPUs of this process's affinity; a container's CPU quota (cgroup cpu.max) is not read.
     return max(1, min(MAX_WORKERS, _cpu_cores() // threads))
-
-
-def _cpu_cores() -> int:
-    """The CPUs this process may run on (its affinity where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def assignments(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -112,6 +113,13 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
                 poll: Callable[[], None] | None = None) -> list[int]:
     """Runs ``workers`` copies of ``command`` until each has exited other than hung.
 
+    The workers run in a process group of their own, so that signals reach them from this
+    process only, once each: Ctrl-C, SIGTERM and SIGHUP here become one SIGINT to each worker
+    (which gives its trial back and exits), Ctrl-Z (SIGTSTP) stops them with this process and
+    SIGCONT resumes them. A worker also gets SIGINT when this process dies without passing
+    anything on (``kill -9``; Linux, see ``follow_supervisor``), rather than searching on
+    unseen.
+
     Args:
         command: A worker's command line (``search_command``).
         workers: How many run at once.
@@ -122,12 +130,12 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
         The workers' exit statuses.
 
     Raises:
-        KeyboardInterrupt: After every worker (which got the same Ctrl-C and gave its trial
-            back) has exited; also when this process missed the Ctrl-C (Python swallowed it in
-            a finaliser) or only a worker got it, so that a worker's interruption is never
-            reported as a failure.
+        KeyboardInterrupt: After a stop signal here, once every worker has given its trial back
+            and exited; also when this process missed the Ctrl-C (Python swallowed it in a
+            finaliser) or only a worker was interrupted, so that a worker's interruption is
+            never reported as a failure.
     """
-    env = {**os.environ, SUPERVISED_ENV: "1"}
+    env = {**os.environ, SUPERVISED_ENV: "1", SUPERVISOR_ENV: str(os.getpid())}
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def start() -> subprocess.Popen | None:
@@ -135,42 +143,122 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
         if left is not None and left < 1:  # too little for a worker to start a trial
             return None
         extra = [] if left is None else ["--timeout", f"{left:.1f}"]
-        return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, env=env)
+        return subprocess.Popen([*command, *extra], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, env=env, **_OWN_GROUP)
 
-    with catch_interrupts():
-        codes = _supervise(start, workers, poll or (lambda: None))
+    pool = _Workers(start)
+    with catch_interrupts(), pool.pausing_with_this_process():
+        codes = pool.supervise(workers, poll or (lambda: None))
     if EXIT_INTERRUPTED in codes:
         raise KeyboardInterrupt("a worker was interrupted; run the same command to resume")
     return codes
 
 
-def _supervise(start: Callable[[], subprocess.Popen | None], workers: int,
-               poll: Callable[[], None]) -> list[int]:
-    """Polls the workers ``start`` makes, restarting hung ones, until all have exited; on
-    Ctrl-C waits for the running ones (which give their trials back) and raises again."""
-    running = [start() for _ in range(workers)]
-    codes: list[int] = []
-    try:
-        while any(running):
-            for i, worker in enumerate(running):
-                if worker is None or worker.poll() is None:
-                    continue
-                if worker.returncode == EXIT_HUNG:  # its trial is recorded; a new worker goes on
-                    print(f"pdenas: a trial hung past its time limit and was recorded as "
-                          f"timeout; worker {i + 1} was restarted", file=sys.stderr)
-                    running[i] = start()
-                    continue
-                codes.append(worker.returncode)
-                running[i] = None
-            poll()
-            time.sleep(POLL_SECONDS)
-            raise_if_interrupted()
-    except KeyboardInterrupt:
-        for worker in running:
-            if worker is not None:
-                worker.wait()
-        raise
-    return codes
+# A process group of the worker's own (POSIX): the terminal's Ctrl-C and Ctrl-Z go to the
+# foreground group, this process's, and it passes them on once. Windows keeps the default.
+_OWN_GROUP: dict[str, Any] = {"process_group": 0} if os.name == "posix" else {}
+
+
+class _Workers:
+    """The running worker processes of one ``run_workers`` call.
+
+    Args:
+        start: Starts a worker, or returns None when none should start (no time left).
+    """
+
+    def __init__(self, start: Callable[[], subprocess.Popen | None]) -> None:
+        self.start = start
+        self.running: list[subprocess.Popen | None] = []
+
+    def live(self) -> list[subprocess.Popen]:
+        return [w for w in self.running if w is not None and w.poll() is None]
+
+    def supervise(self, workers: int, poll: Callable[[], None]) -> list[int]:
+        """Polls the workers, restarting hung ones, until all have exited; after a stop
+        signal, stops them (``stop``) and raises again."""
+        self.running = [self.start() for _ in range(workers)]
+        codes: list[int] = []
+        try:
+            while any(self.running):
+                for i, worker in enumerate(self.running):
+                    if worker is None or worker.poll() is None:
+                        continue
+                    if worker.returncode == EXIT_HUNG:  # its trial is recorded; a new one goes on
+                        print(f"pdenas: a trial hung past its time limit and was recorded as "
+                              f"timeout; worker {i + 1} was restarted", file=sys.stderr)
+                        self.running[i] = self.start()
+                        continue
+                    codes.append(worker.returncode)
+                    self.running[i] = None
+                poll()
+                time.sleep(POLL_SECONDS)
+                raise_if_interrupted()
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        return codes
+
+    def stop(self) -> None:
+        """Sends each running worker one SIGINT (it gives its trial back and exits) and waits
+        for them all; a stop signal that comes meanwhile is passed on too (a worker's second
+        Ctrl-C ends it at once, as in a terminal)."""
+        self._signal(signal.SIGINT)
+        while True:
+            try:
+                for worker in self.running:
+                    if worker is not None:
+                        worker.wait()
+                return
+            except KeyboardInterrupt:
+                self._signal(signal.SIGINT)
+
+    def _signal(self, sig: int) -> None:
+        for worker in self.live():
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(sig)
+
+    @contextlib.contextmanager
+    def pausing_with_this_process(self) -> Iterator[None]:
+        """While inside, Ctrl-Z (SIGTSTP) stops the workers and then this process, and they
+        go on together when this one is continued (``fg``, ``bg``, SIGCONT). Does nothing where
+        SIGTSTP has a handler already, or off the main thread."""
+        tstp = getattr(signal, "SIGTSTP", None)
+        if (tstp is None or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(tstp) != signal.SIG_DFL):
+            yield
+            return
+
+        def pause(signum: int, frame: FrameType | None) -> None:
+            self._signal(signal.SIGSTOP)
+            signal.signal(tstp, signal.SIG_DFL)
+            os.kill(os.getpid(), tstp)  # stops here; returns once continued
+            signal.signal(tstp, pause)
+            self._signal(signal.SIGCONT)
+
+        signal.signal(tstp, pause)
+        try:
+            yield
+        finally:
+            signal.signal(tstp, signal.SIG_DFL)
+
+
+def follow_supervisor() -> None:
+    """In a worker that ``run_workers`` started: asks Linux to send this process SIGINT when
+    the process that started it dies, however it dies (``kill -9`` included, which passes
+    nothing on), so that an orphaned worker gives its trial back and exits instead of searching
+    on unseen. Where the supervisor is already gone, exits at once with ``EXIT_INTERRUPTED``.
+    Elsewhere than Linux (no ``prctl``), and outside such a worker, does nothing.
+    """
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT) != 0:
+        return  # not allowed here (a sandbox): the worker runs as before
+    if os.getppid() != int(supervisor):  # it died before the request above took effect
+        sys.exit(EXIT_INTERRUPTED)
 
 
 class RecordFollower:
