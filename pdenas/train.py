@@ -62,6 +62,9 @@ SCHEDULE_INTERVALS = ("epoch", "step")
 AMP_MODES = ("off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _EVAL_BATCH = 512
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices whose runs use torch's fused optimiser step (``fused=True``); elsewhere torch's
+default (``foreach``)."""
 MAX_EPOCHS = 10_000
 """The most epochs a trial may train (the per-epoch schedule is built up front)."""
 
@@ -679,14 +682,17 @@ class _Step:
         self.model, self.config, self.device = model, config, device
         self.amp, self.channels_last = amp, channels_last
         params = weight_decay_groups(model, config.weight_decay)
+        # torch's fused update (one kernel for all parameters) where it has one: the same update,
+        # 0-8 % shorter trials of the CPU study's nets (benchmarks/fused_optimizer.md).
+        fused = True if device.type in FUSED_DEVICES else None
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                weight_decay=config.weight_decay,
+                weight_decay=config.weight_decay, fused=fused,
             )
         else:
             self.optimizer = torch.optim.AdamW(
-                params, lr=config.lr, weight_decay=config.weight_decay
+                params, lr=config.lr, weight_decay=config.weight_decay, fused=fused
             )
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         # The compiled module shares the model's parameters; the regulariser and clipping work

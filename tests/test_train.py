@@ -450,6 +450,33 @@ def test_the_optimiser_uses_the_weight_decay_groups(optimizer: str) -> None:
     assert moved and all(moved)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_fused_step_updates_as_the_default_one(monkeypatch: pytest.MonkeyPatch,
+                                                    optimizer: str) -> None:
+    """On the CPU the run uses torch's fused update; with the run's settings (weight-decay groups,
+    Nesterov momentum) it moves the weights as the default update does."""
+    models, steps = [], []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(train_module, "FUSED_DEVICES", devices)
+        torch.manual_seed(0)
+        models.append(build_model(Architecture(family="parabolic", widths=(4, 4), depths=(2,),
+                                               in_channels=1)))
+        steps.append(train_module._Step(models[-1], config(optimizer=optimizer, lr=0.05,
+                                                           weight_decay=0.01, nesterov=True),
+                                        torch.device("cpu"), "off", False))
+    assert steps[0].optimizer.defaults["fused"] is True
+    assert not steps[1].optimizer.defaults["fused"]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator) for p in models[0].parameters()]
+        for model, step in zip(models, steps):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            step.optimizer.step()
+    for fused, default in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_mode_on_the_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     """bf16 autocast runs on a CPU only where the processor computes bf16 natively; fp16 never
