@@ -152,6 +152,7 @@ _WORKER = """
 import os, signal, sys, time
 from pathlib import Path
 out = Path(sys.argv[1])
+sys.stderr = open(out / f"{os.getpid()}.stderr", "w", buffering=1)  # shown if a test fails
 if len(sys.argv) > 2:
     from pdenas.backends._supervise import follow_supervisor
     follow_supervisor()
@@ -177,13 +178,15 @@ except KeyboardInterrupt:
 
 
 @pytest.fixture
-def leftovers() -> Iterator[list[int]]:
-    """Process ids to kill after the test, whatever it asserted (no worker outlives it)."""
+def leftovers(tmp_path: Path) -> Iterator[list[int]]:
+    """Process ids to kill after the test, whatever it asserted (no worker outlives it); only
+    those still running this test's scripts, never a process that reused an id."""
     pids: list[int] = []
     yield pids
     for pid in pids:
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+            if str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _supervisor(tmp_path: Path, leftovers: list[int], follow: bool = False
@@ -209,6 +212,11 @@ def _supervisor(tmp_path: Path, leftovers: list[int], follow: bool = False
 def _signals(tmp_path: Path, pid: int) -> list[str]:
     path = tmp_path / f"{pid}.signals"
     return path.read_text().split() if path.exists() else []
+
+
+def _story(tmp_path: Path, workers: list[int]) -> str:
+    """What each worker wrote on stderr (for a failing assertion's message)."""
+    return "; ".join(f"{pid}: {(tmp_path / f'{pid}.stderr').read_text()!r}" for pid in workers)
 
 
 def _state(pid: int) -> str:
@@ -244,7 +252,7 @@ def test_a_stop_signal_reaches_each_worker_once(tmp_path: Path, leftovers: list[
         os.kill(supervisor.pid, getattr(signal, "SIG" + how.split("-")[-1]))
     assert supervisor.wait(timeout=60) == 130
     for pid in workers:
-        assert _signals(tmp_path, pid) == ["INT"], how
+        assert _signals(tmp_path, pid) == ["INT"], (how, _story(tmp_path, workers))
         assert _state(pid) == "gone"
 
 
@@ -257,7 +265,8 @@ def test_ctrl_z_stops_the_workers_with_the_supervisor_and_fg_resumes_them(
     _wait_for(lambda: all(_state(pid) in "RS" for pid in [supervisor.pid, *workers]))
     os.kill(supervisor.pid, signal.SIGINT)
     assert supervisor.wait(timeout=60) == 130
-    assert all(_signals(tmp_path, pid) == ["INT"] for pid in workers)
+    assert [_signals(tmp_path, pid) for pid in workers] == [["INT"], ["INT"]], _story(tmp_path,
+                                                                                      workers)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
@@ -268,4 +277,5 @@ def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path: Path,
     os.kill(supervisor.pid, signal.SIGKILL)
     supervisor.wait()
     _wait_for(lambda: all(_state(pid) in ("gone", "Z") for pid in workers))
-    assert all(_signals(tmp_path, pid) == ["INT"] for pid in workers)
+    assert [_signals(tmp_path, pid) for pid in workers] == [["INT"], ["INT"]], _story(tmp_path,
+                                                                                      workers)

@@ -46,14 +46,31 @@ def test_sigterm_and_sighup_are_taken_as_ctrl_c_inside(name: str) -> None:
     """``kill``, a scheduler's end of job, a closed terminal: the search gives its trial back as
     after Ctrl-C, instead of dying with it running; outside, the default action is back."""
     sig = getattr(signal, name)
-    assert signal.getsignal(sig) == signal.SIG_DFL
-    with catch_interrupts():
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), sig)
-            time.sleep(1)
-        with pytest.raises(KeyboardInterrupt):
-            raise_if_interrupted()  # and a swallowed one is raised again, as for Ctrl-C
-    assert signal.getsignal(sig) == signal.SIG_DFL
+    # As in a fresh `pdenas search` (in this test process, ray.init may have set its own).
+    previous = signal.signal(sig, signal.SIG_DFL)
+    try:
+        with catch_interrupts():
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)
+                time.sleep(1)
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_interrupted()  # and a swallowed one is raised again, as for Ctrl-C
+        assert signal.getsignal(sig) == signal.SIG_DFL
+    finally:
+        signal.signal(sig, previous)
+
+
+def test_a_handler_of_someone_elses_stays_in_charge() -> None:
+    """A SIGTERM handler that another library set (Ray's driver sets one) is not replaced."""
+    def theirs(signum, frame) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, theirs)
+    try:
+        with catch_interrupts():
+            assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_signal_the_user_ignores_stays_ignored() -> None:

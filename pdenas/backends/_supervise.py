@@ -176,9 +176,10 @@ class _Workers:
     def supervise(self, workers: int, poll: Callable[[], None]) -> list[int]:
         """Polls the workers, restarting hung ones, until all have exited; after a stop
         signal, stops them (``stop``) and raises again."""
-        self.running = [self.start() for _ in range(workers)]
         codes: list[int] = []
         try:
+            for _ in range(workers):  # one by one: a stop signal meanwhile stops those started
+                self.running.append(self.start())
             while any(self.running):
                 for i, worker in enumerate(self.running):
                     if worker is None or worker.poll() is None:
