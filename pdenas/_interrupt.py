@@ -8,10 +8,13 @@ signal also sets a flag; ``raise_if_interrupted`` (called at every training step
 trials, and by the process that supervises worker processes at every poll) raises the interrupt
 again where it was swallowed.
 
-SIGTERM (``kill``, ``timeout``, a batch scheduler's end of job, ``docker stop``) and SIGHUP (the
-terminal closed) are taken the same way inside ``catch_interrupts``: the running trial is given
-back to the study, as after Ctrl-C, instead of the process dying with the trial left running
-until its heartbeat goes stale.
+SIGTERM (``kill``, ``timeout``, a batch scheduler's end of job, ``docker stop``, a worker's
+supervisor dying) and SIGHUP (the terminal closed) are taken the same way inside
+``catch_interrupts``: the running trial is given back to the study, as after Ctrl-C, instead of
+the process dying with the trial left running until its heartbeat goes stale. Only the first of
+them raises: they can come several times (Linux tells a worker of its supervisor's death once per
+thread of the supervisor), and a second one must not cut short the giving back, as a second
+Ctrl-C, typed on purpose, does.
 """
 
 from __future__ import annotations
@@ -28,23 +31,31 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
                      if hasattr(signal, name))
 """The signals taken as Ctrl-C inside ``catch_interrupts`` (SIGHUP where the platform has it)."""
 
-_requested = threading.Event()
+# A plain flag, not a threading.Event: a handler may run inside another handler (a second signal
+# between two bytecodes of the first), and Event.set() takes a lock that the interrupted handler
+# may be holding, which would hang the process.
+_requested = False
 
 
 @contextmanager
 def catch_interrupts() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP set the flag and raise ``KeyboardInterrupt``, while inside.
+    """SIGINT, SIGTERM and SIGHUP set the flag and raise ``KeyboardInterrupt``, while inside
+    (SIGTERM and SIGHUP only the first time).
 
     Does nothing off the main thread. A signal that already has a handler of someone else's (a
     notebook's or Ray Tune's SIGINT handler: Python's default one is ours to replace, as is the
     default action of the others) keeps it.
     """
+    global _requested
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
-        _requested.set()
+        global _requested
+        if signum != signal.SIGINT and _requested:
+            return  # already stopping; a second Ctrl-C, not a repeated SIGTERM, cuts it short
+        _requested = True
         raise KeyboardInterrupt
 
     ours = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS
@@ -52,7 +63,7 @@ def catch_interrupts() -> Iterator[None]:
     if not ours:  # inside another catch_interrupts, or every signal is someone else's
         yield
         return
-    _requested.clear()
+    _requested = False
     for sig in ours:
         signal.signal(sig, interrupted)
     try:
@@ -60,11 +71,11 @@ def catch_interrupts() -> Iterator[None]:
     finally:
         for sig, previous in ours.items():
             signal.signal(sig, previous)
-        _requested.clear()
+        _requested = False
 
 
 def raise_if_interrupted() -> None:
     """Raises ``KeyboardInterrupt`` if a stop signal came (inside ``catch_interrupts``), even
     when the ``KeyboardInterrupt`` it raised then was swallowed."""
-    if _requested.is_set():
+    if _requested:
         raise KeyboardInterrupt

@@ -153,25 +153,41 @@ import os, signal, sys, time
 from pathlib import Path
 out = Path(sys.argv[1])
 sys.stderr = open(out / f"{os.getpid()}.stderr", "w", buffering=1)  # shown if a test fails
-if len(sys.argv) > 2:
+def record(what):
+    with (out / f"{os.getpid()}.signals").open("a") as handle:
+        handle.write(what + "\\n")
+if sys.argv[2] == "raw":  # records every SIGINT it gets
+    def interrupted(signum, frame):
+        record("INT")
+        time.sleep(0.5)  # a second SIGINT would come in here
+        sys.exit(130)
+    signal.signal(signal.SIGINT, interrupted)
+    (out / f"{os.getpid()}.ready").write_text("")
+    while True:
+        time.sleep(0.05)
+else:  # as a pdenas worker: follows its supervisor, stops as a search does
+    from pdenas._interrupt import catch_interrupts
     from pdenas.backends._supervise import follow_supervisor
     follow_supervisor()
-def interrupted(signum, frame):
-    with (out / f"{os.getpid()}.signals").open("a") as handle:
-        handle.write("INT\\n")
-    time.sleep(0.5)  # a second SIGINT would come in here
-    sys.exit(130)
-signal.signal(signal.SIGINT, interrupted)
-(out / f"{os.getpid()}.ready").write_text("")
-while True:
-    time.sleep(0.05)
+    with catch_interrupts():
+        try:
+            (out / f"{os.getpid()}.ready").write_text("")
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            record("STOP")
+            time.sleep(0.5)  # giving its trial back: another interrupt here would cut it short
+            record("GAVE-BACK")
+            sys.exit(130)
 """
 
 _SUPERVISOR = """
-import sys
+import sys, threading, time
 from pdenas.backends._supervise import run_workers
+for _ in range(int(sys.argv[1])):  # idle threads, as a real supervisor has (tqdm's, torch's)
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
 try:
-    run_workers([sys.executable, *sys.argv[1:]], 2, None)
+    run_workers([sys.executable, *sys.argv[2:]], 2, None)
 except KeyboardInterrupt:
     sys.exit(130)
 """
@@ -189,15 +205,16 @@ def leftovers(tmp_path: Path) -> Iterator[list[int]]:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _supervisor(tmp_path: Path, leftovers: list[int], follow: bool = False
+def _supervisor(tmp_path: Path, leftovers: list[int], worker: str = "raw", threads: int = 0
                 ) -> tuple[subprocess.Popen, list[int]]:
-    """A process running ``run_workers`` over two workers that record each SIGINT they get,
-    once both are ready; it is the leader of a process group of its own, as a command that a
-    shell runs in the foreground is (the group the terminal's Ctrl-C and Ctrl-Z go to)."""
+    """A process running ``run_workers`` over two workers, once both are ready: "raw" ones
+    record each SIGINT they get, "pdenas" ones stop as a search does and record it. The
+    supervisor is the leader of a process group of its own, as a command that a shell runs in
+    the foreground is (the group the terminal's Ctrl-C and Ctrl-Z go to)."""
     (tmp_path / "worker.py").write_text(_WORKER)
     (tmp_path / "supervisor.py").write_text(_SUPERVISOR)
-    command = [sys.executable, str(tmp_path / "supervisor.py"), str(tmp_path / "worker.py"),
-               str(tmp_path), *(["follow"] if follow else [])]
+    command = [sys.executable, str(tmp_path / "supervisor.py"), str(threads),
+               str(tmp_path / "worker.py"), str(tmp_path), worker]
     supervisor = subprocess.Popen(command, process_group=0)
     leftovers.append(supervisor.pid)
     deadline = time.monotonic() + 120
@@ -270,12 +287,14 @@ def test_ctrl_z_stops_the_workers_with_the_supervisor_and_fg_resumes_them(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
-def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path: Path,
-                                                              leftovers: list[int]) -> None:
-    """``kill -9`` passes nothing on: Linux tells each worker (``follow_supervisor``)."""
-    supervisor, workers = _supervisor(tmp_path, leftovers, follow=True)
+@pytest.mark.parametrize("threads", [0, 8])
+def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path: Path, leftovers: list[int],
+                                                              threads: int) -> None:
+    """``kill -9`` passes nothing on: Linux tells each worker (``follow_supervisor``), which
+    gives its trial back whole, though it may be told once per thread of the supervisor."""
+    supervisor, workers = _supervisor(tmp_path, leftovers, worker="pdenas", threads=threads)
     os.kill(supervisor.pid, signal.SIGKILL)
     supervisor.wait()
     _wait_for(lambda: all(_state(pid) in ("gone", "Z") for pid in workers))
-    assert [_signals(tmp_path, pid) for pid in workers] == [["INT"], ["INT"]], _story(tmp_path,
-                                                                                      workers)
+    assert [_signals(tmp_path, pid) for pid in workers] == [["STOP", "GAVE-BACK"]] * 2, _story(
+        tmp_path, workers)

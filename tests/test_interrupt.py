@@ -60,6 +60,28 @@ def test_sigterm_and_sighup_are_taken_as_ctrl_c_inside(name: str) -> None:
         signal.signal(sig, previous)
 
 
+def test_a_repeated_sigterm_does_not_cut_the_giving_back_short() -> None:
+    """SIGTERM may come again while the search gives its trial back (Linux sends a worker one
+    per thread of its dying supervisor): only the first raises. A second Ctrl-C still does."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gave_back = False
+    try:
+        with catch_interrupts():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the second SIGTERM is handled here, and raises nothing
+                gave_back = True
+            assert gave_back
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_handler_of_someone_elses_stays_in_charge() -> None:
     """A SIGTERM handler that another library set (Ray's driver sets one) is not replaced."""
     def theirs(signum, frame) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -116,9 +117,9 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
     The workers run in a process group of their own, so that signals reach them from this
     process only, once each: Ctrl-C, SIGTERM and SIGHUP here become one SIGINT to each worker
     (which gives its trial back and exits), Ctrl-Z (SIGTSTP) stops them with this process and
-    SIGCONT resumes them. A worker also gets SIGINT when this process dies without passing
-    anything on (``kill -9``; Linux, see ``follow_supervisor``), rather than searching on
-    unseen.
+    SIGCONT resumes them. A worker also stops when this process dies without passing
+    anything on (``kill -9``; Linux, see ``follow_supervisor``: SIGTERM then), rather than
+    searching on unseen.
 
     Args:
         command: A worker's command line (``search_command``).
@@ -244,20 +245,31 @@ class _Workers:
 
 
 def follow_supervisor() -> None:
-    """In a worker that ``run_workers`` started: asks Linux to send this process SIGINT when
+    """In a worker that ``run_workers`` started: asks Linux to send this process SIGTERM when
     the process that started it dies, however it dies (``kill -9`` included, which passes
     nothing on), so that an orphaned worker gives its trial back and exits instead of searching
     on unseen. Where the supervisor is already gone, exits at once with ``EXIT_INTERRUPTED``.
     Elsewhere than Linux (no ``prctl``), and outside such a worker, does nothing.
+
+    SIGTERM, not SIGINT: Linux may send it once per thread of the dying supervisor, and only
+    the first SIGTERM stops a search (``pdenas._interrupt``), where a second SIGINT would cut
+    the giving back short.
     """
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if not supervisor or not sys.platform.startswith("linux"):
         return
     import ctypes
 
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    # prctl is variadic: its arguments must go as unsigned longs, whole (an int leaves the upper
+    # half of the register undefined, and the kernel then refuses the signal now and then).
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    prctl.restype = ctypes.c_int
     pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT) != 0:
-        return  # not allowed here (a sandbox): the worker runs as before
+    if prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:  # not allowed here (a sandbox)
+        logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) failed: errno %d",
+                                          ctypes.get_errno())
+        return
     if os.getppid() != int(supervisor):  # it died before the request above took effect
         sys.exit(EXIT_INTERRUPTED)
 
