@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from cpu_bf16 import CANDIDATES, _data  # the same candidates and synthetic data
+from cpu_bf16 import CANDIDATES, _data, study_protocol  # the same candidates, data, settings
 from pdenas import build_model, train
 from pdenas.architecture import Architecture
-from pdenas.train import TrainConfig, amp_mode, estimate_seconds
+from pdenas.train import amp_mode, estimate_seconds
 
 
 def main() -> None:
@@ -34,10 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = _data()
-    config = TrainConfig(epochs=6, batch_size=32, optimizer="adamw", lr=2e-3,
-                         schedule_interval="step", warmup_epochs=0.3, channels_last=True,
-                         label_smoothing=0.1, clip_weights=None, time_smoothness=0.0,
-                         augment=False, amp="bf16")
+    config = study_protocol(32, "bf16")
     lines = [f"`OMP_NUM_THREADS=1 python benchmarks/fused_optimizer.py --steps {args.steps}`, "
              f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, "
              f"one thread, AdamW, batch 32; autocast here: {amp_mode('bf16', 'cpu')}.", "",
