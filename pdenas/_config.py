@@ -65,7 +65,8 @@ class FieldKind:
         """What is allowed, in words."""
         words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
                  "str": "a string", "mapping": "a mapping", "config": "a mapping", "any": "anything",
-                 "tuple": f"a list of {'integers' if self.item == 'int' else 'numbers' if self.item == 'float' else 'strings'}"}
+                 "tuple": "a list of " + {"int": "integers", "float": "numbers",
+                                          "mapping": "mappings"}.get(self.item or "", "strings")}
         text = words[self.base]
         return f"{text} or null" if self.optional else text
 
@@ -83,6 +84,8 @@ def _kind(annotation: Any) -> FieldKind:
         return FieldKind(_BASES[annotation])
     if origin is tuple:
         args = typing.get_args(annotation)
+        if args and typing.get_origin(args[0]) in (Mapping, dict):
+            return FieldKind("tuple", item="mapping")
         return FieldKind("tuple", item=_BASES.get(args[0], "any") if args else "any")
     if origin in (Mapping, dict) or annotation in (Mapping, dict):
         return FieldKind("mapping")

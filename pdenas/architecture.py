@@ -13,7 +13,10 @@ from typing import Any
 from pdenas._config import Config, ConfigError
 from pdenas.families import get_family
 
-__all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS"]
+__all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS", "OPENING_STRIDES"]
+
+OPENING_STRIDES = (1, 2)
+"""The strides the opening convolution may take."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class Architecture(Config):
             (hamiltonian and second_order only, norm "tv" or "none").
         init: How the time steps of each unit start: "repeat" (all from the same weights, as
             Meganet.m; the smoothness-in-time penalty starts at 0) or "independent".
+        opening_stride: Stride of the opening convolution: 1 (the paper's: the first unit runs
+            at the input's resolution) or 2 (it runs at half the resolution, for about a
+            quarter of the cost, as image networks' stems do).
     """
 
     family: str
@@ -48,6 +54,7 @@ class Architecture(Config):
     num_classes: int = 10
     reversible: bool = False
     init: str = "repeat"
+    opening_stride: int = 1
 
     def __post_init__(self) -> None:
         cls = get_family(self.family) if isinstance(self.family, str) else None
@@ -75,6 +82,8 @@ class Architecture(Config):
                 raise ConfigError(f"{keys.get(key, key)}: {problem}{where}; allowed: {allowed}")
         for key in ("in_channels", "num_classes"):
             self.require(key, getattr(self, key) >= 1, "an integer >= 1")
+        self.require("opening_stride", self.opening_stride in OPENING_STRIDES,
+                     " or ".join(map(str, OPENING_STRIDES)))
 
     @property
     def num_units(self) -> int:
@@ -82,8 +91,9 @@ class Architecture(Config):
         return len(self.depths)
 
     def min_input_size(self) -> int:
-        """The smallest input side that keeps every unit above 1x1: ``2**(K-1)``."""
-        return 2 ** (self.num_units - 1)
+        """The smallest input side that keeps every unit above 1x1: ``2**(K-1)``, times the
+        opening stride."""
+        return 2 ** (self.num_units - 1) * self.opening_stride
 
     def check_input(self, height: int, width: int) -> None:
         """Refuses an input the layout cannot fit.
@@ -93,10 +103,13 @@ class Architecture(Config):
         """
         need = self.min_input_size()
         if min(height, width) < need:
+            halvings = self.num_units - 1 + (self.opening_stride > 1)
+            fit = int(math.log2(max(1, min(height, width) // self.opening_stride))) + 1
+            opening = f" and the opening stride {self.opening_stride}" if self.opening_stride > 1 else ""
             raise ValueError(
-                f"depths: {self.num_units} units halve the resolution {self.num_units - 1} times "
-                f"and need inputs of at least {need}x{need}, got {height}x{width}; use at most "
-                f"{int(math.log2(max(1, min(height, width)))) + 1} units"
+                f"depths: {self.num_units} units{opening} halve the "
+                f"resolution {halvings} times and need inputs of at least {need}x{need}, got "
+                f"{height}x{width}; use at most {fit} units"
             )
 
     @classmethod

@@ -35,7 +35,8 @@ study keys (any of them with --set KEY=VALUE, dotted, values read as YAML):
   train.{epochs,batch_size,optimizer,lr,momentum,weight_decay,schedule,...}, objectives,
   sampler, sampler_options, pruner, pruner_options, n_trials, timeout, storage, device, seed,
   constraints.{max_params,max_flops,max_latency_ms,skip_infeasible}, threads, workers,
-  ray.{...}, tracking.{mlflow.{tracking_uri,experiment},tensorboard.log_dir}, cover_families, ...
+  ray.{...}, tracking.{mlflow.{tracking_uri,experiment},tensorboard.log_dir}, start_with,
+  cover_families, ...
 
 environment:
   PDENAS_LOG                 log level (default WARNING; INFO shows every epoch)

@@ -1,6 +1,7 @@
 """The whole network: opening layer -> units and connectors -> global pooling -> classifier.
 
-Layout of the paper (PAPER.md): a 3x3 opening convolution with batch norm and ReLU; after every
+Layout of the paper (PAPER.md): a 3x3 opening convolution with batch norm and ReLU (stride 1 as
+in the paper; ``Architecture.opening_stride`` 2 halves the resolution there); after every
 unit a 1x1 connector (batch norm, ReLU) that changes the width and halves the resolution with 2x2
 average pooling, except after the last unit, where global average pooling follows; then a
 linear classifier with bias.
@@ -42,7 +43,7 @@ class PDENet(nn.Module):
         self.arch = arch
         c = arch.widths
         self.opening = nn.Sequential(
-            nn.Conv2d(arch.in_channels, c[0], 3, padding=1, bias=False),
+            nn.Conv2d(arch.in_channels, c[0], 3, stride=arch.opening_stride, padding=1, bias=False),
             nn.BatchNorm2d(c[0]),
             nn.ReLU(inplace=True),
         )

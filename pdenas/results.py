@@ -41,7 +41,8 @@ __all__ = [
     "trial_row",
 ]
 
-ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible")
+ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible",
+                "opening_stride")
 METRIC_COLUMNS = ("val_accuracy", "params", "flops", "latency_ms", "latency_batch_ms",
                   "memory_bytes", "predicted_seconds", "max_stable_step")
 DERIVED_COLUMNS = ("num_units", "total_depth", "mean_depth", "mean_width", "total_width")
@@ -68,7 +69,7 @@ def trial_row(record: TrialRecord) -> dict[str, Any]:
     row: dict[str, Any] = {"number": record.number, "state": record.status.state,
                            "status": record.status.value, "failure_reason": record.failure_reason}
     for key in ARCH_COLUMNS:
-        value = arch.get(key)
+        value = arch.get(key, 1 if key == "opening_stride" else None)  # records before it: 1
         row[key] = tuple(value) if isinstance(value, list) else value
     row["val_accuracy"] = record.val_accuracy
     row["val_loss"] = _loss_at_best(record)
@@ -308,6 +309,9 @@ def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
         "MFLOPs": rows["flops"].map(lambda f: _fmt(f / 1e6, "{:.2f}")),
         "latency_ms": rows["latency_ms"].map(lambda t: _fmt(t, "{:.2f}")),
     })
+    if "opening_stride" in rows and rows["opening_stride"].fillna(1).ne(1).any():
+        table.insert(table.columns.get_loc("widths") + 1, "stride",
+                     rows["opening_stride"].fillna(1).astype(int).to_numpy())
     if "warm_start_from" in rows and rows["warm_start_from"].notna().any():
         table["warm from"] = rows["warm_start_from"].map(lambda n: "-" if n != n or n is None
                                                           else f"#{int(n)}")

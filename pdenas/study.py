@@ -139,8 +139,13 @@ class StudyConfig(Config):
         sampler_options: Keyword arguments for the sampler.
         pruner: The pruner's name (single-objective studies only; validated by the backend).
         pruner_options: Keyword arguments for the pruner.
-        cover_families: Start a new study with one trial per family, so every family is
-            tried before the sampler narrows down.
+        start_with: Params of a new study's first trials, in order (as Optuna's
+            ``enqueue_trial`` and Ray Tune's ``points_to_evaluate``): each mapping fixes some of
+            the space's params (``family``, ``depth``, ``width_base``, ``lr``, ...; checked
+            against the space before anything is written) and the sampler chooses the rest. A
+            cheap, known-good candidate here gives a result within a minute or two.
+        cover_families: Start a new study with one trial per family (after ``start_with``), so
+            every family is tried before the sampler narrows down.
         balance_families: Give every family an equal share of the trials (in turn), its own
             sampler state (the sampler sees only that family's trials) and its own early
             stopping (pruners other than Hyperband, and the multi-objective rules, compare a
@@ -194,6 +199,7 @@ class StudyConfig(Config):
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     pruner: str = "median"
     pruner_options: Mapping[str, Any] = field(default_factory=dict)
+    start_with: tuple[Mapping[str, Any], ...] = ()
     cover_families: bool = True
     balance_families: bool = False
     stability: StabilityCheck = field(default_factory=StabilityCheck)
@@ -250,6 +256,11 @@ class StudyConfig(Config):
                      ", ".join(EARLY_STOP_RULES))
         self.require("early_stop_reduction", 2 <= self.early_stop_reduction <= 16,
                      "an integer from 2 to 16")
+        for k, params in enumerate(self.start_with):
+            self.require(f"start_with[{k}]", isinstance(params, Mapping) and all(
+                isinstance(key, str) and (value is None or isinstance(value, (str, int, float)))
+                for key, value in params.items()),
+                "a mapping of param names to values", problem=f"got {params!r}")
 
     @property
     def multi_objective(self) -> bool:

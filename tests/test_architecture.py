@@ -172,6 +172,22 @@ def test_check_input_needs_two_to_the_units_minus_one_pixels():
     single.check_input(1, 1)
 
 
+def test_opening_stride_is_one_or_two_and_doubles_the_smallest_input():
+    arch = Architecture.from_dict({**BASE, "widths": [8] * 4, "depths": [1] * 3})
+    assert arch.opening_stride == 1 and arch.min_input_size() == 4  # the paper's, by default
+    strided = Architecture.from_dict({**arch.to_dict(), "opening_stride": 2})
+    assert strided.min_input_size() == 8 and strided.to_dict()["opening_stride"] == 2
+    assert Architecture.from_dict(strided.to_dict()) == strided
+    strided.check_input(8, 8)
+    with pytest.raises(ValueError, match="opening stride 2 .* at least 8x8, got 7x8; use at most 2"):
+        strided.check_input(7, 8)
+    for bad in (0, 3, 4, True, 1.5, "2"):
+        with pytest.raises(ValueError, match=r"^opening_stride: got .*; allowed: "):
+            Architecture.from_dict({**BASE, "opening_stride": bad})
+    stored = {k: v for k, v in strided.to_dict().items() if k != "opening_stride"}
+    assert Architecture.from_dict(stored).opening_stride == 1  # records written before it
+
+
 def test_the_norm_defaults_to_the_familys_own():
     resnet = Architecture.from_dict({**BASE, "family": "resnet"})
     assert resnet.norm == "batch" and resnet.to_dict()["norm"] == "batch"

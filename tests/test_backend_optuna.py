@@ -182,6 +182,27 @@ def test_an_interrupted_first_trial_does_not_skip_a_family(tmp_path: Path) -> No
     assert claim_trial(study, 5, first) is None  # 5 used: the interrupted one does not count
 
 
+def test_start_with_comes_first_once_and_balanced_families_fill_in(tmp_path: Path) -> None:
+    from pdenas.backends._balanced import FamilyBalancedSampler
+
+    families = ["parabolic", "hamiltonian", "resnet"]
+    sampler = FamilyBalancedSampler(lambda: optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}",
+                                sampler=sampler)
+    first = [{"family": "resnet", "step_size": 0.5}, {"step_size": 0.25}]
+    seen = []
+    for _ in range(6):
+        trial = claim_trial(study, 6, first, balance=("family", families))
+        seen.append((trial.suggest_categorical("family", families),
+                     trial.suggest_float("step_size", 0.1, 1.0)))
+        study.tell(trial, 0.5)
+    assert seen[:2] == [("resnet", 0.5), ("parabolic", 0.25)]  # the second given the balanced family
+    assert [family for family, _ in seen[2:]] == ["hamiltonian", "parabolic", "hamiltonian", "resnet"]
+    assert not {0.5, 0.25} & {h for _, h in seen[2:]}  # each entry once: a top-up samples
+    claim_trial(study, 7, first, balance=("family", families))
+    assert study.get_trials()[-1].system_attrs["fixed_params"] == {"family": "parabolic"}
+
+
 def test_balanced_claims_take_the_families_in_turn_with_their_own_sampler(tmp_path: Path) -> None:
     from pdenas.backends._balanced import FamilyBalancedSampler, _FamilyView, check_balanced
 

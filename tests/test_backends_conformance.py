@@ -29,7 +29,8 @@ def searched(request, tiny_study, tmp_path) -> tuple[str, Path, StudyConfig]:
     if backend == "ray":
         request.getfixturevalue("ray_address")  # a local Ray runtime for the session
     config = StudyConfig.load(tiny_study(
-        n_trials=3, ray={"cpus_per_trial": 1, "max_concurrent": 2, "scheduler": "fifo"}))
+        n_trials=3, ray={"cpus_per_trial": 1, "max_concurrent": 2, "scheduler": "fifo"},
+        start_with=[{"family": "resnet", "step_size": 0.5}]))
     run = run_search(config, backend=backend, out=tmp_path / "run", quiet=True)
     return backend, run.path, config
 
@@ -61,6 +62,8 @@ def test_a_search_writes_the_same_records_through_every_backend(searched) -> Non
             assert json.loads((path.parent / "architecture.json").read_text()) == record.architecture
     trials = load_trials(run)
     assert sorted(trials["family"].unique()) == ["parabolic", "resnet"]  # cover_families first
+    first = TrialRecord.from_dict(json.loads((run / "trials" / "0" / "record.json").read_text()))
+    assert first.params["family"] == "resnet" and first.params["step_size"] == 0.5  # start_with
     assert set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
 
 

@@ -174,6 +174,9 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
         ("colour: red\n", "colour: unknown key"),
         ("sampler_options: {}\npruner: sometimes\n", "pruner: unknown 'sometimes'"),
         ("sampler_options: {colour: red}\n", "sampler_options.colour: unknown option"),
+        ("start_with: [{family: resnet}, {dpeth: 2}]\n",
+         "start_with[1].dpeth: not a param of this space's candidates"),
+        ("start_with: [{family: heat}]\n", "start_with[0].family: got 'heat'; allowed: "),
     ],
 )
 def test_bad_study_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, edit: str, needle: str,

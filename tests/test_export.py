@@ -147,6 +147,20 @@ def test_every_format_matches_pytorch(family: str, tmp_path: Path) -> None:
         assert torch.allclose(onnx_logits(tmp_path / FILES["onnx"], batch), want, atol=1e-5)
 
 
+def test_an_opening_stride_of_two_exports_and_loads_back(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    arch = Architecture.from_dict({**tiny_arch("hamiltonian").to_dict(), "opening_stride": 2})
+    model = build_model(arch).eval()
+    checks = write_formats(model, tmp_path, images(), FORMATS)
+    for fmt in FORMATS:
+        assert checks[fmt].max_abs_diff < 1e-5 and checks[fmt].same_predictions == 1.0
+    loaded = load_export(tmp_path)
+    assert loaded.architecture.opening_stride == 2 and loaded.architecture == arch
+    with torch.no_grad():
+        assert torch.equal(loaded.model(images()), model(images()))
+        assert torch.allclose(load_pt2(tmp_path / FILES["pt2"])(images()), model(images()), atol=1e-5)
+
+
 def test_onnx_is_one_file_without_external_data(tmp_path: Path) -> None:
     import onnx
 

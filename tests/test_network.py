@@ -116,6 +116,23 @@ def test_96x96_paper_layout(family):
     assert sizes == [(96, 96), (48, 48), (24, 24), (12, 12)]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_opening_stride_two_runs_the_units_at_half_resolution_for_a_quarter_of_the_flops(family):
+    from pdenas.cost import count_flops
+
+    plain = Architecture(family=family, widths=(4, 8, 8, 8), depths=(1, 1, 1), in_channels=1)
+    strided = Architecture.from_dict({**plain.to_dict(), "opening_stride": 2})
+    torch.manual_seed(0)
+    model = build_model(strided)
+    assert _unit_input_sizes(model, torch.randn(2, 1, 28, 28)) == [(14, 14), (7, 7), (4, 4)]
+    assert model.opening[0].stride == (2, 2)
+    same = build_model(plain)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in same.parameters())
+    same.load_state_dict(model.state_dict())  # the same weights: only the stride differs
+    ratio = count_flops(model, (1, 28, 28)) / count_flops(same, (1, 28, 28))
+    assert 0.2 < ratio < 0.3
+
+
 @pytest.mark.parametrize("side", [8, 9, 15, 32, 33, 64])
 @pytest.mark.parametrize("channels", [1, 2, 3, 5])
 def test_any_size_and_channel_count(side, channels):
@@ -134,6 +151,13 @@ def test_too_small_input_is_refused_with_a_clear_message():
     message = str(info.value)
     assert message.startswith("depths: 4 units halve the resolution 3 times")
     assert "at least 8x8, got 7x8" in message and "use at most 3 units" in message
+    strided = Architecture.from_dict({**paper_architecture("stl10", "parabolic").to_dict(),
+                                      "opening_stride": 2})
+    with pytest.raises(ValueError) as info:
+        build_model(strided)(torch.randn(1, 3, 15, 15))
+    assert str(info.value).startswith(
+        "depths: 4 units and the opening stride 2 halve the resolution 4 times and need inputs "
+        "of at least 16x16, got 15x15; use at most 3 units")
 
 
 def test_set_step_size_changes_every_unit():

@@ -201,6 +201,8 @@ def test_grid_for_a_categorical_space_runs_every_candidate() -> None:
         ({"activation": {"low": 1, "high": 2}}, r"^activation: takes a fixed value or a list"),
         ({"norm": ["tv", "group"]}, r"^norm: unknown 'group'; allowed: tv, batch, none"),
         ({"reversible": "yes"}, r"^reversible: got 'yes'; allowed: true or false"),
+        ({"opening_stride": [1, 3]}, r"^opening_stride: unknown 3; allowed: 1, 2"),
+        ({"opening_stride": True}, r"^opening_stride: unknown True; allowed: 1, 2"),
         ({"width": {"base": 8, "growth": 2, "units": [8]}}, r"^width: give either base and growth"),
         ({"width": {"base": 8}}, r"^width.growth: missing"),
         ({"width": {"units": [8, 16]}}, r"^width.units: 2 entries for up to 3 units"),
@@ -249,3 +251,43 @@ def test_replay_refuses_params_outside_the_space() -> None:
         space.replay({**good, "width_base": 5}, **kwargs)
     with pytest.raises(ValueError, match=r"^num_units: 4 is not an integer in \[1, 3\]"):
         space.replay({**good, "num_units": 4}, **kwargs)
+
+
+def test_opening_stride_is_a_dimension_that_caps_the_units() -> None:
+    fixed = SearchSpace.from_dict(minimal())
+    assert {a.opening_stride for _, a, _ in sample(fixed, 10, 8)} == {1}  # the paper's, asked nothing
+    assert all("opening_stride" not in params for params, _, _ in sample(fixed, 10, 8))
+    space = SearchSpace.from_dict(minimal(num_units={"low": 1, "high": 4}, opening_stride=[1, 2]))
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    drawn = sample(space, 60, 8)
+    assert {params["opening_stride"] for params, _, _ in drawn} == {1, 2}
+    for params, arch, _ in drawn:
+        assert arch.opening_stride == params["opening_stride"]
+        arch.check_input(8, 8)  # at stride 2, 8x8 fits 3 units, not 4
+    assert max(a.num_units for _, a, _ in drawn if a.opening_stride == 2) == 3
+    assert max(a.num_units for _, a, _ in drawn if a.opening_stride == 1) == 4
+    assert space.grid(image_size=8)["num_units"] == [1, 2, 3]  # every grid point fits
+    kwargs = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+    params = {"family": "parabolic", "opening_stride": 2, "num_units": 3, "depth": 1,
+              "width_base": 4, "width_growth": 2.0}
+    assert space.replay(params, **kwargs)[0].opening_stride == 2
+
+
+def test_check_params_refuses_names_and_values_no_candidate_takes() -> None:
+    space = SearchSpace.from_dict(minimal(train={"lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+                                          family_overrides={"hamiltonian": {"depth": 3}}))
+    kwargs = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+    space.check_params({}, **kwargs)
+    space.check_params({"family": "parabolic", "depth": 2, "width_base": 6, "lr": 0.01}, **kwargs)
+    for params, message in [
+        ({"depth": 3}, r"^depth: got 3; allowed: 1, 2$"),
+        ({"num_units": 4}, r"^num_units: got 4; allowed: an integer from 1 to 3$"),
+        ({"lr": 0.5}, r"^lr: got 0.5; allowed: a number from 0.001 to 0.1$"),
+        ({"family": "resnet"}, r"^family: got 'resnet'; allowed: parabolic, hamiltonian$"),
+        ({"dpeth": 1}, r"^dpeth: not a param of this space's candidates \(given the others\); "
+                       r"allowed: family, num_units, depth, width_base, width_growth, lr$"),
+        # the Hamiltonian's depth is fixed by its override: its candidates ask for no depth
+        ({"family": "hamiltonian", "depth": 1}, r"^depth: not a param of this space's candidates"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            space.check_params(params, **kwargs)

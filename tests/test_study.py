@@ -52,6 +52,9 @@ def test_round_trip() -> None:
         ({"workers": "all"}, "workers: got 'all'; allowed: an integer from 1 to 64, or auto"),
         ({"workers": True}, "workers: got True"),
         ({"workers": None}, "workers: got None"),
+        ({"start_with": {"family": "resnet"}}, "start_with: got {'family': 'resnet'}; allowed: a list of mappings"),
+        ({"start_with": ["resnet"]}, "start_with[0]: got 'resnet'; allowed: a mapping"),
+        ({"start_with": [{"lr": [0.1]}]}, "start_with[0]: got {'lr': [0.1]}; allowed: a mapping of param names"),
     ],
 )
 def test_bad_values_name_the_key(change: dict, needle: str) -> None:

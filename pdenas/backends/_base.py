@@ -110,6 +110,12 @@ class TrialRunner:
                  observers: Callable[[], list[TrialObserver]] | None = None) -> None:
         self.config, self.space, self.run_folder, self.shape = config, space, run, shape
         self.observers = observers
+        for k, params in enumerate(config.start_with):  # before anything is written
+            try:
+                space.check_params(params, in_channels=shape.in_channels,
+                                   num_classes=shape.num_classes, image_size=shape.image_size)
+            except ValueError as error:
+                raise ValueError(f"start_with[{k}].{error}") from None
         self.out_of_time = False
         """The search has no time for another candidate (``--timeout``): one was refused as too
         long for the time left, and no trial this runner completed was shorter than that time,
@@ -134,10 +140,13 @@ class TrialRunner:
         return families.name, choices
 
     def first_params(self) -> list[dict[str, Any]]:
-        """Fixed params of a new study's first trials: one per family (``cover_families``), so
-        every family is tried before the sampler narrows down."""
+        """Fixed params of a new study's first trials: the study's ``start_with``, then one per
+        family (``cover_families``), so every family is tried before the sampler narrows down."""
         name, choices = self.family_choices()
-        return [{name: family} for family in choices] if self.config.cover_families else []
+        started = {params.get(name) for params in self.config.start_with}
+        cover = ([{name: family} for family in choices if family not in started]
+                 if self.config.cover_families else [])
+        return [*map(dict, self.config.start_with), *cover]
 
     def _build(self, method: Callable[..., tuple[Architecture, TrainConfig]], source: Any
                ) -> tuple[Architecture, TrainConfig]:

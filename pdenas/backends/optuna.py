@@ -115,9 +115,9 @@ def claim_trial(study: optuna.Study, n_trials: int,
 
     A queued copy (a retry, an interrupted trial) is taken first; otherwise a new trial is
     asked for, fixed to the first of ``first_params`` that no trial of the study has yet (a
-    queued copy does not shift them: every entry is tried once), or, with
-    ``balance`` (the family param and its choices), to the family with the fewest trials that
-    use the budget (ties: the first in the space's order). With ``sampler_for``, the study's
+    queued copy does not shift them: every entry is tried once); with ``balance`` (the family
+    param and its choices), an entry that fixes no family, or none, is given the family with
+    the fewest trials that use the budget (ties: the first in the space's order). With ``sampler_for``, the study's
     sampler is replaced first by ``sampler_for(trials stored)`` (a sampler seeded for this
     claim). The trial's first heartbeat is recorded here, so a worker killed before it beats
     still leaves a trial that goes stale.
@@ -127,13 +127,12 @@ def claim_trial(study: optuna.Study, n_trials: int,
     if used >= n_trials:
         return None
     if not any(t.state == TrialState.WAITING for t in trials):
-        fixed: dict[str, Any] | None = None
-        if balance is not None:
+        fixed = _first_uncovered(trials, first_params)
+        if balance is not None and (fixed is None or balance[0] not in fixed):
             param, families = balance
             counts = Counter(family_of(t, param) for t in trials if counts_toward_budget(t))
-            fixed = {param: min(families, key=lambda f: (counts[f], families.index(f)))}
-        else:
-            fixed = _first_uncovered(trials, first_params)
+            fixed = {**(fixed or {}),
+                     param: min(families, key=lambda f: (counts[f], families.index(f)))}
         if fixed is not None:
             study.enqueue_trial(fixed, user_attrs={"status": "queued"})
     if sampler_for is not None:
@@ -373,7 +372,9 @@ class OptunaBackend(Backend):
     def _search(self, n_trials: int, timeout: float | None, progress: Progress | None) -> None:
         """Claims and runs trials until the budget or the time is used."""
         study, run, lock = self.study, self.run_folder, self._lock
-        first = self.runner.first_params()
+        # Balanced families cover every family by themselves: only start_with is fixed first.
+        first = ([dict(p) for p in self.config.start_with] if self.balance is not None
+                 else self.runner.first_params())
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             raise_if_interrupted()

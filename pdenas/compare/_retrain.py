@@ -23,7 +23,8 @@ def _top_trials(trials: pd.DataFrame, top_k: int) -> pd.DataFrame:
     """Each family's ``top_k`` most accurate finished trials, identical architectures once."""
     done = fully_trained(trials).sort_values(
         ["val_accuracy", "number"], ascending=[False, True])
-    key = done[["family", "step_size", "depths", "widths", "activation", "norm"]].astype(str).agg("|".join, axis=1)
+    key = done[["family", "step_size", "depths", "widths", "activation", "norm", "opening_stride"]]
+    key = key.astype(str).agg("|".join, axis=1)
     done = done[~key.duplicated()]
     return done.groupby("family", sort=False).head(top_k)
 

@@ -56,7 +56,8 @@ def model_card(
         "format": "pdenas-model-card", "version": EXPORT_VERSION,
         "model": {"family": arch.family, "h": arch.step_size, "depths": list(arch.depths),
                   "widths": list(arch.widths), "activation": arch.activation,
-                  "norm": arch.norm, "reversible": arch.reversible},
+                  "norm": arch.norm, "reversible": arch.reversible,
+                  "opening_stride": arch.opening_stride},
         "architecture": arch.to_dict(),
         "data": {"name": data.name, "image_size": list(data.image_size),
                  "in_channels": data.in_channels, "classes": list(data.classes),
@@ -162,6 +163,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"| depths (time steps per unit) | {', '.join(map(str, m['depths']))} |",
         f"| widths | {', '.join(map(str, m['widths']))} |",
         f"| activation / norm / reversible | {m['activation']} / {m['norm']} / {m['reversible']} |",
+        f"| opening stride | {m.get('opening_stride', 1)} |",
         f"| data set | {d['name']} ({d['image_size'][0]}x{d['image_size'][1]}, "
         f"{d['in_channels']} channel(s), {len(d['classes'])} classes) |",
         f"| validation accuracy (search) | {'-' if val is None else f'{100 * val:.2f} %'} |",

@@ -14,9 +14,10 @@ __all__ = ["Check", "at_least", "boolean", "member", "positive", "train_check", 
 Check = Callable[[Any], "str | None"]
 
 
-def member(allowed: Sequence[str]) -> Check:
+def member(allowed: Sequence[Any]) -> Check:
     def check(value: Any) -> str | None:
-        return None if value in allowed else f"unknown {value!r}; allowed: {', '.join(allowed)}"
+        known = value in allowed and not isinstance(value, bool)
+        return None if known else f"unknown {value!r}; allowed: {', '.join(map(str, allowed))}"
 
     return check
 

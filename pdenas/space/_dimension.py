@@ -128,6 +128,8 @@ class Dimensions:
         norm: The normalisation name.
         reversible: Reversible training (asked only where the family and norm allow it).
         train: (TrainConfig field, dimension) pairs.
+        opening_stride: The opening convolution's stride (1, the paper's, unless the space
+            offers 2).
     """
 
     num_units: Dimension
@@ -139,6 +141,7 @@ class Dimensions:
     norm: Dimension
     reversible: Dimension
     train: tuple[tuple[str, Dimension], ...] = ()
+    opening_stride: Dimension = Dimension("opening_stride", FIXED, value=1)
 
     def all(self, max_units: int) -> list[Dimension]:
         """Every dimension, per-unit depths expanded for up to ``max_units`` units."""
@@ -147,5 +150,6 @@ class Dimensions:
                       for k in range(max_units)]
         else:
             depths = [self.depth]
-        return [self.num_units, *depths, *self.width.dimensions(), self.step_size, self.activation,
-                self.norm, self.reversible, *(dim for _, dim in self.train)]
+        return [self.opening_stride, self.num_units, *depths, *self.width.dimensions(),
+                self.step_size, self.activation, self.norm, self.reversible,
+                *(dim for _, dim in self.train)]

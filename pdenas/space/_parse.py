@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pdenas._config import field_kinds
+from pdenas.architecture import OPENING_STRIDES
 from pdenas.families import ACTIVATIONS, NORMS, list_families
 from pdenas.space._checks import (
     Check,
@@ -109,6 +110,7 @@ class Parser:
             norm=parse("norm", CHOICE, member(NORMS)),
             reversible=parse("reversible", CHOICE, boolean),
             train=tuple(train),
+            opening_stride=parse("opening_stride", CHOICE, member(OPENING_STRIDES)),
         )
         most = max(dims.num_units.extremes())
         if width.units and most > len(width.units):

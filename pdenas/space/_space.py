@@ -14,19 +14,19 @@ from pdenas.space._checks import member
 from pdenas.space._dimension import CHOICE, FIXED, Dimension, Dimensions
 from pdenas.space._files import read_space_file
 from pdenas.space._parse import Parser
-from pdenas.space._trial import ReplayTrial, Trial
+from pdenas.space._trial import PartialTrial, ReplayTrial, Trial
 from pdenas.train import TrainConfig
 
 __all__ = ["SearchSpace"]
 
 _TOP_KEYS = (
     "description", "families", "num_units", "depth", "depth_per_unit", "width", "step_size",
-    "activation", "norm", "reversible", "train", "family_overrides",
+    "activation", "norm", "reversible", "opening_stride", "train", "family_overrides",
 )
 _OVERRIDE_KEYS = _TOP_KEYS[2:-1]
 _DEFAULTS: dict[str, Any] = {
     "depth_per_unit": False, "step_size": 1.0, "activation": "relu", "norm": "tv",
-    "reversible": False, "train": {},
+    "reversible": False, "opening_stride": 1, "train": {},
 }
 _REQUIRED = ("num_units", "depth", "width")
 
@@ -141,7 +141,8 @@ class SearchSpace:
             height = width = int(image_size)
         family = self.families.suggest(trial)
         dims = self.dimensions_for(family)
-        units_dim = _fit_units(dims.num_units, min(height, width))
+        opening_stride = dims.opening_stride.suggest(trial)
+        units_dim = _fit_units(dims.num_units, min(height, width) // opening_stride)
         num_units = units_dim.suggest(trial)
         if dims.depth_per_unit:
             depths = tuple(dims.depth.suggest(trial, f"{dims.depth.name}_{k}") for k in range(num_units))
@@ -157,6 +158,7 @@ class SearchSpace:
         arch = Architecture(
             family=family, widths=widths, depths=depths, step_size=step_size, activation=activation,
             norm=norm, in_channels=in_channels, num_classes=num_classes, reversible=reversible,
+            opening_stride=opening_stride,
         )
         arch.check_input(height, width)
         train = {key: dim.suggest(trial) for key, dim in dims.train}
@@ -186,6 +188,30 @@ class SearchSpace:
         return self.suggest(ReplayTrial(params), in_channels=in_channels, num_classes=num_classes,
                             image_size=image_size, base_train=base_train)
 
+    def check_params(
+        self,
+        params: Mapping[str, Any],
+        *,
+        in_channels: int,
+        num_classes: int,
+        image_size: int | tuple[int, int],
+    ) -> None:
+        """Refuses fixed params that no candidate of this space can take (a study's
+        ``start_with``): a name the space does not ask for (given the other fixed params: a
+        family's own params need that family), or a value outside its dimension. The params not
+        given take their lowest value for the check.
+
+        Raises:
+            ValueError: ``NAME: got VALUE; allowed: ...`` for the first bad one.
+        """
+        trial = PartialTrial(params)
+        self.suggest(trial, in_channels=in_channels, num_classes=num_classes,
+                     image_size=image_size)
+        for name in params:
+            if name not in trial.asked:
+                raise ValueError(f"{name}: not a param of this space's candidates (given the "
+                                 f"others); allowed: {', '.join(dict.fromkeys(trial.asked))}")
+
     def grid(self, *, image_size: int | None = None) -> dict[str, list[Any]]:
         """Every param with all its values, for ``optuna.samplers.GridSampler``.
 
@@ -201,7 +227,9 @@ class SearchSpace:
         grid: dict[str, list[Any]] = {}
         for family in self.families.extremes():
             dims = self.dimensions_for(family)
-            units = dims.num_units if image_size is None else _fit_units(dims.num_units, image_size)
+            stride = max(dims.opening_stride.extremes())
+            units = (dims.num_units if image_size is None
+                     else _fit_units(dims.num_units, image_size // stride))
             for dim in dims.all(max(units.extremes())):
                 if dim.kind != FIXED:
                     grid[dim.name] = dim.values()
@@ -229,7 +257,7 @@ def _dims_data(dims: Dimensions, base: Dimensions | None) -> dict[str, Any]:
     """The file form of ``dims``; with ``base``, only what differs from it (an override)."""
     data: dict[str, Any] = {}
     for key in ("num_units", "depth", "depth_per_unit", "width", "step_size", "activation", "norm",
-                "reversible"):
+                "reversible", "opening_stride"):
         value = getattr(dims, key)
         if base is None or value != getattr(base, key):
             data[key] = value if isinstance(value, bool) else value.to_data()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-__all__ = ["ReplayTrial", "Trial"]
+__all__ = ["PartialTrial", "ReplayTrial", "Trial"]
 
 
 class Trial(Protocol):
@@ -57,3 +57,47 @@ class ReplayTrial:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ValueError(f"{name}: {value!r} is not a number in [{low:g}, {high:g}]")
         return float(value)
+
+
+class PartialTrial:
+    """A trial that answers the params it is given (refusing values outside the space) and the
+    lowest value of every other one, and records the names it was asked: what checks a new
+    study's ``start_with`` params before any trial runs."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = dict(params)
+        self.asked: list[str] = []
+
+    def _problem(self, name: str, problem: str, allowed: str) -> ValueError:
+        return ValueError(f"{name}: got {self.params[name]!r}; allowed: {allowed}"
+                          if not problem else f"{name}: {problem}; allowed: {allowed}")
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.asked.append(name)
+        if name not in self.params:
+            return choices[0]
+        try:
+            return ReplayTrial(self.params).suggest_categorical(name, choices)
+        except ValueError:
+            raise self._problem(name, "", ", ".join(map(str, choices))) from None
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        self.asked.append(name)
+        if name not in self.params:
+            return low
+        try:
+            return ReplayTrial(self.params).suggest_int(name, low, high, step=step, log=log)
+        except ValueError:
+            every = f" in steps of {step}" if step != 1 else ""
+            raise self._problem(name, "", f"an integer from {low} to {high}{every}") from None
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        self.asked.append(name)
+        if name not in self.params:
+            return low
+        try:
+            return ReplayTrial(self.params).suggest_float(name, low, high, step=step, log=log)
+        except ValueError:
+            raise self._problem(name, "", f"a number from {low:g} to {high:g}") from None
