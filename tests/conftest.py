@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Gives the suite a terminal's Ctrl-C even when it was started with SIGINT ignored.
+
+    A shell without job control starts a background command (``pytest ... &``, ``nohup``
+    scripts) with SIGINT ignored; Python then installs no KeyboardInterrupt handler, and the
+    tests of pdenas's Ctrl-C handling, in this process and in the children it starts (a caught
+    signal is reset to the default on exec, an ignored one stays ignored), would test that
+    setting instead. pdenas itself leaves an ignored SIGINT ignored, as a user who ignores it
+    wants.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -205,6 +205,12 @@ def leftovers(tmp_path: Path) -> Iterator[list[int]]:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _foreground_signals() -> None:
+    """The signal dispositions of a terminal's foreground command, also when the suite itself
+    was started with SIGHUP ignored (``nohup``), which its children would inherit."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _supervisor(tmp_path: Path, leftovers: list[int], worker: str = "raw", threads: int = 0
                 ) -> tuple[subprocess.Popen, list[int]]:
     """A process running ``run_workers`` over two workers, once both are ready: "raw" ones
@@ -215,7 +221,7 @@ def _supervisor(tmp_path: Path, leftovers: list[int], worker: str = "raw", threa
     (tmp_path / "supervisor.py").write_text(_SUPERVISOR)
     command = [sys.executable, str(tmp_path / "supervisor.py"), str(threads),
                str(tmp_path / "worker.py"), str(tmp_path), worker]
-    supervisor = subprocess.Popen(command, process_group=0)
+    supervisor = subprocess.Popen(command, process_group=0, preexec_fn=_foreground_signals)
     leftovers.append(supervisor.pid)
     deadline = time.monotonic() + 120
     while len(ready := list(tmp_path.glob("*.ready"))) < 2:
