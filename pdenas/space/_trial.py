@@ -68,36 +68,29 @@ class PartialTrial:
         self.params = dict(params)
         self.asked: list[str] = []
 
-    def _problem(self, name: str, problem: str, allowed: str) -> ValueError:
-        return ValueError(f"{name}: got {self.params[name]!r}; allowed: {allowed}"
-                          if not problem else f"{name}: {problem}; allowed: {allowed}")
+    def _ask(self, name: str, default: Any, replay: Any, allowed: str) -> Any:
+        self.asked.append(name)
+        if name not in self.params:
+            return default
+        try:
+            return replay()
+        except ValueError:
+            raise ValueError(f"{name}: got {self.params[name]!r}; allowed: {allowed}") from None
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        self.asked.append(name)
-        if name not in self.params:
-            return choices[0]
-        try:
-            return ReplayTrial(self.params).suggest_categorical(name, choices)
-        except ValueError:
-            raise self._problem(name, "", ", ".join(map(str, choices))) from None
+        return self._ask(name, choices[0],
+                         lambda: ReplayTrial(self.params).suggest_categorical(name, choices),
+                         ", ".join(map(str, choices)))
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        self.asked.append(name)
-        if name not in self.params:
-            return low
-        try:
-            return ReplayTrial(self.params).suggest_int(name, low, high, step=step, log=log)
-        except ValueError:
-            every = f" in steps of {step}" if step != 1 else ""
-            raise self._problem(name, "", f"an integer from {low} to {high}{every}") from None
+        every = f" in steps of {step}" if step != 1 else ""
+        return self._ask(name, low,
+                         lambda: ReplayTrial(self.params).suggest_int(name, low, high, step=step),
+                         f"an integer from {low} to {high}{every}")
 
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
-        self.asked.append(name)
-        if name not in self.params:
-            return low
-        try:
-            return ReplayTrial(self.params).suggest_float(name, low, high, step=step, log=log)
-        except ValueError:
-            raise self._problem(name, "", f"a number from {low:g} to {high:g}") from None
+        return self._ask(name, low,
+                         lambda: ReplayTrial(self.params).suggest_float(name, low, high, step=step),
+                         f"a number from {low:g} to {high:g}")
