@@ -6,7 +6,7 @@ against its annotation (``int``, ``float`` (finite), ``bool``, ``str``, ``X | No
 ``tuple[T, ...]``, ``Mapping``, a nested ``Config``) and normalises it (an integral float to
 ``int``, a list to a tuple, a mapping to the nested config); the class's ``__post_init__`` then
 checks ranges with ``require``. ``from_dict`` refuses unknown keys. Every error is a
-``ConfigError`` (a ``ValueError``) of one form::
+``ConfigError`` (the project's ``InputError``, a ``ValueError``) of one form::
 
     section.key: problem; allowed: what is allowed
 
@@ -23,21 +23,13 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, ClassVar
 
+from pdenas.errors import InputError
+
 __all__ = ["INTERNAL", "Config", "ConfigError", "FieldKind", "field_kinds", "file_keys", "key_of"]
 
 
-class ConfigError(ValueError):
-    """A bad configuration value: ``section.key: problem; allowed: ...``."""
-
-    @property
-    def key(self) -> str:
-        """The dotted key the error names."""
-        return str(self).partition(": ")[0]
-
-    @property
-    def detail(self) -> str:
-        """What follows the key: ``problem; allowed: ...``."""
-        return str(self).partition(": ")[2]
+class ConfigError(InputError):
+    """A bad configuration value: ``section.key: problem; allowed: ...`` (``key`` names it)."""
 
 
 def key_of(section: str, key: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from pdenas.errors import InputError
+
 __all__ = ["Registry"]
 
 T = TypeVar("T", bound=type)
@@ -65,4 +67,4 @@ class Registry(Generic[T]):
             return self._classes[name]
         except KeyError:
             names = ", ".join(allowed if allowed is not None else self.names())
-            raise ValueError(f"{self.kind}: unknown {name!r}; allowed: {names}") from None
+            raise InputError(f"{self.kind}: unknown {name!r}; allowed: {names}") from None

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from pdenas.errors import InputError
+
 if TYPE_CHECKING:  # importlib.resources.abc arrived in Python 3.11
     from importlib.resources.abc import Traversable
 
@@ -31,7 +33,7 @@ def package_version() -> str:
 
 def _folder(kind: str) -> Traversable:
     if kind not in KINDS:
-        raise ValueError(f"shipped files: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+        raise InputError(f"shipped files: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
     return importlib.resources.files("pdenas") / kind
 
 
@@ -55,7 +57,7 @@ def shipped_file(kind: str, name: str) -> Path | None:
         return None
     path = Path(str(item))
     if not path.is_file():  # pragma: no cover - a zip import
-        raise ValueError(f"{kind}/{name}.yaml: pdenas must be installed as files, not zipped")
+        raise InputError(f"{kind}/{name}.yaml: pdenas must be installed as files, not zipped")
     return path
 
 

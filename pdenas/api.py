@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from pdenas.errors import InputError
 from pdenas.runs import RunFolder, RunInfo, TrialRecord
 from pdenas.study import StudyConfig, deep_merge, find_study
 
@@ -272,7 +273,7 @@ class Run:
             return compare_run(self.path, out=out, retrain_top=retrain_top, seeds=seeds,
                                device=device, echo=echo)
         if retrain_top:
-            raise ValueError("--retrain-top: compares the families of one run; name one run")
+            raise InputError("--retrain-top: compares the families of one run; name one run")
         paths = [self.path] + [o.path if isinstance(o, Run) else Path(o) for o in others]
         return compare_runs(paths, out=out, echo=echo)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pdenas._config import Config, ConfigError
+from pdenas.errors import InputError
 from pdenas.families import get_family
 
 __all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS", "OPENING_STRIDES"]
@@ -106,7 +107,7 @@ class Architecture(Config):
             halvings = self.num_units - 1 + (self.opening_stride > 1)
             fit = int(math.log2(max(1, min(height, width) // self.opening_stride))) + 1
             opening = f" and the opening stride {self.opening_stride}" if self.opening_stride > 1 else ""
-            raise ValueError(
+            raise InputError(
                 f"depths: {self.num_units} units{opening} halve the "
                 f"resolution {halvings} times and need inputs of at least {need}x{need}, got "
                 f"{height}x{width}; use at most {fit} units"
@@ -148,7 +149,7 @@ def paper_architecture(dataset: str, family: str, **overrides: Any) -> Architect
     try:
         layout = PAPER_LAYOUTS[dataset]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"dataset: no paper layout for {dataset!r}; allowed: {', '.join(PAPER_LAYOUTS)}"
         ) from None
     fields = {"family": family, "step_size": 1.0, "activation": "relu", "norm": None,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pdenas.errors import InputError
 from pdenas.runs import RunFolder, RunInfo, TrialRecord, TrialStatus
 
 __all__ = [
@@ -357,7 +358,7 @@ def export_trials(trials: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
-        raise ValueError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
+        raise InputError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
     frame = trials.copy()
     for column in frame.columns:
         if frame[column].dtype == object:

@@ -21,6 +21,7 @@ import yaml
 
 from pdenas._config import INTERNAL, Config, ConfigError
 from pdenas.data import DataConfig
+from pdenas.errors import InputError
 from pdenas.tracking import TrackingConfig
 from pdenas.train import TrainConfig
 
@@ -306,19 +307,19 @@ class StudyConfig(Config):
         """
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"{path}: study file not found")
+            raise InputError(f"{path}: study file not found")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+            raise InputError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
         except UnicodeDecodeError:
-            raise ValueError(f"{path}: not a text file") from None
+            raise InputError(f"{path}: not a text file") from None
         if data is not None and not isinstance(data, Mapping):
-            raise ValueError(f"{path}: study: expected a mapping, got {type(data).__name__}")
+            raise InputError(f"{path}: study: expected a mapping, got {type(data).__name__}")
         try:
             return cls.from_dict(deep_merge(data or {}, overrides or {}), path=str(path.resolve()))
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        except InputError as error:  # the key stays the study's, the message names the file
+            raise InputError(f"{path}: {error}", key=error.key, detail=error.detail) from None
 
     def replace(self, **changes: Any) -> StudyConfig:
         """A copy with some fields changed (validated again)."""
@@ -358,12 +359,12 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY "
+            raise InputError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY "
                              "(e.g. train.epochs=3)")
         try:
             value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
         except yaml.YAMLError as error:
-            raise ValueError(f"--set {item!r}: the value is not YAML: "
+            raise InputError(f"--set {item!r}: the value is not YAML: "
                              f"{str(error).splitlines()[0]}") from None
         nested: Any = value
         for part in reversed(parts):
@@ -399,9 +400,9 @@ def find_study(name_or_path: str | Path) -> Path:
         shipped = shipped_file("studies", text)
         if shipped is not None:
             return shipped
-        raise ValueError(f"{text}: no such study file or shipped study; shipped: "
+        raise InputError(f"{text}: no such study file or shipped study; shipped: "
                          f"{', '.join(shipped_names('studies'))}")
-    raise ValueError(f"{path}: study file not found")
+    raise InputError(f"{path}: study file not found")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -409,5 +410,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
+        raise InputError("device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
     return torch.device(name)

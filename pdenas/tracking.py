@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pdenas._config import Config
+from pdenas.errors import InputError
 
 if TYPE_CHECKING:
     from pdenas.runs import RunFolder, TrialRecord
@@ -113,7 +114,7 @@ def check_tracking(tracking: TrackingConfig) -> None:
     """Refuses a chosen tracker whose package is not installed (bad input, one line)."""
     for name in tracking.active:
         if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise ValueError(f"tracking.{name}: the {_PACKAGES[name]} package is not installed; "
+            raise InputError(f"tracking.{name}: the {_PACKAGES[name]} package is not installed; "
                              f"allowed: pip install 'pdenas[{name}]'")
 
 
@@ -170,7 +171,7 @@ def parse_trackers(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     chosen: dict[str, dict[str, Any]] = {}
     for item in (part.strip() for name in names for part in name.split(",")):
         if item not in TRACKERS:
-            raise ValueError(f"--track: unknown tracker {item!r}; allowed: {', '.join(TRACKERS)}")
+            raise InputError(f"--track: unknown tracker {item!r}; allowed: {', '.join(TRACKERS)}")
         chosen[item] = {}
     return chosen
 

@@ -27,6 +27,8 @@ from optuna.pruners import BasePruner, HyperbandPruner, NopPruner
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from pdenas.errors import InputError
+
 __all__ = ["BALANCED_SAMPLERS", "FamilyBalancedPruner", "FamilyBalancedSampler", "check_balanced",
            "family_of", "family_view", "partitions_pruner"]
 
@@ -37,7 +39,7 @@ BALANCED_SAMPLERS = ("tpe", "random", "gp")
 def check_balanced(sampler: str) -> None:
     """Refuses a sampler a balanced study cannot partition (one line)."""
     if sampler not in BALANCED_SAMPLERS:
-        raise ValueError(f"balance_families: not with the {sampler} sampler (it keeps state of "
+        raise InputError(f"balance_families: not with the {sampler} sampler (it keeps state of "
                          f"its own across trials); allowed: {', '.join(BALANCED_SAMPLERS)}")
 
 

@@ -46,6 +46,7 @@ from pdenas.architecture import Architecture
 from pdenas.backends._stability import estimate, stabilise
 from pdenas.backends._warm_start import warm_start
 from pdenas.backends._watchdog import Watchdog, grace_seconds, may_exit
+from pdenas.errors import InputError
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, plain
 from pdenas.study import StudyConfig
 from pdenas.train import TrainConfig
@@ -115,7 +116,7 @@ class TrialRunner:
                 space.check_params(params, in_channels=shape.in_channels,
                                    num_classes=shape.num_classes, image_size=shape.image_size)
             except ValueError as error:
-                raise ValueError(f"start_with[{k}].{error}") from None
+                raise InputError(f"start_with[{k}].{error}") from None
         self.out_of_time = False
         """The search has no time for another candidate (``--timeout``): one was refused as too
         long for the time left, and no trial this runner completed was shorter than that time,

@@ -7,6 +7,7 @@ import importlib
 
 from pdenas._registry import Registry
 from pdenas.backends._base import Backend
+from pdenas.errors import InputError
 
 __all__ = ["get_backend", "list_backends", "register_backend"]
 
@@ -35,6 +36,6 @@ def get_backend(name: str) -> type[Backend]:
             importlib.import_module(_MODULES[name])
         except ImportError as error:
             hint = _EXTRAS.get(name, "install its library")
-            raise ValueError(f"backend: {name} needs a library that is not installed "
+            raise InputError(f"backend: {name} needs a library that is not installed "
                              f"({error.name or error}); {hint}") from None
     return _BACKENDS.get(name, list_backends())

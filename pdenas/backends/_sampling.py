@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from pdenas.errors import InputError
 from pdenas.study import StudyConfig
 
 __all__ = ["PRUNERS", "SAMPLERS", "check_names", "check_options", "claim_seed", "directions",
@@ -27,19 +28,19 @@ def check_names(config: StudyConfig) -> None:
     """Refuses an unknown sampler or pruner name, CMA-ES for a multi-objective study and CMA-ES
     without its package (``section.key: problem; allowed: ...``)."""
     if config.sampler not in SAMPLERS:
-        raise ValueError(f"sampler: unknown {config.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+        raise InputError(f"sampler: unknown {config.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if config.sampler == "cmaes":
         if config.multi_objective:
-            raise ValueError(f"sampler: cmaes optimises one objective, and the study has "
+            raise InputError(f"sampler: cmaes optimises one objective, and the study has "
                              f"{len(config.objectives)} ({', '.join(config.objectives)}); allowed "
                              f"with several: {', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
         import importlib.util
 
         if importlib.util.find_spec("cmaes") is None:
-            raise ValueError("sampler: cmaes needs the cmaes package; allowed: "
+            raise InputError("sampler: cmaes needs the cmaes package; allowed: "
                              "pip install 'pdenas[cmaes]'")
     if config.pruner not in PRUNERS:
-        raise ValueError(f"pruner: unknown {config.pruner!r}; allowed: {', '.join(PRUNERS)}")
+        raise InputError(f"pruner: unknown {config.pruner!r}; allowed: {', '.join(PRUNERS)}")
 
 
 _SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "nsga2": "NSGAIISampler",
@@ -59,7 +60,7 @@ def _check_values(section: str, cls: type, options: Mapping[str, Any]) -> None:
     for key, value in options.items():
         name = f"{section}.{key}"
         if key not in allowed:
-            raise ValueError(f"{name}: unknown option of {cls.__name__}; allowed: "
+            raise InputError(f"{name}: unknown option of {cls.__name__}; allowed: "
                              f"{', '.join(allowed) or 'none'}")
         parameter = parameters[key]
         annotation = parameter.annotation
@@ -73,17 +74,17 @@ def _check_values(section: str, cls: type, options: Mapping[str, Any]) -> None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kinds == {"bool"}:
             if not isinstance(value, bool):
-                raise ValueError(f"{name}: got {value!r}; allowed: true or false")
+                raise InputError(f"{name}: got {value!r}; allowed: true or false")
         elif kinds == {"int"}:
             if not isinstance(value, int) or isinstance(value, bool) or (floor and value < 0):
-                raise ValueError(f"{name}: got {value!r}; allowed: an integer{floor}")
+                raise InputError(f"{name}: got {value!r}; allowed: an integer{floor}")
         elif kinds and kinds <= {"int", "float"}:
             if not number or not math.isfinite(value) or (floor and value < 0):
-                raise ValueError(f"{name}: got {value!r}; allowed: a finite number{floor}")
+                raise InputError(f"{name}: got {value!r}; allowed: a finite number{floor}")
         elif any(k.startswith(("Callable", "BaseSampler", "Sequence[Callable")) for k in kinds):
-            raise ValueError(f"{name}: set by code, not by a study file; allowed: leave it out")
+            raise InputError(f"{name}: set by code, not by a study file; allowed: leave it out")
         elif number and not math.isfinite(value):
-            raise ValueError(f"{name}: got {value!r}; allowed: a finite number")
+            raise InputError(f"{name}: got {value!r}; allowed: a finite number")
 
 
 def check_options(config: StudyConfig) -> None:
@@ -148,12 +149,12 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
     try:
         return makers[config.sampler]()
     except (TypeError, ValueError) as error:
-        raise ValueError(f"sampler_options: {str(error).splitlines()[0]}") from None
+        raise InputError(f"sampler_options: {str(error).splitlines()[0]}") from None
 
 
 def _grid(grid: Callable[[], dict[str, list[Any]]] | None) -> dict[str, list[Any]]:
     if grid is None:
-        raise ValueError("sampler: grid needs a search space")
+        raise InputError("sampler: grid needs a search space")
     return grid()
 
 
@@ -175,4 +176,4 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         options.setdefault("min_resource", 1)
         return optuna.pruners.SuccessiveHalvingPruner(**options)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"pruner_options: {str(error).splitlines()[0]}") from None
+        raise InputError(f"pruner_options: {str(error).splitlines()[0]}") from None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import optuna
 
+from pdenas.errors import InputError
+
 __all__ = ["MAX_RETRY", "budget_lock", "check_storage_url", "heartbeat_settings",
            "lock_timeout", "make_storage", "redact_url"]
 
@@ -40,7 +42,7 @@ def _env_seconds(name: str, default: int, minimum: int = 1) -> int:
     except ValueError:
         value = None
     if value is None or value < minimum:
-        raise ValueError(f"{name}: got {text!r}; allowed: a whole number of seconds >= {minimum}")
+        raise InputError(f"{name}: got {text!r}; allowed: a whole number of seconds >= {minimum}")
     return value
 
 
@@ -55,7 +57,7 @@ def heartbeat_settings() -> tuple[int, int]:
     interval = _env_seconds("PDENAS_HEARTBEAT_INTERVAL", 10)
     grace = _env_seconds("PDENAS_GRACE_PERIOD", 40)
     if grace <= interval:
-        raise ValueError(f"PDENAS_GRACE_PERIOD: got {grace}; allowed: more seconds than "
+        raise InputError(f"PDENAS_GRACE_PERIOD: got {grace}; allowed: more seconds than "
                          f"PDENAS_HEARTBEAT_INTERVAL ({interval}), best several times it")
     return interval, grace
 
@@ -80,12 +82,12 @@ def check_storage_url(url: str) -> None:
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         return
     if "://" not in url:
-        raise ValueError(
+        raise InputError(
             f"storage: {redact_url(url)!r} is not a storage URL; use e.g. sqlite:///study.db, "
             "postgresql://user@host/db, or journal:/path/study.log"
         )
     if url.startswith("sqlite") and url.partition(":///")[2] in ("", ":memory:"):
-        raise ValueError(f"storage: {url!r} is an in-memory database and would keep nothing; "
+        raise InputError(f"storage: {url!r} is an in-memory database and would keep nothing; "
                          "allowed: a file, e.g. sqlite:///study.db")
 
 
@@ -116,13 +118,13 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 engine_kwargs=engine,
             )
         except ImportError as error:
-            raise ValueError(f"storage: the driver for {url.split(':')[0]} is missing ({error}); "
+            raise InputError(f"storage: the driver for {url.split(':')[0]} is missing ({error}); "
                              "for PostgreSQL install pdenas[postgres]") from None
         except Exception as error:  # sqlalchemy.exc.OperationalError and friends
             # Workers that open a fresh database at the same moment race on creating Optuna's
             # tables and all but one fail: the tables exist on the next try.
             if attempt == 2:
-                raise ValueError(f"storage: cannot open {redact_url(url)}: "
+                raise InputError(f"storage: cannot open {redact_url(url)}: "
                                  f"{redact_url(str(error).splitlines()[0])}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -168,7 +170,7 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
             except BaseException as error:
                 connection.close()
                 if isinstance(error, sqlalchemy.exc.DBAPIError):
-                    raise ValueError(f"storage: the budget lock of {study_name!r} failed: "
+                    raise InputError(f"storage: the budget lock of {study_name!r} failed: "
                                      f"{redact_url(str(error.orig).splitlines()[0])}") from None
                 raise
             try:
@@ -239,6 +241,6 @@ def _acquire(connection, postgres: bool, args: dict[str, object], study_name: st
         if got == 1:
             return
         if got is None:
-            raise ValueError(f"storage: MySQL GET_LOCK failed for the budget lock of {study_name!r}")
-    raise ValueError(f"storage: the budget lock of {study_name!r} was not free within {timeout} s "
+            raise InputError(f"storage: MySQL GET_LOCK failed for the budget lock of {study_name!r}")
+    raise InputError(f"storage: the budget lock of {study_name!r} was not free within {timeout} s "
                      "(PDENAS_LOCK_TIMEOUT); another worker holds it and does not let go")

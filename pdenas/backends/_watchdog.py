@@ -29,6 +29,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from pdenas.errors import InputError
+
 __all__ = ["EXIT_HUNG", "SUPERVISED_ENV", "Watchdog", "grace_seconds", "may_exit"]
 
 _LOG = logging.getLogger("pdenas")
@@ -51,7 +53,7 @@ def grace_seconds(trial_timeout: float) -> float:
         except ValueError:
             seconds = -1.0
         if not seconds >= 0:
-            raise ValueError(f"PDENAS_HUNG_GRACE: got {override!r}; allowed: seconds >= 0")
+            raise InputError(f"PDENAS_HUNG_GRACE: got {override!r}; allowed: seconds >= 0")
         return seconds
     return min(max(trial_timeout / 4, 10.0), 120.0)
 

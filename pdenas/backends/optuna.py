@@ -48,6 +48,7 @@ from pdenas.backends._sampling import (check_names, check_options, directions, m
 from pdenas.backends._storage import (MAX_RETRY, budget_lock, check_storage_url,
                                       heartbeat_settings, make_storage, redact_url)
 from pdenas.backends._watchdog import grace_seconds
+from pdenas.errors import InputError
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
@@ -78,10 +79,10 @@ def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None)
                                     directions=directions(config), sampler=sampler, pruner=pruner,
                                     load_if_exists=True)
     except ValueError as error:
-        raise ValueError(f"storage: {redact_url(str(error))}") from None
+        raise InputError(f"storage: {redact_url(str(error))}") from None
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(config):
-        raise ValueError(
+        raise InputError(
             f"objectives: the stored study {config.name!r} optimises {stored}, this study file "
             f"asks for {directions(config)}; use another name or storage")
     study.set_metric_names(list(config.objectives))
@@ -315,7 +316,7 @@ class OptunaBackend(Backend):
     def check(cls, config: StudyConfig, *, storage: str | None = None,
               address: str | None = None) -> None:
         if address:
-            raise ValueError("--address is for the ray backend (--backend ray)")
+            raise InputError("--address is for the ray backend (--backend ray)")
         check_names(config)
         check_options(config)
         if config.storage is not None:
@@ -338,7 +339,7 @@ class OptunaBackend(Backend):
         if self.config.balance_families:
             param, families = self.runner.family_choices()
             if len(families) < 2:
-                raise ValueError("balance_families: the search space must choose between "
+                raise InputError("balance_families: the search space must choose between "
                                  "families; allowed: a space with a families list")
             self.balance = (param, families)
             sampler = FamilyBalancedSampler(lambda: make_sampler(self.config, grid), param)
@@ -348,7 +349,7 @@ class OptunaBackend(Backend):
         if self.storage is None:
             run = self.run_folder
             if run.trial_numbers() and not run.default_storage_path.is_file():
-                raise ValueError(
+                raise InputError(
                     f"{run.default_storage_path}: the run's storage is missing but the folder "
                     f"holds {len(run.trial_numbers())} trial folders; restore it, or search into "
                     "another --out (resuming would number trials from 0 over the old ones)")

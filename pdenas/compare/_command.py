@@ -15,6 +15,7 @@ from pdenas.compare._importance import family_importances, format_importances
 from pdenas.compare._report import cost_text, markdown_table, write_plots, write_report
 from pdenas.compare._retrain import format_retrain, retrain_summary
 from pdenas.compare._retrain import retrain_top as retrain_families
+from pdenas.errors import InputError
 from pdenas.results import export_trials, load_run, load_trials
 
 __all__ = ["Comparison", "compare_run"]
@@ -67,17 +68,17 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
     info = load_run(run_dir)
     top_k = retrain_top
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"--retrain-top: must be >= 0, got {top_k!r}")
+        raise InputError(f"--retrain-top: must be >= 0, got {top_k!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"--seeds: must be >= 1, got {seeds!r}")
+        raise InputError(f"--seeds: must be >= 1, got {seeds!r}")
     dev = resolve_device(device or "auto") if top_k else None
     trials = load_trials(run_dir)
     if trials.empty:
-        raise ValueError(f"{run_dir}: the study {info['study_name']!r} has no trials yet")
+        raise InputError(f"{run_dir}: the study {info['study_name']!r} has no trials yet")
     data = None
     if top_k:
         if not trials["comparable"].any():
-            raise ValueError(f"--retrain-top: {run_dir} has no finished trials to retrain yet")
+            raise InputError(f"--retrain-top: {run_dir} has no finished trials to retrain yet")
         from pdenas.data import load_data
         from pdenas.study import StudyConfig
 

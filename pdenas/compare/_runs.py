@@ -12,6 +12,7 @@ import pandas as pd
 
 from pdenas.compare._command import Comparison, _silent
 from pdenas.compare._report import cost_text, markdown_table, pct
+from pdenas.errors import InputError
 from pdenas.results import (PAPER_ORDER, export_trials, fully_trained, hypervolume_2d, load_run,
                             load_trials)
 
@@ -96,9 +97,9 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out: str | Path | None = Non
     say = echo or _silent
     paths = [Path(p) for p in run_dirs]
     if len(paths) < 2:
-        raise ValueError("compare: several runs need at least two run folders")
+        raise InputError("compare: several runs need at least two run folders")
     if len({p.resolve() for p in paths}) < len(paths):
-        raise ValueError("compare: the same run folder is named twice")
+        raise InputError("compare: the same run folder is named twice")
     infos = [load_run(p) for p in paths]
     frames = [load_trials(p) for p in paths]
     labels = run_labels(paths, [str(i["study_name"]) for i in infos])

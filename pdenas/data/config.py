@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pdenas._config import Config
+from pdenas.errors import InputError
 
 __all__ = [
     "DATASET_NAMES",
@@ -29,7 +30,7 @@ MAX_IMAGE_SIZE = 1024
 """Where Debian's `dataset-fashion-mnist` package installs its IDX .gz files."""
 
 
-class DataUnavailableError(ValueError):
+class DataUnavailableError(InputError):
     """The data set's files are not present (and downloads are off, or the download failed)."""
 
 
@@ -77,7 +78,7 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return _INFO[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}") from None
+        raise InputError(f"unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}") from None
 
 
 def _is_int(value: object) -> bool:

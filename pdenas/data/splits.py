@@ -14,6 +14,7 @@ import torch
 
 from pdenas.data.config import DataConfig, dataset_info
 from pdenas.data.sources import load_raw
+from pdenas.errors import InputError
 
 __all__ = ["DataSplits", "TensorSplit", "load_data", "standardise"]
 
@@ -101,7 +102,7 @@ def _split_indices(n: int, config: DataConfig) -> tuple[torch.Tensor, torch.Tens
     if config.train_limit is not None:
         order = order[: config.train_limit]
     if len(order) < 2:
-        raise ValueError(f"{config.name} has {n} training examples; at least 2 are needed for a train/val split")
+        raise InputError(f"{config.name} has {n} training examples; at least 2 are needed for a train/val split")
     n_val = min(max(int(round(len(order) * config.val_fraction)), 1), len(order) - 1)
     return order[n_val:].sort().values, order[:n_val].sort().values
 

@@ -26,6 +26,7 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, SVHN
 
 from pdenas.data.raw import RawData, fixed_test_split, missing_files_error, reading
+from pdenas.errors import InputError
 
 __all__ = ["TORCHVISION_LOADERS", "load_imagefolder", "load_torchvision"]
 
@@ -112,7 +113,7 @@ def _unpickle(path: Path) -> dict[str, Any]:
     with open(path, "rb") as handle:
         entry = SafeUnpickler(handle, encoding="latin1").load()
     if not isinstance(entry, dict):
-        raise ValueError(f"{path.name}: not a CIFAR batch (a {type(entry).__name__})")
+        raise InputError(f"{path.name}: not a CIFAR batch (a {type(entry).__name__})")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
@@ -122,7 +123,7 @@ def _cifar_batches(folder: Path, files: list[list[str]], labels_key: str) -> tup
         entry = _unpickle(folder / filename)
         data = entry["data"]
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % 3072:
-            raise ValueError(f"{filename}: data is not uint8 32x32x3 images")
+            raise InputError(f"{filename}: data is not uint8 32x32x3 images")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.extend(int(y) for y in entry[labels_key if labels_key in entry else "labels"])
     return np.concatenate(images), labels
@@ -200,7 +201,7 @@ def _image_folder(folder: Path, image_size: int | None) -> tuple[list[torch.Tens
 def _stack(folder: Path, images: list[torch.Tensor]) -> torch.Tensor:
     sizes = sorted({tuple(image.shape[1:]) for image in images})
     if len(sizes) > 1:
-        raise ValueError(f"images in {folder} differ in size ({sizes[0]}, {sizes[1]}, ...); set data.image_size")
+        raise InputError(f"images in {folder} differ in size ({sizes[0]}, {sizes[1]}, ...); set data.image_size")
     return torch.stack(images)
 
 
@@ -227,5 +228,5 @@ def load_imagefolder(root: Path, image_size: int | None) -> RawData:
     if not split:
         return fixed_test_split(xs[0], ys[0], classes)
     if parts[1][2] != classes:
-        raise ValueError(f"{root}/train and {root}/test have different class folders")
+        raise InputError(f"{root}/train and {root}/test have different class folders")
     return RawData(xs[0], ys[0], xs[1], ys[1], classes)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pdenas.architecture import Architecture
+from pdenas.errors import InputError
 from pdenas.export._card import card_markdown, model_card
 from pdenas.export._formats import CHECK_IMAGES, parse_formats, write_formats
 from pdenas.export._select import retrain, saved_model, select_trial, trial_record
@@ -51,13 +52,13 @@ def export_trial(
     info = load_run(run_dir)
     fmts = parse_formats(formats)
     if retrain_epochs is not None and (isinstance(retrain_epochs, bool) or retrain_epochs < 1):
-        raise ValueError(f"--retrain-epochs: must be an integer >= 1, got {retrain_epochs!r}")
+        raise InputError(f"--retrain-epochs: must be an integer >= 1, got {retrain_epochs!r}")
     number = select_trial(run_dir, trial)
     record = trial_record(run_dir, number, need_weights=retrain_epochs is None)
     arch = Architecture.from_dict(record["architecture"])
     out = Path(out) if out else run_dir / "export" / f"trial-{number}"
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"--out {out}: exists and is not a folder")
     config = StudyConfig.from_dict(info["config"])
     dev = resolve_device(device)
     data = load_data(config.data, device=dev)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pdenas.errors import InputError
 from pdenas.export._weights import (FILES, FORMATS, load_model, load_safetensors, save_export,
                                    save_safetensors)
 from pdenas.network import PDENet
@@ -192,17 +193,17 @@ def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...]:
     formats: list[str] = []
     for item in (str(i).strip().lower() for i in items):
         if item == "torchscript":
-            raise ValueError("--format: torchscript is no longer written (torch.jit is "
+            raise InputError("--format: torchscript is no longer written (torch.jit is "
                              "deprecated); use pt2, a torch.export program; allowed: "
                              + ", ".join(FORMATS))
         if item not in FORMATS:
-            raise ValueError(f"--format: unknown format {item!r}; allowed: {', '.join(FORMATS)}")
+            raise InputError(f"--format: unknown format {item!r}; allowed: {', '.join(FORMATS)}")
         if item not in formats:
             formats.append(item)
     if not formats:
-        raise ValueError(f"--format: empty; allowed: {', '.join(FORMATS)}")
+        raise InputError(f"--format: empty; allowed: {', '.join(FORMATS)}")
     if "onnx" in formats and "onnx" not in default_formats():
-        raise ValueError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
+        raise InputError("--format onnx: needs the onnx, onnxscript and onnxruntime packages; "
                          "allowed: pip install 'pdenas[onnx]', or leave onnx out")
     return tuple(formats)
 

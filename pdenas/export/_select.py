@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from pdenas.architecture import Architecture
+from pdenas.errors import InputError
 from pdenas.network import PDENet, build_model
 from pdenas.runs import RunFolder
 
@@ -37,14 +38,14 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
         known = sorted(int(n) for n in trials["number"])
         if number not in known:
             listed = ", ".join(map(str, known[:20])) + (" ..." if len(known) > 20 else "")
-            raise ValueError(f"--trial {number}: no such trial in {run_dir} "
+            raise InputError(f"--trial {number}: no such trial in {run_dir} "
                              f"(trials: {listed or 'none'})")
         return number
     if text != "best" and not text.startswith("pareto:"):
-        raise ValueError(f"--trial {spec!r}: expected best, a trial number or pareto:K")
+        raise InputError(f"--trial {spec!r}: expected best, a trial number or pareto:K")
     board = leaderboard(trials, info.objectives)
     if board.empty:
-        raise ValueError(f"{run_dir}: no completed, fully trained trial yet; "
+        raise InputError(f"{run_dir}: no completed, fully trained trial yet; "
                          "name one with --trial N")
     cost = info.cost_objective
     keys = ["val_accuracy", "val_loss"] + ([cost] if cost in board else []) + ["number"]
@@ -54,7 +55,7 @@ def select_trial(run_dir: str | Path, spec: str | int = "best") -> int:
     k = text.split(":", 1)[1]
     front = board[board["pareto_rank"] == 1].sort_values(keys, ascending=order)
     if not k.isdigit() or not 1 <= int(k) <= len(front):
-        raise ValueError(f"--trial {spec}: the Pareto front of {run_dir} has {len(front)} points "
+        raise InputError(f"--trial {spec}: the Pareto front of {run_dir} has {len(front)} points "
                          f"(pareto:1 ... pareto:{len(front)}, by validation accuracy)")
     return int(front.iloc[int(k) - 1]["number"])
 
@@ -66,7 +67,7 @@ def trial_record(run_dir: Path, number: int, need_weights: bool) -> dict[str, An
     record = folder.read_record()
     if need_weights and not folder.has_weights():
         reason = f": {record.failure_reason}" if record.failure_reason else ""
-        raise ValueError(f"trial {number} has no saved weights (status {record.status}"
+        raise InputError(f"trial {number} has no saved weights (status {record.status}"
                          f"{reason}); retrain it with --retrain-epochs E")
     return record.to_dict()
 
@@ -78,7 +79,7 @@ def saved_model(run_dir: Path, number: int, arch: Architecture) -> PDENet:
     try:
         model.load_state_dict(folder.load_weights())
     except (RuntimeError, KeyError) as error:  # weights of another architecture
-        raise ValueError(f"{folder.weights_path}: cannot load the trial's weights: "
+        raise InputError(f"{folder.weights_path}: cannot load the trial's weights: "
                          f"{str(error).splitlines()[0][:160]}") from None
     return model
 
@@ -99,6 +100,6 @@ def retrain(arch: Architecture, train: Any, data: Any, device: torch.device, *, 
     try:
         fit(model, both, train, device, seed=seed + number, restore_best=False)
     except TrainingFailed as error:
-        raise ValueError(f"retraining trial {number} failed: {error.reason}") from None
+        raise InputError(f"retraining trial {number} failed: {error.reason}") from None
     return model
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from pdenas.architecture import Architecture
+from pdenas.errors import InputError
 from pdenas.network import PDENet, build_model
 
 __all__ = [
@@ -118,7 +119,7 @@ def _built(arch: Architecture, state: Mapping[str, torch.Tensor], where: Path) -
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"{where}: weights do not fit the architecture: "
+        raise InputError(f"{where}: weights do not fit the architecture: "
                          f"{str(error).splitlines()[0]}") from None
     return model.eval()
 
@@ -164,9 +165,9 @@ def load_safetensors(folder: str | Path) -> PDENet:
         arch = Architecture.from_dict(config["architecture"])
         state = load_file(str(folder / str(config.get("weights", FILES["safetensors"]))))
     except (OSError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{config_path}: cannot load the safetensors export: {error}") from None
+        raise InputError(f"{config_path}: cannot load the safetensors export: {error}") from None
     if config.get("format") != CONFIG_FORMAT:
-        raise ValueError(f"{config_path}: not a pdenas model config (format {config.get('format')!r})")
+        raise InputError(f"{config_path}: not a pdenas model config (format {config.get('format')!r})")
     return _built(arch, state, folder)
 
 
@@ -183,30 +184,30 @@ def load_export(path: str | Path) -> ExportedModel:
     if zipfile.is_zipfile(file):
         with zipfile.ZipFile(file) as archive:
             if any(n.endswith("constants.pkl") for n in archive.namelist()):
-                raise ValueError(f"{file}: a TorchScript archive, not a pdenas export")
+                raise InputError(f"{file}: a TorchScript archive, not a pdenas export")
             if any(n.endswith("/archive_format") for n in archive.namelist()):
-                raise ValueError(f"{file}: a torch.export program, not a pdenas export; "
+                raise InputError(f"{file}: a torch.export program, not a pdenas export; "
                                  "load it with torch.export.load")
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{file}: not a pdenas export (unreadable as safe torch data: "
+        raise InputError(f"{file}: not a pdenas export (unreadable as safe torch data: "
                          f"{reason[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{file}: not a pdenas export (no format marker {EXPORT_FORMAT!r}; a "
+        raise InputError(f"{file}: not a pdenas export (no format marker {EXPORT_FORMAT!r}; a "
                          "plain state_dict or checkpoint has no architecture to build)")
     version = payload.get("version")
     if type(version) is not int or not 1 <= version <= EXPORT_VERSION:
-        raise ValueError(f"{file}: pdenas export version {version!r}; this pdenas reads "
+        raise InputError(f"{file}: pdenas export version {version!r}; this pdenas reads "
                          f"version {EXPORT_VERSION} (update pdenas)")
     try:
         arch = Architecture.from_dict(payload.get("architecture"))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{file}: bad architecture: {error}") from None
+        raise InputError(f"{file}: bad architecture: {error}") from None
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{file}: bad pdenas export: state_dict is not a mapping of tensors")
+        raise InputError(f"{file}: bad pdenas export: state_dict is not a mapping of tensors")
     _check_fits(file, arch, state)
     model = _built(arch, state, file)
     norm = payload.get("normalization") or {}
@@ -249,7 +250,7 @@ def _check_fits(file: Path, arch: Architecture, state: Mapping[str, torch.Tensor
             ("in_channels", arch.in_channels, MAX_CHANNELS))
     for key, value, cap in caps:
         if value > cap:
-            raise ValueError(f"{file}: bad architecture: architecture.{key}: got {value}; "
+            raise InputError(f"{file}: bad architecture: architecture.{key}: got {value}; "
                              f"allowed: at most {cap}")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_model(arch).state_dict().items()}
@@ -257,18 +258,18 @@ def _check_fits(file: Path, arch: Architecture, state: Mapping[str, torch.Tensor
     if expected != found:
         wrong = sorted(set(expected) ^ set(found)) or sorted(
             k for k in expected if expected[k] != found[k])
-        raise ValueError(f"{file}: weights do not fit the architecture "
+        raise InputError(f"{file}: weights do not fit the architecture "
                          f"({len(wrong)} tensors differ in name or shape, e.g. {wrong[0]!r})")
 
 
 def _export_file(path: Path) -> Path:
     if path.is_dir():
         if not (path / FILES["pt"]).is_file():
-            raise ValueError(f"{path}: no {FILES['pt']} in this folder; not a pdenas export "
+            raise InputError(f"{path}: no {FILES['pt']} in this folder; not a pdenas export "
                              "(export with --format pt)")
         return path / FILES["pt"]
     if not path.is_file():
-        raise ValueError(f"{path}: no such file or folder; expected a pdenas export")
+        raise InputError(f"{path}: no such file or folder; expected a pdenas export")
     return path
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdenas.errors import InputError
 from pdenas.families._krylov import ritz_values
 
 __all__ = [
@@ -108,7 +109,7 @@ def make_norm(name: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if name == "none":
         return AffineOnly(channels)
-    raise ValueError(f"norm: unknown {name!r}; allowed: {', '.join(NORMS)}")
+    raise InputError(f"norm: unknown {name!r}; allowed: {', '.join(NORMS)}")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -116,7 +117,7 @@ def make_activation(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"activation: unknown {name!r}; allowed: {', '.join(sorted(ACTIVATIONS))}"
         ) from None
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pdenas.errors import InputError
 from pdenas.runs._record import TrialRecord
 
 __all__ = [
@@ -75,10 +76,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
+        raise InputError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
                          "the file is damaged") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not valid JSON (not UTF-8 text); the file is damaged") from None
+        raise InputError(f"{path}: not valid JSON (not UTF-8 text); the file is damaged") from None
 
 
 def read_record(path: Path) -> TrialRecord:
@@ -90,7 +91,7 @@ def read_record(path: Path) -> TrialRecord:
         message = str(error)
         if message.startswith(str(path)):
             raise
-        raise ValueError(f"{path}: {message}") from None
+        raise InputError(f"{path}: {message}") from None
 
 
 class RunInfo(dict):
@@ -144,7 +145,7 @@ class TrialFolder:
             ValueError: No record, or a damaged one (naming the file).
         """
         if not self.record_path.is_file():
-            raise ValueError(f"{self.record_path}: no record of trial {self.number} in the run folder")
+            raise InputError(f"{self.record_path}: no record of trial {self.number} in the run folder")
         return read_record(self.record_path)
 
     def write_record(self, record: TrialRecord) -> None:
@@ -168,11 +169,11 @@ class TrialFolder:
         import torch
 
         if not self.weights_path.is_file():
-            raise ValueError(f"{self.weights_path}: trial {self.number} saved no weights")
+            raise InputError(f"{self.weights_path}: trial {self.number} saved no weights")
         try:
             return torch.load(self.weights_path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - damaged or foreign: one line
-            raise ValueError(f"{self.weights_path}: cannot load the trial's weights: "
+            raise InputError(f"{self.weights_path}: cannot load the trial's weights: "
                              f"{str(error).splitlines()[0][:160]}") from None
 
 
@@ -215,21 +216,21 @@ class RunFolder:
             ValueError: Not a run folder, a damaged file, or a newer format version.
         """
         if not self.info_path.is_file():
-            raise ValueError(f"{self.path}: not a pdenas run folder (no run.json); "
+            raise InputError(f"{self.path}: not a pdenas run folder (no run.json); "
                              "run `pdenas search` first")
         data = read_json(self.info_path)
         if not isinstance(data, dict):
-            raise ValueError(f"{self.info_path}: not a pdenas run file")
+            raise InputError(f"{self.info_path}: not a pdenas run file")
         if "format" in data and data["format"] != RUN_FORMAT:
-            raise ValueError(f"{self.info_path}: not a pdenas run file (format {data['format']!r})")
+            raise InputError(f"{self.info_path}: not a pdenas run file (format {data['format']!r})")
         version = data.get("version", 1)
         if not isinstance(version, int) or version > RUN_VERSION:
-            raise ValueError(f"{self.info_path}: written by a newer pdenas (run format version "
+            raise InputError(f"{self.info_path}: written by a newer pdenas (run format version "
                              f"{version!r}; this one reads up to {RUN_VERSION}); upgrade pdenas")
         if not isinstance(data.get("config"), dict) or not isinstance(data.get("study_name"), str):
-            raise ValueError(f"{self.info_path}: not a pdenas run file (no study_name or config)")
+            raise InputError(f"{self.info_path}: not a pdenas run file (no study_name or config)")
         if version >= 2 and "storage" not in data:
-            raise ValueError(f"{self.info_path}: damaged run file (no storage entry; null means "
+            raise InputError(f"{self.info_path}: damaged run file (no storage entry; null means "
                              "the folder's own study.db)")
         return RunInfo(data)
 
@@ -240,12 +241,12 @@ class RunFolder:
             ValueError: The path is a file, or the folder holds another study.
         """
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"{self.path}: exists and is not a folder; --out names a run folder")
+            raise InputError(f"{self.path}: exists and is not a folder; --out names a run folder")
         if not self.info_path.exists():
             return
         held = self.read_info()["study_name"]
         if held != study_name:
-            raise ValueError(f"{self.path}: holds the study {held!r}; refusing to write the study "
+            raise InputError(f"{self.path}: holds the study {held!r}; refusing to write the study "
                              f"{study_name!r} into it; use another --out")
 
     def write_info(self, *, study_name: str, backend: str, config: Mapping[str, Any],
@@ -283,7 +284,7 @@ class RunFolder:
         if stored and not str(stored).endswith(f"/{DEFAULT_STORAGE}"):
             return str(stored)  # version 1 named every storage absolutely
         if not self.default_storage_path.is_file():
-            raise ValueError(f"{self.default_storage_path}: the run's storage is missing")
+            raise InputError(f"{self.default_storage_path}: the run's storage is missing")
         return self.default_storage_url()
 
     def trial(self, number: int) -> TrialFolder:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdenas.errors import InputError
 from pdenas.runs._status import TrialStatus
 
 __all__ = ["TrialRecord", "plain"]
@@ -89,7 +90,7 @@ class TrialRecord:
             ValueError: No ``number``, or an unknown status.
         """
         if not isinstance(data, Mapping) or "number" not in data:
-            raise ValueError("record: not a trial record (no number)")
+            raise InputError("record: not a trial record (no number)")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

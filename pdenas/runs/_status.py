@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from pdenas.errors import InputError
+
 __all__ = ["TrialStatus"]
 
 
@@ -64,7 +66,7 @@ class TrialStatus(str, enum.Enum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(s.value for s in cls)
-            raise ValueError(f"status: unknown {value!r}; allowed: {allowed}") from None
+            raise InputError(f"status: unknown {value!r}; allowed: {allowed}") from None
 
     @property
     def final(self) -> bool:

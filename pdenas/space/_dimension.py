@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pdenas.errors import InputError
 from pdenas.space._trial import Trial
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Dimension:
         if self.kind == INT:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step is None:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: the continuous range [{self.low:g}, {self.high:g}] has no grid; "
                 "give a list of choices or a step"
             )

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from pdenas._resources import shipped_file, shipped_names
+from pdenas.errors import InputError
 
 __all__ = ["available_spaces", "read_space_file", "shipped_space"]
 
@@ -36,7 +37,7 @@ def read_space_file(name_or_path: str | Path) -> tuple[Path, Any]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe)
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read the search space: {exc}") from None
+        raise InputError(f"{path}: cannot read the search space: {exc}") from None
     return path, data
 
 
@@ -45,12 +46,12 @@ def _resolve(name_or_path: str | Path) -> Path:
     if isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith((".yaml", ".yml")):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
-            raise ValueError(f"search space file not found: {path}")
+            raise InputError(f"search space file not found: {path}")
         return path
     path = shipped_space(text)
     if path is not None:
         return path
-    raise ValueError(f"search space: unknown name {text!r}; available: {', '.join(available_spaces())}")
+    raise InputError(f"search space: unknown name {text!r}; available: {', '.join(available_spaces())}")
 
 
 class _Loader(yaml.SafeLoader):

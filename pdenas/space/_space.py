@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pdenas.architecture import Architecture
+from pdenas.errors import InputError
 from pdenas.families import get_family, list_families
 from pdenas.space._checks import member
 from pdenas.space._dimension import CHOICE, FIXED, Dimension, Dimensions
@@ -209,7 +210,7 @@ class SearchSpace:
                      image_size=image_size)
         for name in params:
             if name not in trial.asked:
-                raise ValueError(f"{name}: not a param of this space's candidates (given the "
+                raise InputError(f"{name}: not a param of this space's candidates (given the "
                                  f"others); allowed: {', '.join(dict.fromkeys(trial.asked))}")
 
     def grid(self, *, image_size: int | None = None) -> dict[str, list[Any]]:
@@ -245,7 +246,7 @@ def _fit_units(dim: Dimension, image_side: int) -> Dimension:
     cap = max(1, int(image_side)).bit_length()  # floor(log2(side)) + 1
     fitted = dim.capped(cap)
     if fitted is None:
-        raise ValueError(
+        raise InputError(
             f"{dim.name}: {min(dim.extremes())} or more units need inputs of at least "
             f"{2 ** (min(dim.extremes()) - 1)} pixels per side, got {image_side}; "
             f"use at most {cap} units"

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from pdenas.errors import InputError
+
 __all__ = ["PartialTrial", "ReplayTrial", "Trial"]
 
 
@@ -32,7 +34,7 @@ class ReplayTrial:
     def _get(self, name: str) -> Any:
         if name not in self.params:
             have = ", ".join(self.params) or "none"
-            raise ValueError(f"{name}: missing from the params to replay (have: {have})")
+            raise InputError(f"{name}: missing from the params to replay (have: {have})")
         return self.params[name]
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
@@ -40,14 +42,14 @@ class ReplayTrial:
         for choice in choices:
             if choice == value and isinstance(choice, bool) == isinstance(value, bool):
                 return choice
-        raise ValueError(f"{name}: {value!r} is not one of the choices {list(choices)!r}")
+        raise InputError(f"{name}: {value!r} is not one of the choices {list(choices)!r}")
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         value = self._get(name)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = number and float(value).is_integer()
         if not ok or not low <= value <= high or (int(value) - low) % step:
-            raise ValueError(f"{name}: {value!r} is not an integer in [{low}, {high}] (step {step})")
+            raise InputError(f"{name}: {value!r} is not an integer in [{low}, {high}] (step {step})")
         return int(value)
 
     def suggest_float(
@@ -55,7 +57,7 @@ class ReplayTrial:
     ) -> float:
         value = self._get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ValueError(f"{name}: {value!r} is not a number in [{low:g}, {high:g}]")
+            raise InputError(f"{name}: {value!r} is not a number in [{low:g}, {high:g}]")
         return float(value)
 
 
@@ -75,7 +77,7 @@ class PartialTrial:
         try:
             return replay()
         except ValueError:
-            raise ValueError(f"{name}: got {self.params[name]!r}; allowed: {allowed}") from None
+            raise InputError(f"{name}: got {self.params[name]!r}; allowed: {allowed}") from None
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return self._ask(name, choices[0],
