@@ -289,3 +289,28 @@ def test_a_hung_ray_trial_is_ended_recorded_and_the_search_goes_on(tiny_study, t
     assert other["status"] in ("completed", "timeout") and other["epochs_trained"] >= 1, other
     assert not (other["failure_reason"] or "").startswith("hung"), other
     assert "2 trials" in done.stdout, output
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "nsga2", "cmaes", "gp", "grid"])
+def test_every_sampler_survives_rays_pickling_and_still_samples(sampler: str) -> None:
+    """``tune.Tuner`` pickles its searcher with the sampler when an experiment starts: Optuna
+    5.1's NSGA-II holds a lock that plain pickling refuses (the shipped quickstart study's
+    sampler crashed ``pdenas search --backend ray``). Every sampler a study can name must
+    round-trip through Ray's cloudpickle and then propose trials."""
+    import optuna
+    from ray import cloudpickle
+
+    from pdenas.backends._sampling import make_sampler
+    from pdenas.backends.ray import picklable
+    from pdenas.study import StudyConfig
+
+    config = StudyConfig.from_dict({"name": "pickle", "data": {"name": "digits"},
+                                    "space": "quickstart", "sampler": {"name": sampler},
+                                    "objectives": ["val_accuracy"]})
+    made = picklable(make_sampler(config, lambda: {"x": [0.0, 0.5, 1.0]}))
+    again = cloudpickle.loads(cloudpickle.dumps(made))
+    assert type(again) is type(made)
+    study = optuna.create_study(sampler=again, direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=3)
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    cloudpickle.dumps(again)  # and again, after sampling (Tune pickles at every checkpoint)

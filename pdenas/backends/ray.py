@@ -41,6 +41,7 @@ node.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import dataclasses
 import io
 import logging
@@ -69,6 +70,7 @@ from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
 from pdenas.backends._storage import make_storage
+from pdenas.errors import InputError
 from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_record
 from pdenas.study import StudyConfig, resolve_device
 
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
     from pdenas.space import SearchSpace
 
 __all__ = ["EXPERIMENTS_DIR", "NUMBER_KEY", "RayBackend", "RayOptions", "experiment_paths",
-           "max_epochs"]
+           "max_epochs", "picklable"]
 
 NUMBER_KEY = "pdenas_trial_number"
 """The config key (next to the search-space params) that carries a Ray trial's pdenas number."""
@@ -251,6 +253,40 @@ class _Finalize(tune.Callback):
         folder.write_record(record)
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def picklable(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """Makes a sampler picklable, as Ray Tune needs: ``tune.Tuner`` pickles its searcher, and the
+    sampler with it, when an experiment starts (and again at every checkpoint).
+
+    Optuna 5.1's genetic samplers (NSGA-II, NSGA-III) hold a ``threading.Lock`` and define no
+    ``__getstate__``, so they cannot be pickled (Optuna's own study and journal storage drop
+    their locks the same way). This registers, once per such class, a reducer that leaves the
+    locks out and makes new ones on loading; other samplers are returned as they are.
+    """
+    cls = type(sampler)
+    if cls not in copyreg.dispatch_table and any(
+            isinstance(value, _LOCK_TYPES) for value in vars(sampler).values()):
+        copyreg.pickle(cls, _without_locks)
+    return sampler
+
+
+def _without_locks(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    state = {k: v for k, v in vars(obj).items() if not isinstance(v, _LOCK_TYPES)}
+    locks = {k: type(v) is type(threading.RLock()) for k, v in vars(obj).items()
+             if isinstance(v, _LOCK_TYPES)}
+    return _with_new_locks, (type(obj), state, locks)
+
+
+def _with_new_locks(cls: type, state: dict[str, Any], locks: dict[str, bool]) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    for name, reentrant in locks.items():
+        setattr(obj, name, threading.RLock() if reentrant else threading.Lock())
+    return obj
+
+
 def max_epochs(config: StudyConfig, space: SearchSpace) -> int:
     """The most epochs any candidate trains: the scheduler's ``max_t``."""
     most = int(config.train.epochs)
@@ -343,16 +379,16 @@ class RayBackend(Backend):
         options = cls.options(config)
         check_names(config)
         if config.storage or storage:
-            raise ValueError("storage: is for the optuna backend; the ray backend keeps its "
+            raise InputError("storage: is for the optuna backend; the ray backend keeps its "
                              "results in the run folder (--out)")
         if options.scheduler == "mo_asha" and not config.multi_objective:
-            raise ValueError("ray.scheduler: mo_asha needs a cost objective; allowed: asha, "
+            raise InputError("ray.scheduler: mo_asha needs a cost objective; allowed: asha, "
                              "hyperband or fifo for accuracy alone")
         if config.balance_families:
-            raise ValueError("balance_families: is for the optuna backend (Ray's searcher keeps "
+            raise InputError("balance_families: is for the optuna backend (Ray's searcher keeps "
                              "one sampler state); allowed: false with --backend ray")
         if config.device == "cuda" and options.gpus_per_trial <= 0:
-            raise ValueError("device: cuda with the Ray backend needs ray.gpus_per_trial > 0")
+            raise InputError("device: cuda with the Ray backend needs ray.gpus_per_trial > 0")
 
     def prepare(self, data: DataSplits) -> None:
         self.ray_options = self.options(self.config)
@@ -364,8 +400,8 @@ class RayBackend(Backend):
         # Constraint values live in Optuna user attributes the Ray searcher never sets;
         # infeasible candidates are still skipped by the runner and told PRUNED. Made before
         # anything is written or Ray starts: bad sampler options are bad input.
-        self.sampler = make_sampler(self.config, lambda: self.space.grid(
-            image_size=min(data.image_size)))
+        self.sampler = picklable(make_sampler(self.config, lambda: self.space.grid(
+            image_size=min(data.image_size))))
 
     def search(self, n_trials: int, timeout: float | None = None,
                progress: Progress | None = None) -> None:
