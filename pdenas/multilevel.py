@@ -29,6 +29,7 @@ from torch import nn
 
 from pdenas._config import Config
 from pdenas.architecture import Architecture
+from pdenas.errors import InputError
 from pdenas.families import PDEUnit
 from pdenas.network import PDENet
 
@@ -83,7 +84,7 @@ def resample_model(model: nn.Module, depths: Sequence[int]) -> nn.Module:
     units = pde_units(model)
     depths = tuple(depths)
     if len(depths) != len(units):
-        raise ValueError(f"depths: the model has {len(units)} units, got {len(depths)} depths")
+        raise InputError(f"depths: the model has {len(units)} units, got {len(depths)} depths")
     index = {id(unit): k for k, unit in enumerate(units)}
     copy_ = _replace_units(model, lambda unit, _: unit.resample(depths[index[id(unit)]]))
     if isinstance(copy_, PDENet) and copy_.units:
@@ -117,7 +118,7 @@ def _replace_units(model: nn.Module, make: Callable[[PDEUnit, int], PDEUnit]) ->
     """A deep copy of ``model`` with each outermost PDE unit replaced by ``make(unit, k)``."""
     units = pde_units(model)
     if not units:
-        raise ValueError(f"{type(model).__name__} holds no PDE units to deepen")
+        raise InputError(f"{type(model).__name__} holds no PDE units to deepen")
     if isinstance(model, PDEUnit):
         return make(model, 0)
     # deepcopy takes what the memo maps an object's id to instead of copying the object.
@@ -127,7 +128,7 @@ def _replace_units(model: nn.Module, make: Callable[[PDEUnit, int], PDEUnit]) ->
 
 def _check_factor(factor: object) -> None:
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor: got {factor!r}; allowed: an integer >= 1")
+        raise InputError(f"factor: got {factor!r}; allowed: an integer >= 1")
 
 
 # --- coarse-to-fine training -------------------------------------------------------------------
@@ -158,8 +159,11 @@ class MultilevelConfig(Config):
     the unit), each over the same time ``T = n h``, so coarse levels take larger steps. Between
     levels the network is resampled in time (``resample_model``: every step's weights repeated),
     the optimiser is rebuilt for the new parameters (its momentum / Adam state starts afresh)
-    and the time-smoothness regulariser is taken over the new steps (repeating steps leaves its
-    value unchanged). The learning-rate schedule runs over all epochs as one schedule.
+    and the time-smoothness regulariser is taken over the new steps: repeating steps leaves
+    the default form's value ("total_variation") unchanged, so every level optimises the same
+    objective; Meganet.m's form ("meganet") grows with every level, by the factor for large
+    jumps and its square for small ones. The learning-rate schedule runs over all epochs as one
+    schedule.
 
     Attributes:
         levels: Number of levels L (>= 1; 1 trains at the final depth only).
@@ -191,7 +195,7 @@ class MultilevelConfig(Config):
             ValueError: If there are fewer epochs than levels.
         """
         if epochs < self.levels:
-            raise ValueError(
+            raise InputError(
                 f"bad train.multilevel.levels: {self.levels}; allowed: at most train.epochs "
                 f"({epochs}), one epoch per level at least"
             )

@@ -30,6 +30,8 @@ from torch import nn
 
 from pdenas._config import Config, ConfigError
 from pdenas._interrupt import raise_if_interrupted
+from pdenas.errors import InputError
+from pdenas.families._stability import TIME_SMOOTHNESS_FORMS
 from pdenas.runs import TrialStatus
 from pdenas.multilevel import Level, MultilevelConfig, pde_units, resample_model
 
@@ -150,8 +152,13 @@ class TrainConfig(Config):
         clip_weights: Box-clip every parameter to [-bound, bound] after each step (the paper:
             1.0), or None for no clipping.
         time_smoothness: Weight α of the smoothness in time of the per-step weights added to the
-            loss (``families.time_smoothness``: Meganet.m's ``l1Reg`` of ``opTimeDer``,
-            ``α Σ sqrt(((θ_{j+1} - θ_j) / h)² + eps)``; the paper: about 2e-4); 0 turns it off.
+            loss (``families.time_smoothness``; the paper: about 2e-4); 0 turns it off.
+        time_smoothness_form: "total_variation" (the default): ``α Σ φ(θ_{j+1} - θ_j)``, the
+            total variation of the weights in time, the same at every h, so refining a
+            network (multilevel training, ``deepen``) or varying h in a search leaves its
+            meaning unchanged; or "meganet": Meganet.m's ``l1Reg`` of ``opTimeDer``,
+            ``α Σ φ((θ_{j+1} - θ_j) / h)``, for reproducing the authors' runs (equal at
+            h = 1). ``φ(d) = sqrt(d² + eps) - sqrt(eps)``.
         augment: Random flips (where the data allows) and padded crops of training batches.
         amp: Mixed precision: "off", "bf16", or "fp16" (with a gradient scaler). On CUDA as
             asked; on the CPU "bf16" autocasts where the processor computes bf16 natively (AMX or
@@ -185,6 +192,7 @@ class TrainConfig(Config):
     label_smoothing: float = 0.0
     clip_weights: float | None = 1.0
     time_smoothness: float = 2e-4
+    time_smoothness_form: str = "total_variation"
     augment: bool = True
     amp: str = "off"
     channels_last: bool | None = None
@@ -213,6 +221,8 @@ class TrainConfig(Config):
         req("gamma", 0 < self.gamma <= 1, "a number in (0, 1]")
         req("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
         req("time_smoothness", self.time_smoothness >= 0, "a number >= 0")
+        req("time_smoothness_form", self.time_smoothness_form in TIME_SMOOTHNESS_FORMS,
+            " | ".join(TIME_SMOOTHNESS_FORMS))
         ms = self.milestones
         ok = all(0 < m < 1 for m in ms) and all(a < b for a, b in zip(ms, ms[1:]))
         req("milestones", ok, "increasing fractions of the epochs in (0, 1)")
@@ -406,7 +416,7 @@ def _fit(
     deadline: float | None = None,
 ) -> FitResult:
     if len(data.val.y) == 0:
-        raise ValueError("fit needs a non-empty validation split")
+        raise InputError("fit needs a non-empty validation split")
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
     amp = amp_mode(config.amp, device)
@@ -743,7 +753,7 @@ class _Step:
                 total = loss
                 if config.time_smoothness > 0:
                     total = total + config.time_smoothness * self.time_smoothness(
-                        model, self.step_pairs
+                        model, self.step_pairs, form=config.time_smoothness_form
                     )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()

@@ -27,10 +27,12 @@ from pdenas.families._layers import TVNorm, conv_spectral_norm
 from pdenas.families._stability import (
     RADIUS_TOLERANCE,
     TIME_SMOOTHNESS_EPS,
+    TIME_SMOOTHNESS_FORMS,
     _flatten,
     _training_normalisation,
     _unflatten,
     step_spectral_radii,
+    unit_gain,
 )
 
 FAMILIES = list_families()
@@ -280,6 +282,53 @@ def test_second_order_update_is_leapfrog_with_zero_initial_velocity():
     torch.testing.assert_close(unit(y0), current, rtol=1e-12, atol=1e-12)
 
 
+def test_second_order_half_step_start():
+    """start "half_step": Y_1 = Y_0 + (h² / 2) F(θ_0, Y_0), then plain leapfrog; reversible."""
+    unit = _family_unit("second_order", 3, start="half_step")
+    y0 = _input(3, size=5)
+    previous, current = y0, y0 + H**2 / 2 * _symmetric(unit.layers[0], y0)
+    for j in range(1, DEPTH):
+        previous, current = current, 2 * current - previous + H**2 * _symmetric(
+            unit.layers[j], current
+        )
+    torch.testing.assert_close(unit(y0), current, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        state = unit.init_state(y0)
+        for j in range(DEPTH):
+            state = unit.step(j, state)
+        first = unit.reverse(unit.output(state), state)
+    assert _rel(first[0], y0) < 1e-12 and _rel(first[1], y0) < 1e-12
+    assert unit.refine(2).start == "half_step" and "start='half_step'" in repr(unit)
+    assert _unit("second_order").start == "rest"
+    with pytest.raises(ValueError, match=r"^start: unknown 'midpoint'; allowed: rest, half_step$"):
+        _unit("second_order", start="midpoint")
+
+
+def _refinement_errors(start: str, init: str, depth: int, h: float) -> list[float]:
+    """Relative distance of ``refine(f)``'s output to ``refine(128)``'s for f = 1, 2, 4, 8."""
+    unit = _unit("second_order", width=4, depth=depth, h=h, start=start, init=init).double()
+    x = _input(4, size=6)
+    with torch.no_grad():
+        reference = unit.refine(128)(x)
+        return [float((unit.refine(f)(x) - reference).norm() / reference.norm())
+                for f in (1, 2, 4, 8)]
+
+
+def test_the_half_step_start_makes_leapfrog_second_order():
+    """With weights constant in time, refining by 2 quarters the error from the half-step start
+    (second order) and only halves it from rest (first order)."""
+    rest = _refinement_errors("rest", "repeat", depth=1, h=1.0)
+    half = _refinement_errors("half_step", "repeat", depth=1, h=1.0)
+    rest_ratios = [a / b for a, b in zip(rest, rest[1:])]
+    half_ratios = [a / b for a, b in zip(half, half[1:])]
+    assert all(1.7 < r < 2.6 for r in rest_ratios), rest_ratios
+    assert all(r > 3.4 for r in half_ratios[1:]) and half_ratios[0] > 2.5, half_ratios
+    assert half[-1] < rest[-1] / 20
+    # Weights that jump between steps: each jump costs O(h) under either start.
+    jumps = _refinement_errors("half_step", "independent", depth=3, h=0.5)
+    assert all(1.7 < a / b < 2.6 for a, b in zip(jumps, jumps[1:])), jumps
+
+
 def test_resnet_update_is_conv_bn_relu_conv_bn():
     unit = _family_unit("resnet", 3).train()  # batch norm without being asked for it
     y = _input(3, size=5)
@@ -459,17 +508,18 @@ def test_max_stable_step_follows_the_scheme(family):
     assert expected <= bound * (1 + 1e-6) <= expected * 1.07
 
 
-def test_stability_report_flags_steps_beyond_the_bound():
-    unit = _unit("parabolic", width=4, depth=2, h=1.0)
+def test_stability_report_gives_the_norm_bound_for_norm_none_only():
+    """The ||K|| bound ignores the normalisation's Jacobian: under TV or batch norm it bounds
+    nothing (PAPER.md), so the report leaves it out there."""
+    unit = _unit("parabolic", width=4, depth=2, h=1.0, norm="none")
     [row] = stability_report(nn.Sequential(unit))
     assert row["family"] == "parabolic" and row["unit"] == 0
-    assert row["max_stable_step"] == pytest.approx(unit.max_stable_step())
+    assert row["norm_bound_step"] == pytest.approx(unit.max_stable_step())
     assert row["spectral_norm"] == pytest.approx(max(max(s) for s in unit.spectral_norms()))
-    assert row["bound_stable"] == (1.0 <= row["max_stable_step"])
-    unit.step_size = row["max_stable_step"] / 2
-    assert stability_report(unit)[0]["bound_stable"] is True
-    unit.step_size = row["max_stable_step"] * 2
-    assert stability_report(unit)[0]["bound_stable"] is False
+    for norm in ("tv", "batch"):
+        [row] = stability_report(_unit("parabolic", width=4, depth=2, norm=norm))
+        assert row["norm_bound_step"] is None and row["spectral_norm"] > 0
+        assert "amplification" not in row and "stable" not in row and row["gain"] > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -489,8 +539,10 @@ def test_clip_weights_bounds_every_parameter(family):
     assert max(float(p.detach().abs().max()) for p in unit.parameters()) == 0.25
 
 
-def _smoothness_formula(unit: PDEUnit, eps: float = TIME_SMOOTHNESS_EPS) -> float:
-    """Σ_j Σ_entries sqrt(((θ_{j+1} - θ_j) / h)² + eps) - sqrt(eps), entry by entry in float64."""
+def _smoothness_formula(unit: PDEUnit, form: str, eps: float = TIME_SMOOTHNESS_EPS) -> float:
+    """Σ_j Σ_entries φ(θ_{j+1} - θ_j) ("total_variation") or φ((θ_{j+1} - θ_j) / h)
+    ("meganet"), φ(d) = sqrt(d² + eps) - sqrt(eps), entry by entry in float64."""
+    scale = 1.0 / unit.step_size if form == "meganet" else 1.0
     total = 0.0
     for j in range(unit.depth - 1):
         now = [p for m in unit.step_layers(j) for p in m.parameters()]
@@ -498,7 +550,7 @@ def _smoothness_formula(unit: PDEUnit, eps: float = TIME_SMOOTHNESS_EPS) -> floa
         for a, b in zip(now, nxt):
             for x, y in zip(a.detach().double().flatten().tolist(),
                             b.detach().double().flatten().tolist()):
-                total += math.sqrt(((y - x) / unit.step_size) ** 2 + eps) - math.sqrt(eps)
+                total += math.sqrt(((y - x) * scale) ** 2 + eps) - math.sqrt(eps)
     return total
 
 
@@ -538,41 +590,61 @@ def test_symmetric_kernels_are_drawn_as_meganet_does():
     assert (float(norm[0].min()), float(norm[1].abs().max())) == (1.0, 0.0)
 
 
+@pytest.mark.parametrize("form", TIME_SMOOTHNESS_FORMS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_time_smoothness_on_hand_set_weights_matches_meganets_formula(family):
+def test_time_smoothness_on_hand_set_weights_matches_the_formula(family, form):
     unit = _unit(family, width=2, depth=3, h=0.25).double()
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in unit.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
-        # an entry with a large jump, where the term is about |Δθ| / h, and one with none
+        # an entry with a large jump, where the term is about |Δθ| (or |Δθ| / h), and one with none
         first = next(unit.step_layers(1)[0].parameters())
         first.view(-1)[0] = next(unit.step_layers(0)[0].parameters()).view(-1)[0] + 0.75
-    value = time_smoothness(unit)
+    value = time_smoothness(unit, form=form)
     assert value.dtype == torch.float64
-    assert value.item() == pytest.approx(_smoothness_formula(unit), rel=1e-10)
-    # h enters as 1/h inside the square root: halving h changes the value
+    assert value.item() == pytest.approx(_smoothness_formula(unit, form), rel=1e-10)
     unit.step_size = 0.125
-    assert time_smoothness(unit).item() == pytest.approx(_smoothness_formula(unit), rel=1e-10)
+    halved = time_smoothness(unit, form=form).item()
+    assert halved == pytest.approx(_smoothness_formula(unit, form), rel=1e-10)
+    if form == "total_variation":  # h does not enter
+        assert halved == value.item()
+    else:  # 1/h inside the square root: halving h more than doubles it
+        assert halved > 2 * value.item()
 
 
-def test_time_smoothness_of_one_jump():
+def test_the_two_forms_agree_at_h_1_and_the_default_is_total_variation():
+    unit = _unit("parabolic", width=2, depth=3, h=1.0, init="independent").double()
+    assert time_smoothness(unit).item() == time_smoothness(unit, form="total_variation").item()
+    assert time_smoothness(unit, form="meganet").item() == pytest.approx(
+        time_smoothness(unit).item(), rel=1e-12)
+    from pdenas.train import TrainConfig
+
+    assert TrainConfig().time_smoothness_form == "total_variation"
+    with pytest.raises(ValueError, match=r"time_smoothness_form: unknown 'l1'; allowed: "
+                                         r"total_variation, meganet"):
+        time_smoothness(unit, form="l1")
+
+
+@pytest.mark.parametrize("form", TIME_SMOOTHNESS_FORMS)
+def test_time_smoothness_of_one_jump(form):
     unit = _unit("parabolic", width=2, depth=3, h=0.5)
-    assert time_smoothness(unit).item() == 0.0
+    assert time_smoothness(unit, form=form).item() == 0.0
     with torch.no_grad():
         first = unit.layers[2].weight
         first.view(-1)[0] += 0.25
-    value = time_smoothness(unit)
+    value = time_smoothness(unit, form=form)
     eps = TIME_SMOOTHNESS_EPS
-    # one entry jumps by 0.25 between steps 1 and 2: sqrt((0.25 / 0.5)² + eps) - sqrt(eps)
-    assert value.item() == pytest.approx(math.sqrt(0.5**2 + eps) - math.sqrt(eps), rel=1e-5)
+    # one entry jumps by 0.25 between steps 1 and 2; Meganet's form sees 0.25 / h = 0.5
+    d, scale = (0.25, 1.0) if form == "total_variation" else (0.5, 1 / 0.5)
+    assert value.item() == pytest.approx(math.sqrt(d**2 + eps) - math.sqrt(eps), rel=1e-5)
     value.backward()
-    # d/dθ of the term: (Δ / h²) / sqrt((Δ / h)² + eps), with the sign of the jump
-    grad = 0.25 / 0.5**2 / math.sqrt(0.5**2 + eps)
+    # d/dθ of the term: scale d / sqrt(d² + eps), with the sign of the jump
+    grad = scale * d / math.sqrt(d**2 + eps)
     assert first.grad.view(-1)[0].item() == pytest.approx(grad, rel=1e-5)
     assert unit.layers[1].weight.grad.view(-1)[0].item() == pytest.approx(-grad, rel=1e-5)
-    assert time_smoothness(nn.Linear(2, 2)).item() == 0.0
-    assert time_smoothness(_unit("parabolic", depth=1)).item() == 0.0
+    assert time_smoothness(nn.Linear(2, 2), form=form).item() == 0.0
+    assert time_smoothness(_unit("parabolic", depth=1), form=form).item() == 0.0
 
 
 # --- the ResNet baseline's block ----------------------------------------------------------------
@@ -610,19 +682,27 @@ def _exact_step_radii(unit: PDEUnit, x: torch.Tensor) -> list[float]:
     return radii
 
 
+def _signed_unit(family: str, norm: str, *, width: int, depth: int, h: float,
+                 seed: int) -> PDEUnit:
+    """A float64 unit with independent steps and normalisation scales and shifts of either sign
+    (as clipping allows)."""
+    unit = _unit(family, width=width, depth=depth, h=h, seed=seed, norm=norm,
+                 init="independent").double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in unit.parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return unit
+
+
 @pytest.mark.parametrize("h", [0.1, 0.5])
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_spectral_radius_estimate_matches_dense_eigenvalues(family, norm, h):
     worst_low, worst_high = 0.0, 0.0
     for seed in range(3):
-        unit = _unit(family, width=2, depth=2, h=h, seed=seed, norm=norm,
-                     init="independent").double()
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # scales of either sign, as clipping allows
-            for p in unit.parameters():
-                if p.dim() == 1:
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        unit = _signed_unit(family, norm, width=2, depth=2, h=h, seed=seed)
         x = _input(2, size=6, seed=seed) * (0.1 if seed % 2 else 1.0)
         estimate = step_spectral_radii(unit, x)
         exact = _exact_step_radii(unit, x)
@@ -645,6 +725,43 @@ def test_tv_units_can_be_unstable_where_the_norm_bound_says_stable():
     assert unit.step_size <= unit.max_stable_step() and radius > 1 + RADIUS_TOLERANCE
 
 
+def _dense_gain(unit: PDEUnit, x: torch.Tensor) -> float:
+    """σ_max of the unit's dense Jacobian ∂ out / ∂ in (batch flattened), in training mode."""
+    with _training_normalisation(unit):
+        jac = torch.autograd.functional.jacobian(lambda v: unit.integrate(v).reshape(-1), x)
+    return float(torch.linalg.svdvals(jac.reshape(-1, x.numel()))[0])
+
+
+@pytest.mark.parametrize("h", [0.3, 1.0])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gain_matches_the_dense_jacobians_largest_singular_value(family, norm, h):
+    """``gain`` (Lanczos on JᵀJ with torch.func products) is within 5 % of the dense Jacobian's
+    largest singular value, on units of 3 steps with different weights and scales of either
+    sign, at inputs of scale 1 and 1e-3 (where TV amplifies most)."""
+    for seed in range(2):
+        unit = _signed_unit(family, norm, width=4, depth=3, h=h, seed=seed)
+        x = _input(4, size=5, seed=seed) * (1e-3 if seed % 2 else 1.0)
+        estimate, exact = unit_gain(unit, x, seed=seed), _dense_gain(unit, x)
+        assert estimate == pytest.approx(exact, rel=0.05), (seed, estimate, exact)
+        assert estimate <= exact * (1 + 1e-6)  # Lanczos approaches it from below
+
+
+def test_gain_sees_growth_that_the_one_step_radius_misses():
+    """A Verlet unit's steps preserve volume, so each step's radius is at least 1 and says
+    "stable" near 1; the unit as a whole can still amplify several-fold (the issue's case:
+    width-8 TV hamiltonian units of 3 steps at h = 0.3)."""
+    worst = 0.0
+    for seed in range(4):
+        unit = _unit("hamiltonian", width=8, depth=3, h=0.3, seed=seed,
+                     init="independent").double()
+        x = _input(8, size=4, seed=seed)
+        radius = max(step_spectral_radii(unit, x))
+        assert radius >= 1 - 1e-2  # volume-preserving steps
+        worst = max(worst, unit_gain(unit, x) / radius)
+    assert worst > 1.5
+
+
 def test_stability_report_takes_each_unit_at_its_own_inputs():
     from pdenas import Architecture, build_model
 
@@ -664,12 +781,12 @@ def test_stability_report_takes_each_unit_at_its_own_inputs():
     rows = stability_report(model, images, batch=3)
     assert [r["unit"] for r in rows] == [0, 1] and [r["depth"] for r in rows] == [2, 3]
     for row, unit, x in zip(rows, model.units, captured):
-        radii = step_spectral_radii(unit, x, seed=row["unit"])
+        radii = step_spectral_radii(unit, x, iterations=30, seed=row["unit"])
         assert row["spectral_radius"] == pytest.approx(max(radii), rel=1e-9)
-        assert row["amplification"] == pytest.approx(math.prod(radii), rel=1e-9)
-        assert row["stable"] == (row["spectral_radius"] <= 1 + RADIUS_TOLERANCE)
+        assert row["gain"] == pytest.approx(unit_gain(unit, x, seed=row["unit"]), rel=1e-9)
+        assert row["gain"] == pytest.approx(_dense_gain(unit, x), rel=0.05)
         assert row["norm"] == "tv" and row["family"] == "second_order"
-        assert row["max_stable_step"] == pytest.approx(unit.max_stable_step())
+        assert row["norm_bound_step"] is None
     assert not model.training  # modes, weights and batch-norm statistics are left alone
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key

@@ -105,14 +105,43 @@ def test_refine_repeats_each_steps_weights_and_divides_h(family: str) -> None:
     for name, tensor in model.state_dict().items():
         if not name.startswith("units."):
             assert torch.equal(fine_state[name], tensor), name
-    # Repeated steps add nothing to the time smoothness (Meganet's: each consecutive difference
-    # over the step size): the deepened net's is the coarse net's own differences over h / 3.
+    # Repeated steps add nothing to the time smoothness. The default form (the total variation
+    # in time) is unchanged; Meganet's form divides each difference by the step size, so the
+    # deepened net's is the coarse net's own differences over h / 3.
+    assert time_smoothness(deeper).item() == pytest.approx(time_smoothness(model).item(),
+                                                           rel=1e-6)
     coarse_at_fine_h = copy.deepcopy(model)
     for unit in pde_units(coarse_at_fine_h):
         unit.step_size = unit.step_size / 3
-    assert time_smoothness(deeper).item() == pytest.approx(time_smoothness(coarse_at_fine_h).item())
+    assert time_smoothness(deeper, form="meganet").item() == pytest.approx(
+        time_smoothness(coarse_at_fine_h, form="meganet").item())
     # The original is untouched.
     assert [u.depth for u in pde_units(model)] == [3, 3]
+
+
+def test_deepening_a_trained_network_leaves_the_default_regulariser_unchanged(
+        digits: object) -> None:
+    """Train with the regulariser on (so the steps' weights move apart in time), then refine
+    twice: the default (total-variation) value stays, in float64 to rounding; Meganet's form
+    grows at every refinement, by more than the factor (small jumps count quadratically)."""
+    torch.manual_seed(0)
+    arch = Architecture(family="parabolic", widths=(8, 8, 8), depths=(3, 3), step_size=0.5,
+                        in_channels=1, num_classes=10, init="independent")
+    model = build_model(arch)
+    config = TrainConfig.from_dict({"epochs": 1, "batch_size": 64, "lr": 0.05, "augment": False,
+                                    "time_smoothness": 1e-3, "schedule": "constant"})
+    fit(model, digits, config, "cpu", restore_best=False)
+    model = model.double()
+    values = [time_smoothness(model).item()]
+    meganet = [time_smoothness(model, form="meganet").item()]
+    for _ in range(2):
+        model = deepen(model, 2)
+        values.append(time_smoothness(model).item())
+        meganet.append(time_smoothness(model, form="meganet").item())
+    assert values[0] > 1.0  # trained: the steps differ
+    assert values[1] == pytest.approx(values[0], rel=1e-12)
+    assert values[2] == pytest.approx(values[0], rel=1e-12)
+    assert meganet[1] > 2 * meganet[0] * 0.999 and meganet[2] > 2 * meganet[1] * 0.999, meganet
 
 
 @pytest.mark.parametrize("family", list_families())

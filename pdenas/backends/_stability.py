@@ -1,9 +1,13 @@
 """The study's stability check of a candidate before training (``stability:`` in the study):
-estimate each unit's linearised step at real training images, then record, refuse or shorten h.
+estimate each unit at real training images, then record, refuse or shorten h.
 
-Why: the ``||K||`` bound on h ignores the normalisation's Jacobian and does not hold under TV
-normalisation (PAPER.md); the spectral radius of the linearised step, estimated with
-Jacobian-vector products at the unit's real inputs, does (``families.stability_report``).
+What is recorded (``estimate``): each unit's ``gain``, the largest singular value of
+``∂ output / ∂ input`` (``families.unit_gain``), the quantity that says how much a unit can
+amplify a perturbation; and each unit's one-step ``spectral_radius``, a diagnostic. The refuse
+and shorten modes still test the radius against ``stability.radius``: no benchmark has yet shown
+a threshold on the gain that predicts divergence (``benchmarks/stability.md``), and the radius
+screen is off unless a study asks for it. The ``||K||`` bound ignores the normalisation's
+Jacobian and bounds nothing under TV (PAPER.md); it is not part of the estimate.
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ __all__ = ["estimate", "stabilise"]
 
 
 def estimate(model: nn.Module, images: torch.Tensor, check: StabilityCheck) -> dict[str, Any]:
-    """The estimate at ``images``: ``spectral_radius`` (largest over the units), ``stable``,
-    ``step_size`` and one row per unit."""
+    """The estimate at ``images``: ``gain`` and ``spectral_radius`` (each the largest over the
+    units), ``stable`` (the radius at most ``check.radius``), ``step_size``, and one row per unit
+    (``unit``, ``gain``, ``spectral_radius``)."""
     rows = stability_report(model, images, batch=check.images, iterations=check.iterations)
     radius = max(row["spectral_radius"] for row in rows)
-    units = [{"unit": row["unit"], "spectral_radius": row["spectral_radius"],
-              "amplification": row["amplification"]} for row in rows]
-    return {"spectral_radius": float(radius), "stable": bool(radius <= check.radius),
-            "step_size": float(rows[0]["step_size"]), "units": units}
+    units = [{"unit": row["unit"], "gain": row["gain"], "spectral_radius": row["spectral_radius"]}
+             for row in rows]
+    return {"gain": float(max(row["gain"] for row in rows)), "spectral_radius": float(radius),
+            "stable": bool(radius <= check.radius), "step_size": float(rows[0]["step_size"]),
+            "units": units}
 
 
 def _set_step_size(model: nn.Module, h: float) -> None:

@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pdenas.errors import InputError
+
 __all__ = ["INITS", "PDEUnit", "State"]
 
 State = tuple[torch.Tensor, ...]
@@ -118,7 +120,7 @@ class PDEUnit(nn.Module):
         problems = cls.option_problems(**options)
         if problems:
             key, problem, allowed = problems[0]
-            raise ValueError(f"{key}: {problem}; allowed: {allowed}")
+            raise InputError(f"{key}: {problem}; allowed: {allowed}")
 
     @classmethod
     def round_width(cls, width: int) -> int:
@@ -164,7 +166,7 @@ class PDEUnit(nn.Module):
     def step_size(self, value: float) -> None:
         value = float(value)
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"step_size: must be a finite number > 0, got {value}")
+            raise InputError(f"step_size: must be a finite number > 0, got {value}")
         self._step_size = value
 
     def extra_repr(self) -> str:
@@ -235,7 +237,7 @@ class PDEUnit(nn.Module):
             ValueError: If the last state is needed and not given.
         """
         if last_state is None and not self.output_holds_state:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}.reverse needs last_state: its output Y_n alone does "
                 "not determine the previous step"
             )
@@ -249,7 +251,12 @@ class PDEUnit(nn.Module):
         return [[layer.spectral_norm() for layer in self.step_layers(j)] for j in range(self.depth)]
 
     def max_stable_step(self, spectral_norms: Sequence[Sequence[float]] | None = None) -> float:
-        """The linearised bound on h for this unit's scheme (the smallest over its steps).
+        """The linearised ``||K||`` bound on h for this unit's scheme (the smallest over its steps).
+
+        It takes the normalisation's Jacobian as the identity, so it is a bound for norm "none"
+        with non-negative scales only; under TV (whose Jacobian can amplify by up to
+        ``1 / sqrt(eps)``) or batch norm it bounds nothing (PAPER.md), and a unit's stability
+        is its gain (``families.stability_report``).
 
         Args:
             spectral_norms: What ``spectral_norms()`` returned, so the power iterations are not
@@ -286,7 +293,7 @@ class PDEUnit(nn.Module):
         """``factor`` times the steps at ``h / factor``, each step repeated ``factor`` times:
         a finer discretisation of the same ODE (``resample(depth * factor)``)."""
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"factor: must be an integer >= 1, got {factor!r}")
+            raise InputError(f"factor: must be an integer >= 1, got {factor!r}")
         return self.resample(self.depth * factor)
 
 

@@ -10,8 +10,11 @@ steps keeps T and that ``θ(t)``: the new step size is ``h' = T / m = h n / m``,
 For m = f n (refinement by an integer factor f) every old step becomes f consecutive new steps
 with the same weights and ``h' = h / f``; for m = n / f (coarsening) every f-th step is kept.
 Copying rather than interpolating neighbours keeps ``θ(t)`` exactly, so the fine network is a
-finer discretisation of the same ODE, and it leaves the total variation in time
-``Σ_j ||θ_{j+1} - θ_j||₁`` (the trainer's regulariser) unchanged: the repeated steps add zero.
+finer discretisation of the same ODE. It leaves the trainer's default time-smoothness
+regulariser (``time_smoothness`` with form "total_variation", ``Σ_j φ(θ_{j+1} - θ_j)``)
+unchanged: the repeated steps add ``φ(0) = 0`` and the jumps stay the same. Meganet.m's form
+(``form="meganet"``, ``Σ_j φ((θ_{j+1} - θ_j) / h)``) is not: at ``h / f`` every jump counts
+up to f times (f² times for jumps below ``sqrt(eps)``) as much.
 
 What the step size means is up to each scheme and needs nothing here: forward Euler
 (parabolic, resnet: ``Y + h F``), symplectic Euler (hamiltonian: both half-steps use h) and
@@ -20,7 +23,9 @@ same weights as h shrinks. For leapfrog the start ``Y_{-1} = Y_0`` means a veloc
 ``(Y_0 - Y_{-1}) / h = 0`` on every grid, so the initial condition ``Y'(0) = 0`` of
 ``Y'' = F`` is the same at every resolution; its one-step error (``Y_1 = Y_0 + h² F`` against
 the exact ``Y_0 + h² F / 2``) is O(h) overall, so the scheme converges at first order, like the
-other three.
+other three. The option ``start="half_step"`` takes that first step exactly to second order, and
+the unit then converges at second order where its weights are constant in time; each jump of
+``θ(t)`` between steps still costs O(h).
 
 Anything a unit holds outside its step layers (``step_layers(j)``) is copied unchanged.
 """
@@ -31,6 +36,8 @@ import itertools
 from typing import TYPE_CHECKING
 
 import torch
+
+from pdenas.errors import InputError
 
 if TYPE_CHECKING:
     from pdenas.families._base import PDEUnit
@@ -60,7 +67,7 @@ def resample_unit(unit: PDEUnit, depth: int) -> PDEUnit:
         ValueError: If depth < 1, or the new unit's step layers do not match the old one's.
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth: must be an integer >= 1, got {depth!r}")
+        raise InputError(f"depth: must be an integer >= 1, got {depth!r}")
     step_size = unit.step_size * unit.depth / depth
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation draws no global RNG
         new = type(unit)(unit.width, depth, step_size, **unit.unit_options())
@@ -86,7 +93,7 @@ def resample_unit(unit: PDEUnit, depth: int) -> PDEUnit:
             j = source_step(i, unit.depth, depth)
             old_layers, new_layers = unit.step_layers(j), new.step_layers(i)
             if len(old_layers) != len(new_layers):
-                raise ValueError(
+                raise InputError(
                     f"{type(unit).__name__}: step {i} of the resampled unit has "
                     f"{len(new_layers)} layers, step {j} of the original {len(old_layers)}"
                 )
