@@ -7,7 +7,7 @@ perturbation of its input at real inputs: its ``gain``, the largest singular val
 ``∂(unit output) / ∂(unit input)`` (``unit_gain``, Lanczos on ``JᵀJ`` with ``torch.func``
 Jacobian-vector and vector-Jacobian products). Two older quantities stay as named diagnostics:
 the spectral radius of one linearised step (``step_spectral_radii``), which cannot tell a
-spectrum on the unit circle from non-normal growth (every Verlet and leapfrog step preserves
+spectrum on the unit circle from non-normal growth (every symplectic-Euler (hamiltonian) and leapfrog step preserves
 volume, so its radius is at least 1) and says nothing of a unit of several steps with different
 weights; and the ``||K||`` bound on h, which ignores the normalisation's Jacobian and bounds
 nothing under TV or batch normalisation (PAPER.md), so the report gives it for norm "none" only.
@@ -50,8 +50,8 @@ TIME_SMOOTHNESS_EPS = 1e-3
 (``cnnDriver`` does not change it)."""
 
 RADIUS_TOLERANCE = 0.05
-"""The error of the one-step spectral radius estimate where it is largest: the Verlet and
-leapfrog steps are non-normal with their eigenvalues on the unit circle when stable, and there
+"""The error of the one-step spectral radius estimate where it is largest: the symplectic-Euler
+and leapfrog steps are non-normal with their eigenvalues on the unit circle when stable, and there
 the Arnoldi estimate overshoots by up to about 4 % (tests/test_families.py); elsewhere it is
 within 1 %. (The study's ``stability.radius`` default, 1.05, is 1 plus this slack.)"""
 
@@ -231,7 +231,7 @@ def step_spectral_radii(
     (TV's ``(I - ŷŷᵀ) / sqrt(|y|² + eps)`` can amplify by up to ``1 / sqrt(eps)``), the
     activation's slope, the affine scales as they are (negative ones included) and h. A
     perturbation grows over that step by up to ``ρ(J_j)`` per application in the long run;
-    ``ρ(J_j) ≤ 1`` is linear stability (forward Euler: ``J = I + h ∂F``; Verlet and leapfrog:
+    ``ρ(J_j) ≤ 1`` is linear stability (forward Euler: ``J = I + h ∂F``; symplectic Euler and leapfrog:
     eigenvalues on the unit circle).
 
     ``ρ(J_j)`` is the largest Ritz magnitude of an Arnoldi run (``ritz_values``) whose products
@@ -239,7 +239,8 @@ def step_spectral_radii(
     batch: no Jacobian is formed. The run stops once the largest Ritz pair's relative residual
     is at most ``tol`` (after ``min_iterations``), or after ``iterations``. Measured against
     dense eigenvalues on small units of every family and norm, it is less than 1 % low (0.2 % seen);
-    near the unit circle (non-normal leapfrog and Verlet steps) it can be up to about 4 % high. The normalisation runs as in training (batch norm on the
+    near the unit circle (non-normal leapfrog and symplectic-Euler steps) it can be up to about 4 % high. The
+    normalisation runs as in training (batch norm on the
     batch's statistics, which couples the examples; its running statistics are left alone).
 
     Args:
@@ -388,7 +389,8 @@ def stability_report(
         ``gain``: the largest singular value of ``∂ output / ∂ input`` (``unit_gain``), how much
         the unit can amplify a perturbation of its input, the stability measure;
         ``spectral_radius``: a diagnostic, the largest spectral radius of one linearised time
-        step (``step_spectral_radii``; at least 1 for every Verlet and leapfrog step, and blind
+        step (``step_spectral_radii``; at least 1 for every
+        hamiltonian and leapfrog step, and blind
         to non-normal growth over several steps); ``spectral_norm``: the largest ``||K||``; and
         ``norm_bound_step``: the linearised ``||K||`` bound on h (``PDEUnit.max_stable_step``)
         for norm "none", None under "tv" and "batch", where the normalisation's Jacobian (up to

@@ -1,4 +1,4 @@
-"""Hamiltonian family: a first-order hyperbolic system, symplectic Verlet (DoubleHamiltonianNN)."""
+"""Hamiltonian family: a first-order hyperbolic system, symplectic Euler (DoubleHamiltonianNN)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,17 @@ __all__ = ["HamiltonianUnit"]
 
 @register_family("hamiltonian")
 class HamiltonianUnit(PDEUnit):
-    """Verlet on the two channel halves ``[Y_0, Z_0] = x``::
+    """Symplectic Euler on the two channel halves ``[Y_0, Z_0] = x``::
 
         Y_{j+1} = Y_j + h F(θ¹_j, Z_j)
         Z_{j+1} = Z_j - h F(θ²_j, Y_{j+1})
 
-    The output is ``[Y_n, Z_n]``. Exactly reversible:
+    for ``∂_t Y = F(θ¹, Z)``, ``∂_t Z = -F(θ², Y)`` (Meganet.m's ``DoubleHamiltonianNN``): Y
+    moves with the old Z, then Z with the new Y. It is not Störmer-Verlet (which splits one of
+    the two updates into half-steps around the other): started from ``(Y_0, Z_0)`` at the same
+    time it is first order, symplectic, and every step preserves volume
+    (``det ∂(Y_{j+1}, Z_{j+1}) / ∂(Y_j, Z_j) = 1``). The output is ``[Y_n, Z_n]``. Exactly
+    reversible:
     ``Z_j = Z_{j+1} + h F(θ²_j, Y_{j+1})``, ``Y_j = Y_{j+1} - h F(θ¹_j, Z_j)``.
     Each K is (c/2)x(c/2), so the width must be even. Linearised, ``Y'' = -A¹A² Y``: stable for
     ``h ≤ 2 / sqrt(λ(A¹) λ(A²))``.
