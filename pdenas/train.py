@@ -59,6 +59,7 @@ CHECK_EVERY = 50
 """Training steps between two host reads of the divergence flag (besides the end of an epoch)."""
 
 OPTIMIZERS = ("sgd", "adamw")
+MOMENTUM_FORMS = ("torch", "meganet")
 SCHEDULES = ("cosine", "step", "constant")
 SCHEDULE_INTERVALS = ("epoch", "step")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -133,6 +134,11 @@ class TrainConfig(Config):
         optimizer: "sgd" (momentum, optionally Nesterov) or "adamw".
         lr: The peak learning rate.
         momentum: SGD momentum (ignored by AdamW).
+        momentum_form: Where the learning rate enters SGD's momentum: "torch" (the default,
+            ``v = μ v + g``, ``θ -= lr v``: a change of the rate acts at once) or "meganet"
+            (Meganet.m's ``sgd``: ``v = lr g + μ v``, ``θ -= v``: the velocity keeps the old rate's
+            steps and forgets them at the rate μ). The two are the same while the rate is
+            constant; "meganet" needs optimizer "sgd" without Nesterov.
         nesterov: Nesterov momentum for SGD (needs momentum > 0).
         weight_decay: L2 penalty for SGD, decoupled weight decay for AdamW; on the convolution
             kernels and the classifier only, not on the normalisations' scales and shifts
@@ -182,6 +188,7 @@ class TrainConfig(Config):
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
+    momentum_form: str = "torch"
     nesterov: bool = False
     weight_decay: float = 2e-4
     schedule: str = "cosine"
@@ -217,6 +224,10 @@ class TrainConfig(Config):
         req("lr", self.lr > 0, "a finite number > 0")
         req("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
         req("nesterov", self.momentum > 0 or not self.nesterov, "false when momentum is 0")
+        req("momentum_form", self.momentum_form in MOMENTUM_FORMS, " | ".join(MOMENTUM_FORMS))
+        req("momentum_form", self.momentum_form == "torch" or (
+            self.optimizer == "sgd" and not self.nesterov),
+            "torch, or meganet with optimizer sgd and nesterov false")
         req("weight_decay", self.weight_decay >= 0, "a number >= 0")
         req("gamma", 0 < self.gamma <= 1, "a number in (0, 1]")
         req("label_smoothing", 0 <= self.label_smoothing < 1, "a number in [0, 1)")
@@ -741,6 +752,8 @@ class _Step:
             if rate is not None:
                 lr = rate(step - 1)
                 for group in self.optimizer.param_groups:
+                    if config.momentum_form == "meganet" and group["lr"] != lr:
+                        _rescale_velocity(self.optimizer, group, group["lr"] / lr)
                     group["lr"] = lr
             x, y = _to_device(x, y, self.device, self.channels_last)
             timing = config.compile and self.compile_seconds is None
@@ -778,6 +791,21 @@ class _Step:
         if seen == 0:
             raise ValueError("the training split gave no batches")
         return loss_sum.item() / seen, correct.item() / seen
+
+
+def _rescale_velocity(optimizer: torch.optim.Optimizer, group: dict[str, Any],
+                      ratio: float) -> None:
+    """Meganet.m's momentum under torch's SGD: before a step at a new rate, multiply the
+    momentum buffers by ``old rate / new rate``.
+
+    Meganet keeps ``V = lr g + μ V`` and steps ``θ -= V``; torch keeps ``b = μ b + g`` and steps
+    ``θ -= lr b``. With ``b_k = V_k / lr_k`` the two agree when ``b_{k-1}`` is scaled by
+    ``lr_{k-1} / lr_k`` before step k, and only then (nothing changes while the rate is constant).
+    """
+    buffers = [optimizer.state[p]["momentum_buffer"] for p in group["params"]
+               if optimizer.state.get(p, {}).get("momentum_buffer") is not None]
+    if buffers:
+        torch._foreach_mul_(buffers, ratio)
 
 
 def _raise_if_diverged(first_bad: torch.Tensor, epoch: int) -> None:

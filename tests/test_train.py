@@ -477,6 +477,66 @@ def test_the_fused_step_updates_as_the_default_one(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-6)
 
 
+def _momentum_run(form: str, rates: list[float]) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    step = train_module._Step(model, config(momentum_form=form, weight_decay=0.0),
+                              torch.device("cpu"), "off", False)
+    data = blobs(40, 3)
+    batches = [(data.x[i:i + 8], data.y[i:i + 8]) for i in range(0, 40, 8)]
+    step.epoch(batches, 1, lambda i: rates[i])
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_meganet_momentum_is_meganets_sgd_update() -> None:
+    """momentum_form "meganet": V = lr g + μ V, θ -= V (Meganet.m's sgd), with the rate changing
+    between steps; "torch" differs once the rate changes, and agrees while it is constant."""
+    rates = [0.1, 0.1, 0.05, 0.02, 0.02]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    data = blobs(40, 3)
+    velocity = [torch.zeros_like(p) for p in model.parameters()]
+    for k, i in enumerate(range(0, 40, 8)):
+        model.zero_grad()
+        F.cross_entropy(model(data.x[i:i + 8]), data.y[i:i + 8]).backward()
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), velocity):
+                v.mul_(0.9).add_(rates[k] * p.grad)
+                p.sub_(v)
+    meganet = _momentum_run("meganet", rates)
+    for got, expected in zip(meganet, model.parameters()):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+    plain = _momentum_run("torch", rates)
+    assert max(float((a - b).abs().max()) for a, b in zip(plain, meganet)) > 1e-3
+    for a, b in zip(_momentum_run("torch", [0.1] * 5), _momentum_run("meganet", [0.1] * 5)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"^train\.momentum_form: .*allowed: torch, or meganet "
+                                         r"with optimizer sgd and nesterov false"):
+        config(momentum_form="meganet", optimizer="adamw")
+    with pytest.raises(ValueError, match=r"^train\.momentum_form: .*allowed: torch \| meganet"):
+        config(momentum_form="heavy_ball")
+
+
+def test_the_trainer_uses_the_configured_time_smoothness_form(monkeypatch: pytest.MonkeyPatch,
+                                                               digits: object) -> None:
+    import pdenas.families as families
+
+    forms = []
+    real = families.time_smoothness
+
+    def spy(model: nn.Module, pairs: object = None, **options: object) -> torch.Tensor:
+        forms.append(options.get("form"))
+        return real(model, pairs, **options)
+
+    monkeypatch.setattr(families, "time_smoothness", spy)
+    for form in ("total_variation", "meganet"):
+        cfg = config(epochs=1, batch_size=256, time_smoothness=1e-3, time_smoothness_form=form)
+        fit(digits_model(), digits, cfg, "cpu")
+        assert forms and set(forms) == {form}
+        forms.clear()
+    assert TrainConfig().time_smoothness_form == "total_variation"
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_mode_on_the_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     """bf16 autocast runs on a CPU only where the processor computes bf16 natively; fp16 never
