@@ -1,6 +1,7 @@
 """Plots of a run as PNG files: accuracy against cost with the Pareto front, accuracy against the
 step size and the depth per family, training curves of the top trials, the optimisation history,
-and retrained accuracy per family.
+retrained accuracy per family, the verdict (intervals, P(best), paired differences), the
+expected best accuracy against the number of trials, and retrained accuracy against cost.
 
 Every function takes the trials DataFrame of ``pdenas.results.load_trials`` (or a table derived
 from it), writes one PNG and returns its path. Figures are drawn with matplotlib's object API on
@@ -28,12 +29,15 @@ __all__ = [
     "family_order",
     "front_of",
     "plot_accuracy_vs",
+    "plot_cost_intervals",
+    "plot_expected_max",
     "plot_fronts",
     "plot_hypervolume",
     "plot_optimisation_history",
     "plot_pareto",
     "plot_retrain",
     "plot_training_curves",
+    "plot_verdict",
 ]
 
 COST_LABELS = {
@@ -61,6 +65,14 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
+def _titled(width: float, height: float, title: str) -> tuple[Figure, Axes]:
+    """A figure with one titled panel."""
+    figure = _figure(width, height)
+    ax = figure.subplots()
+    ax.set_title(title)
+    return figure, ax
+
+
 def _save(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,11 +86,12 @@ def _empty(ax: Axes, message: str) -> None:
     ax.set_yticks([])
 
 
-def _finish_cost_plot(figure: Figure, ax: Axes, label: str, path: str | Path) -> Path:
+def _finish_cost_plot(figure: Figure, ax: Axes, label: str, path: str | Path,
+                      accuracy: str = "validation") -> Path:
     """Accuracy against a log-scale cost: axis labels, grid, legend; saved to ``path``."""
     ax.set_xscale("log")
     ax.set_xlabel(f"{label} (log scale)")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(f"{accuracy} accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(figure, path)
@@ -271,6 +284,116 @@ def plot_retrain(runs: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel(f"{name} accuracy (%)")
     ax.grid(True, axis="y", alpha=0.3)
     return _save(figure, path)
+
+
+def plot_verdict(families: pd.DataFrame, pairs: pd.DataFrame, level: float, path: str | Path) -> Path:
+    """The verdict: each family's mean test accuracy with its 95 % interval and P(best), and each
+    paired difference (against the best, against the baseline) with its interval and zero.
+
+    Args:
+        families: ``Verdict.families`` (family, mean, low, high, p_best, seeds).
+        pairs: ``Verdict.pairs`` (a, b, against, diff, low, high, different).
+        level: The pairs' interval level.
+        path: The PNG to write.
+    """
+    figure = _figure(10.0, 4.4)
+    left, right = figure.subplots(1, 2)
+    colors = family_colors(list(families["family"]))
+    seeds = int(families["seeds"].max()) if len(families) else 0
+    left.set_title(f"Test accuracy, 95 % interval ({seeds} seeds x test images)")
+    for i, r in enumerate(families.itertuples()):
+        mean, low, high = 100 * r.mean, 100 * r.low, 100 * r.high
+        left.errorbar(i, mean, yerr=[[mean - low], [high - mean]], fmt="D", ms=8, capsize=10,
+                      color=colors[r.family], lw=1.6)
+        left.annotate(f"{mean:.2f}%\nP(best) {r.p_best:.2f}", (i, high), textcoords="offset points",
+                      xytext=(0, 6), ha="center", fontsize=8)
+    left.set_xticks(range(len(families)), list(families["family"]))
+    left.set_xlim(-0.6, len(families) - 0.4)
+    left.margins(y=0.25)
+    left.set_ylabel("test accuracy (%)")
+    left.grid(True, axis="y", alpha=0.3)
+    right.set_title(f"Paired differences, {100 * level:.3g} % interval (points)")
+    if pairs.empty:
+        _empty(right, "one family: no pairs")
+        return _save(figure, path)
+    labels = [f"{a} - {b}" for a, b in zip(pairs["a"], pairs["b"])]
+    for i, r in enumerate(pairs.itertuples()):
+        diff, low, high = 100 * r.diff, 100 * r.low, 100 * r.high
+        right.errorbar(diff, i, xerr=[[diff - low], [high - diff]], fmt="o", capsize=6,
+                       color="tab:red" if r.different else "0.35", lw=1.5)
+    right.axvline(0, color="black", lw=0.8)
+    right.set_yticks(range(len(labels)), labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("difference in test accuracy (points); red: declared different (Holm)")
+    right.grid(True, axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_expected_max(curves: pd.DataFrame, path: str | Path) -> Path:
+    """Each family's expected best validation accuracy of n trials, ± one standard deviation as a
+    band, solid up to the family's own number of finished trials and dotted beyond.
+
+    Args:
+        curves: ``family, n, trials, expected, std`` (``pdenas.compare._estimand.expected_max_table``).
+        path: The PNG to write.
+    """
+    figure, ax = _titled(7.0, 4.4, "Expected best validation accuracy of n trials (Dodge et al. 2019)")
+    if curves.empty:
+        _empty(ax, "no finished trials")
+        return _save(figure, path)
+    families = list(dict.fromkeys(curves["family"]))
+    colors = family_colors(families)
+    for family in families:
+        mine = curves[curves["family"] == family]
+        n = mine["n"].to_numpy(int)
+        mean, std = 100 * mine["expected"].to_numpy(float), 100 * mine["std"].to_numpy(float)
+        own = n <= int(mine["trials"].iloc[0])
+        ax.fill_between(n, mean - std, mean + std, color=colors[family], alpha=0.15, lw=0)
+        ax.plot(n[own], mean[own], color=colors[family], lw=1.8,
+                label=f"{family} ({int(mine['trials'].iloc[0])} trials)")
+        ax.plot(n[~own | (n == n[own].max(initial=0))], mean[~own | (n == n[own].max(initial=0))],
+                color=colors[family], lw=1.2, ls=":")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.set_xlabel("trials n (log scale)")
+    ax.set_ylabel("expected best validation accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(figure, path)
+
+
+def plot_cost_intervals(runs: pd.DataFrame, cost: str, path: str | Path, level: float = 0.95) -> Path:
+    """Retrained test accuracy against cost: each retrained candidate's mean over its seeds with a
+    Student-t interval over seeds at ``level``, per family.
+
+    Args:
+        runs: One row per retrained network (``family, trial, seed, test_accuracy, cost``).
+        cost: The cost's name (axis label).
+        path: The PNG to write.
+    """
+    from scipy import stats
+
+    label = COST_LABELS.get(cost, cost)
+    figure, ax = _titled(7.0, 4.4, f"Retrained test accuracy against {label} "
+                                   f"({100 * level:.3g} % interval over seeds)")
+    scored = runs.dropna(subset=["test_accuracy", "cost"]) if len(runs) else runs
+    if scored.empty:
+        _empty(ax, "no retrained networks with a cost")
+        return _save(figure, path)
+    colors = family_colors(family_order(scored))
+    for i, family in enumerate(colors):
+        first = True
+        for trial, mine in scored[scored["family"] == family].groupby("trial", sort=False):
+            values = 100 * mine["test_accuracy"].to_numpy(float)
+            half = (stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+                    if len(values) > 1 else 0.0)
+            ax.errorbar(float(mine["cost"].iloc[0]), values.mean(), yerr=half, capsize=5,
+                        fmt=_MARKERS[i % len(_MARKERS)], color=colors[family], ms=7,
+                        label=family if first else None)
+            ax.annotate(f"#{int(trial)}", (float(mine["cost"].iloc[0]), values.mean()),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7, color="0.3")
+            first = False
+    return _finish_cost_plot(figure, ax, label, path, accuracy="test")
 
 
 def front_of(done: pd.DataFrame, cost: str) -> pd.DataFrame:

@@ -167,15 +167,19 @@ def test_formatted_family_table_shows_percentages(synthetic: Path) -> None:
     assert shown.loc["resnet", "best acc"] == "-" and shown.loc["resnet", "Pareto front"] == "0/4 (0.0%)"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real search: 4 trials of tiny parabolic/hamiltonian nets, 2 epochs on 300 digits."""
-    folder = tmp_path_factory.mktemp("tiny")
+def make_tiny_run(folder: Path) -> Path:
+    """A real search in ``folder``: 4 trials of tiny parabolic/hamiltonian nets, 2 epochs on 300
+    digits; returns the run folder."""
     (folder / "tiny_space.yaml").write_text(TINY_SPACE)
     (folder / "tiny.yaml").write_text(TINY_STUDY)
     run = folder / "run"
     assert main(["search", str(folder / "tiny.yaml"), "--out", str(run), "--quiet"]) == 0
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 def test_retrain_reports_mean_and_std_per_family(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

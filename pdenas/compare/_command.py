@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from pdenas import plots
+from pdenas.compare._estimand import (EXPECTED_MAX_TEXT, estimand_text, expected_max_table,
+                                      format_expected_max)
 from pdenas.compare._families import NOT_FINAL, family_table, format_family_table
 from pdenas.compare._importance import family_importances, format_importances
 from pdenas.compare._report import cost_text, markdown_table, write_plots, write_report
 from pdenas.compare._retrain import format_retrain, retrain_summary
 from pdenas.compare._retrain import retrain_top as retrain_families
+from pdenas.compare._verdict import Verdict, VerdictOptions
+from pdenas.compare._verdict_report import give_verdict
 from pdenas.errors import InputError
 from pdenas.results import export_trials, load_run, load_trials
 
@@ -29,11 +34,14 @@ class Comparison:
         report: The Markdown report (``report.md``), beside the plots and CSV tables.
         tables: The tables by name (also written as ``<name>.csv``).
         figures: The plots by title (PNG files).
+        verdict: With ``verdict=True``: ``pdenas.compare.Verdict`` (its ``to_dict()`` is
+            ``verdict.json``); else None.
     """
 
     report: Path
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
+    verdict: Verdict | None = None
 
     @property
     def folder(self) -> Path:
@@ -47,7 +55,9 @@ def _silent(line: str) -> None:
 
 def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_top: int = 0,
                 seeds: int = 3, device: str = "auto",
-                echo: Callable[[str], None] | None = print) -> Comparison:
+                echo: Callable[[str], None] | None = print, verdict: bool = False,
+                candidates: int = 1, max_seeds: int | None = None, max_seconds: float | None = None,
+                budget: str = "flop_epochs", alpha: float = 0.05, margin: float = 0.005) -> Comparison:
     """The PDE families of one run side by side: tables, plots and ``report.md``.
 
     Args:
@@ -57,9 +67,20 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         seeds: Seeds per retrained architecture.
         device: Where to retrain: "auto", "cpu" or "cuda".
         echo: Where the tables are printed (None: nowhere).
+        verdict: Retrain each family's selected candidates on paired seeds and give the verdict
+            (``pdenas.compare._verdict``): intervals, P(best), paired differences, one sentence,
+            ``verdict.json``. ``seeds`` is then the seeds of its first look.
+        candidates: Verdict: candidates per family, selected on validation at each seed.
+        max_seeds: Verdict: the budget in seeds (default: 8, or ``seeds`` when larger).
+        max_seconds: Verdict: the budget in seconds of retraining (None: none).
+        budget: Verdict: what makes the families' search budgets equal when their candidates
+            are picked: ``flop_epochs``, ``seconds`` or ``trials``.
+        alpha: Verdict: the family-wise error rate over all pairs and looks.
+        margin: Verdict: differences within ± margin (a fraction) count as settled.
 
     Raises:
-        ValueError: Not a run folder, a run without trials, or a bad ``retrain_top``/``seeds``.
+        ValueError: Not a run folder, a run without trials, or a bad ``retrain_top``/``seeds``
+            or verdict option.
     """
     from pdenas.study import resolve_device
 
@@ -71,14 +92,19 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         raise InputError(f"--retrain-top: must be >= 0, got {top_k!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds: must be >= 1, got {seeds!r}")
-    dev = resolve_device(device or "auto") if top_k else None
+    options = VerdictOptions(candidates=candidates, min_seeds=seeds,
+                             max_seeds=max(8, seeds) if max_seeds is None else max_seeds,
+                             max_seconds=max_seconds, budget=budget, alpha=alpha,
+                             margin=margin) if verdict else None
+    dev = resolve_device(device or "auto") if top_k or verdict else None
     trials = load_trials(run_dir)
     if trials.empty:
         raise InputError(f"{run_dir}: the study {info['study_name']!r} has no trials yet")
     data = None
-    if top_k:
+    if top_k or verdict:
         if not trials["comparable"].any():
-            raise InputError(f"--retrain-top: {run_dir} has no finished trials to retrain yet")
+            flag = "--retrain-top" if top_k else "--verdict"
+            raise InputError(f"{flag}: {run_dir} has no finished trials to retrain yet")
         from pdenas.data import load_data
         from pdenas.study import StudyConfig
 
@@ -110,15 +136,29 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
     export_trials(importances, out / "importance.csv")
     export_trials(trials, out / "trials.csv")
     export_trials(trials, out / "trials.parquet")
-    sections = [("Families", markdown_table(format_family_table(table)) + "\n\n" + budget_line),
+    sections = [("Estimand", estimand_text(trials, info, options))]
+    if options is not None:
+        the_verdict, verdict_sections, verdict_figures = give_verdict(
+            run_dir, info, trials, options, dev, data, out, say,
+            log=lambda line: echo and sys.stderr.write(line + "\n"))
+        sections += verdict_sections
+    sections += [("Families", markdown_table(format_family_table(table)) + "\n\n" + budget_line),
                 ("Importance of h, depth and width", importance_line + "\n\n"
                  + markdown_table(format_importances(importances)))]
+    curves = expected_max_table(trials)
+    export_trials(curves, out / "expected_max.csv")
+    sections.append(("Expected best accuracy against the number of trials", EXPECTED_MAX_TEXT
+                     + "\n\n" + markdown_table(format_expected_max(curves))))
     figures = write_plots(trials, info, run_dir, out)
-    tables = {"families": table, "importance": importances, "trials": trials}
+    figures["Expected best accuracy against trials"] = plots.plot_expected_max(
+        curves, out / "expected_max.png")
+    tables = {"families": table, "importance": importances, "trials": trials, "expected_max": curves}
+    if options is not None:
+        figures = {**verdict_figures, **figures}
+        tables.update(verdict_families=the_verdict.families, verdict_pairs=the_verdict.pairs,
+                      verdict_runs=the_verdict.runs)
 
     if top_k:
-        from pdenas import plots
-
         runs = retrain_families(run_dir, info, trials, top_k, seeds, dev,
                            log=lambda line: echo and sys.stderr.write(line + "\n"), data=data)
         per_family, per_trial = retrain_summary(runs), retrain_summary(runs, ("family", "trial"))
@@ -137,4 +177,5 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         tables.update(retrain_runs=runs, retrain=per_family, retrain_architectures=per_trial)
     report = write_report(out, info, sections, figures)
     say(f"\nwrote {report} with {len(figures)} plots, and CSV tables in {out}")
-    return Comparison(report=report, tables=tables, figures=figures)
+    return Comparison(report=report, tables=tables, figures=figures,
+                      verdict=the_verdict if options is not None else None)

@@ -1,0 +1,99 @@
+"""The verdict of one run as ``pdenas compare --verdict`` prints and writes it: candidates picked
+at an equal search budget, the sequential retraining, ``verdict.json`` and its tables, the
+report's section and the plots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pdenas.compare._estimand import BUDGET_WORDS
+from pdenas.compare._report import cost_text, markdown_table
+from pdenas.compare._verdict import (STOP_TEXT, Verdict, VerdictOptions, format_verdict_tables,
+                                     look_schedule, run_verdict, select_candidates)
+from pdenas.results import RunInfo
+
+__all__ = ["give_verdict"]
+
+
+def _budget_table(budgets: pd.DataFrame, options: VerdictOptions, cost: str) -> pd.DataFrame:
+    return pd.DataFrame({"family": budgets["family"],
+                         "spent by the search": budgets["spent"].map(lambda v: _amount(v, options.budget)),
+                         "trials within B": budgets["trials_within"],
+                         "finished within B": budgets["finished_within"],
+                         "candidates": [c if n else f"{c} (none finished within B: its first)"
+                                        for c, n in zip(budgets["candidates"], budgets["finished_within"])]})
+
+
+def _amount(value: float, budget: str) -> str:
+    """A search budget in its unit."""
+    if budget == "flop_epochs":
+        return f"{cost_text('flops', value)} FLOP-epochs"
+    return f"{value:,.0f} s" if budget == "seconds" else f"{value:.0f} trials"
+
+
+def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: VerdictOptions,
+                 device: Any, data: Any, out: Path, say: Callable[[str], None],
+                 log: Callable[[str], Any] | None = None
+                 ) -> tuple[Verdict, list[tuple[str, str]], dict[str, Path]]:
+    """Runs the verdict on a run and writes it into ``out``.
+
+    Returns:
+        The verdict, the report's sections (title, Markdown) and its plots (title -> PNG).
+    """
+    from pdenas import plots
+
+    cost = info.cost_objective
+    candidates, budgets = select_candidates(run_dir, trials, options.candidates, options.budget, cost)
+    limit = float(budgets["budget"].iloc[0]) if len(budgets) else float("nan")
+    verdict = run_verdict(candidates, data, device, options, cost=cost,
+                          data_name=str(info["config"].get("data", {}).get("name", "")), log=log)
+    json_path = verdict.write(out)
+    shown_families, shown_pairs = format_verdict_tables(verdict)
+    budget_table = _budget_table(budgets, options, cost)
+    looks = ", ".join(str(n) for n in verdict.looks)
+    rule = (f"Sequential rule: looks at {looks} seed(s) of the planned "
+            f"{', '.join(str(n) for n in look_schedule(options.min_seeds, options.max_seeds))} (budget: {options.max_seeds} seeds"
+            f"{f', {options.max_seconds:,.0f} s' if options.max_seconds else ''}); alpha "
+            f"{options.alpha:g} split over the planned looks (Bonferroni), Holm over the pairs "
+            f"within a look; margin ± {100 * options.margin:g} points. It stopped because "
+            f"{STOP_TEXT[verdict.stopped]}, after {verdict.seconds:,.0f} s of retraining "
+            f"({len(verdict.runs)} networks).")
+    method = ("Intervals: a bootstrap over seeds and test images together (both resampled in each "
+              "replicate, the same draw for every family, so differences are paired; the seed "
+              "level stretched to Student-t width for few seeds, the seed-by-image noise counted "
+              "once). P(best): the share of replicates in which the family has the highest mean. "
+              "Pairs: a minus b; p from the bootstrap, Holm-adjusted; d_z = mean paired per-seed "
+              "difference over its standard deviation.")
+    budget_line = (f"Equal search budget B = {_amount(limit, options.budget)}"
+                   f" in {BUDGET_WORDS[options.budget]}: the smallest any family spent; each family's "
+                   f"candidates are its best finished trials within B (trials taken in the order "
+                   f"they were numbered).") if limit == limit else ""
+    say("")
+    say(f"Verdict: {verdict.sentence}")
+    say(shown_families.to_string(index=False))
+    say(shown_pairs.to_string(index=False))
+    say(rule)
+    say(f"wrote {json_path}")
+    body = "\n\n".join([
+        f"**{verdict.sentence}**",
+        markdown_table(shown_families),
+        markdown_table(shown_pairs),
+        rule,
+        budget_line + "\n\n" + markdown_table(budget_table),
+        method,
+        f"`{json_path.name}` holds the families, pairs and sentence; `verdict_runs.csv` every "
+        "retrained network; `verdict_correct.npy` the selected networks' per-image results "
+        "(family x seed x test image).",
+    ])
+    figures = {
+        "Verdict: intervals, P(best) and paired differences": plots.plot_verdict(
+            verdict.families, verdict.pairs, verdict.level, out / "verdict.png"),
+        "Retrained accuracy against cost": plots.plot_cost_intervals(
+            verdict.runs, cost, out / "verdict_cost.png"),
+    }
+    return verdict, [("Verdict", body)], figures
+

@@ -1,0 +1,211 @@
+"""Tests for the verdict of ``pdenas compare --verdict``: the decision and its sentence on
+synthetic per-seed results, verdict.json, candidates at an equal search budget, paired
+retraining (the same seed gives the same network to the same code under two names), the
+sequential rule's three endings, and the command end to end on a tiny real run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from test_compare import make_tiny_run, single_thread  # noqa: F401  (autouse: one thread)
+from test_results import make_synthetic_run
+
+from pdenas.architecture import Architecture
+from pdenas.cli import main
+from pdenas.compare import Candidate, VerdictOptions, run_verdict
+from pdenas.compare._verdict import (Verdict, decide, look_schedule, select_candidates,
+                                     verdict_sentence)
+from pdenas.data import DataConfig, load_data
+from pdenas.errors import InputError
+from pdenas.families import register_family
+from pdenas.families._registry import _FAMILIES
+from pdenas.families.parabolic import ParabolicUnit
+from pdenas.results import load_trials
+from pdenas.train import TrainConfig
+
+
+def _correct(rng: np.random.Generator, accuracy: list[float], seeds: int = 5, images: int = 2000) -> np.ndarray:
+    """(F, S, N) correctness: images of graded difficulty, each family's accuracy shifted."""
+    difficulty = rng.uniform(0, 1, images)
+    return np.stack([np.stack([(difficulty + rng.normal(0, 0.02, images) < a).astype(float)
+                               for _ in range(seeds)]) for a in accuracy])
+
+
+def _decide(correct: np.ndarray, names: list[str]) -> tuple:
+    return decide(correct, names, alpha=0.05, looks=1, margin=0.005, n_boot=1000, costs=[2.1e6] * len(names))
+
+
+def test_a_clearly_worse_family_is_named_with_its_interval() -> None:
+    names = ["parabolic", "hamiltonian", "second_order", "resnet"]
+    correct = _correct(np.random.default_rng(0), [0.90, 0.91, 0.88, 0.905])
+    families, pairs, settled, level = _decide(correct, names)
+    assert families.set_index("family")["p_best"].idxmax() == "hamiltonian"
+    assert families["p_best"].sum() == pytest.approx(1.0)
+    worse = pairs.set_index(["a", "against"]).loc[("second_order", "best")]
+    assert worse["different"] and worse["high"] < 0 and worse["p_holm"] < 0.05
+    assert worse["effect"] < -2  # d_z: the same 3 points at every seed
+    # every family against the best, and the two PDE families that are not best against resnet
+    assert sorted(zip(pairs["a"], pairs["b"])) == sorted([
+        ("parabolic", "hamiltonian"), ("second_order", "hamiltonian"), ("resnet", "hamiltonian"),
+        ("parabolic", "resnet"), ("second_order", "resnet")])
+    assert (pairs["p_holm"] >= pairs["p"]).all()
+    sentence = verdict_sentence(families, pairs, level, cost="flops", data="digits")
+    assert sentence.startswith("At most 2.1 MFLOPs per image on digits, hamiltonian is best (P = ")
+    diff = -100 * worse["diff"]
+    assert f"second_order is {diff:.1f} points worse (95 % interval " in sentence
+    assert f"{-100 * worse['high']:.1f}-{-100 * worse['low']:.1f})" in sentence
+
+
+def test_two_identical_families_cannot_be_told_apart() -> None:
+    one = _correct(np.random.default_rng(1), [0.9])
+    families, pairs, settled, level = _decide(np.concatenate([one, one]), ["parabolic", "twin"])
+    assert pairs["diff"].tolist() == [0.0] and not pairs["different"].any()
+    assert settled  # the interval (0 to 0) lies within the margin
+    assert families["p_best"].tolist() == pytest.approx([0.5, 0.5])
+    assert verdict_sentence(families, pairs, level).startswith("No family can be told apart from the others")
+
+
+def test_verdict_json_has_exactly_the_keys_of_the_issue(tmp_path: Path) -> None:
+    names = ["parabolic", "resnet"]
+    correct = _correct(np.random.default_rng(2), [0.9, 0.8], seeds=3, images=300)
+    families, pairs, _, level = _decide(correct, names)
+    verdict = Verdict(families=families, pairs=pairs, sentence="s", stopped="settled", seeds=3,
+                      seconds=1.0, level=level, correct=correct)
+    data = json.loads(verdict.write(tmp_path).read_text())
+    assert set(data) == {"families", "pairs", "sentence"}
+    assert set(data["families"]) == set(names)
+    assert all(set(v) == {"mean", "low", "high", "p_best", "seeds"} for v in data["families"].values())
+    assert [set(p) for p in data["pairs"]] == [{"a", "b", "diff", "low", "high", "p_holm"}]
+    assert data["families"]["resnet"]["seeds"] == 3
+    assert np.load(tmp_path / "verdict_correct.npy").shape == (2, 3, 300)
+
+
+def test_look_schedule_and_options() -> None:
+    assert look_schedule(3, 8) == [3, 6, 8]
+    assert look_schedule(4, 4) == [4]
+    assert look_schedule(2, 16) == [2, 4, 8, 16]
+    with pytest.raises(InputError, match=r"^--max-seeds: got 2; allowed: an integer >= --seeds$"):
+        VerdictOptions(min_seeds=3, max_seeds=2)
+    with pytest.raises(InputError, match=r"^--budget: got 'money'; allowed: flop_epochs \| seconds \| trials$"):
+        VerdictOptions(budget="money")
+
+
+def test_candidates_come_from_an_equal_search_budget(tmp_path: Path) -> None:
+    run = make_synthetic_run(tmp_path / "run")
+    trials = load_trials(run)
+    picked, budgets = select_candidates(run, trials, 1, "trials", "flops")
+    # B = 3 trials (second_order's); parabolic's best of its first 3 is #2, not its overall best #5
+    assert [(c.family, c.trial) for c in picked] == [("parabolic", 2), ("hamiltonian", 6), ("second_order", 11)]
+    assert budgets["budget"].tolist() == [3, 3, 3] and budgets["trials_within"].tolist() == [3, 3, 3]
+    picked, budgets = select_candidates(run, trials, 2, "flop_epochs", "flops")
+    # second_order spent the least FLOP-epochs; no other family finished a trial within it
+    assert [(c.family, c.trial) for c in picked] == [("parabolic", 0), ("hamiltonian", 6), ("second_order", 11)]
+    assert budgets["finished_within"].tolist() == [0, 0, 1]
+    assert picked[0].cost == 1.0e5 and isinstance(picked[0].architecture, Architecture)
+
+
+@pytest.fixture(scope="module")
+def twin() -> Iterator[str]:
+    """The parabolic unit registered again under a second name: the same code, two families."""
+    register_family("parabolic_twin")(type("TwinUnit", (ParabolicUnit,), {}))
+    try:
+        yield "parabolic_twin"
+    finally:
+        _FAMILIES.unregister("parabolic_twin")
+
+
+@pytest.fixture(scope="module")
+def digits() -> object:
+    return load_data(DataConfig(name="digits", train_limit=300), device="cpu")
+
+
+def _candidate(family: str, width: int = 8, step: float = 0.5, trial: int = 0) -> Candidate:
+    arch = Architecture(family=family, widths=(width, width, width), depths=(1, 1), step_size=step,
+                        in_channels=1, num_classes=10)
+    train = TrainConfig(epochs=2, batch_size=64, optimizer="adamw", lr=0.01, time_smoothness=0.0,
+                        augment=True)
+    return Candidate(family=family, trial=trial, architecture=arch, train=train, search_val=0.5, cost=1e5)
+
+
+def test_paired_seeds_give_the_same_code_the_same_network(twin: str, digits: object) -> None:
+    """One seed fixes initialisation, data order and augmentation for every family: the same
+    unit under two names trains to the same predictions, so the first look settles it."""
+    verdict = run_verdict([_candidate("parabolic"), _candidate(twin)], digits, "cpu",
+                          VerdictOptions(min_seeds=2, max_seeds=4, n_boot=500))
+    assert verdict.stopped == "settled" and verdict.seeds == 2 and verdict.looks == [2]
+    assert np.array_equal(verdict.correct[0], verdict.correct[1])
+    assert not np.array_equal(verdict.correct[0, 0], verdict.correct[0, 1])  # seeds differ
+    assert verdict.sentence.startswith("No family can be told apart")
+    runs = verdict.runs
+    assert len(runs) == 4 and runs["selected"].all() and runs["epochs"].eq(2).all()
+    assert runs["test_accuracy"].tolist() == pytest.approx(verdict.correct.mean(axis=2).T.ravel())
+
+
+def test_the_rule_spends_the_seed_budget_or_stops_on_time(digits: object) -> None:
+    candidates = [_candidate("parabolic", trial=0), _candidate("parabolic", width=4, step=0.3, trial=1),
+                  _candidate("hamiltonian", step=0.5, trial=2)]
+    verdict = run_verdict(candidates, digits, "cpu", VerdictOptions(
+        candidates=2, min_seeds=2, max_seeds=3, margin=0.0, n_boot=500))
+    assert verdict.stopped in ("seeds", "settled") and verdict.seeds in (2, 3)
+    if verdict.stopped == "seeds":
+        assert verdict.looks == [2, 3] and verdict.level == pytest.approx(0.975)
+    picked = verdict.runs[verdict.runs["selected"]]
+    assert len(picked) == 2 * verdict.seeds  # one network per family and seed
+    parabolic = verdict.runs[verdict.runs["family"] == "parabolic"]
+    for _, seed_runs in parabolic.groupby("seed"):  # the better final validation accuracy wins
+        assert seed_runs.loc[seed_runs["selected"], "val_accuracy"].iloc[0] == seed_runs["val_accuracy"].max()
+    timed = run_verdict(candidates[::2], digits, "cpu", VerdictOptions(
+        min_seeds=2, max_seeds=8, max_seconds=1e-3, margin=0.0, n_boot=500))
+    assert timed.stopped == "seconds" and timed.seeds == 2 and timed.looks == [2]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_verdict"))
+
+
+def test_compare_verdict_writes_json_report_and_plots(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_run / "verdict"
+    code = main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--seeds", "2",
+                 "--max-seeds", "2", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    data = json.loads((out / "verdict.json").read_text())
+    assert set(data) == {"families", "pairs", "sentence"}
+    assert set(data["families"]) == {"parabolic", "hamiltonian"}
+    assert f"Verdict: {data['sentence']}" in printed
+    report = (out / "report.md").read_text()
+    assert report.index("## Estimand") < report.index("## Verdict") < report.index("## Families")
+    assert "search this space with budget B, then select on validation" in report
+    assert f"**{data['sentence']}**" in report and "It stopped because the budget in seeds was spent" in report
+    assert "## Expected best accuracy against the number of trials" in report
+    for name in ("verdict.png", "verdict_cost.png", "expected_max.png"):
+        assert f"]({name})" in report
+        assert imread(out / name)[..., :3].std() > 0.05
+
+
+def test_compare_verdict_refuses_bad_options_with_one_line(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_run / "bad"
+    assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--budget", "money"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--budget: got 'money'; allowed: flop_epochs | seconds | trials" in error
+    assert main(["compare", str(tiny_run), str(tiny_run), "--verdict"]) == 2
+    assert "--verdict compares the families of one run" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_python_api_returns_the_verdict(tiny_run: Path) -> None:
+    import pdenas
+
+    comparison = pdenas.open_run(tiny_run).compare(verdict=True, seeds=2, max_seeds=2, device="cpu",
+                                                   out=tiny_run / "api", budget="trials")
+    verdict = comparison.verdict
+    assert verdict.to_dict() == json.loads((tiny_run / "api" / "verdict.json").read_text())
+    assert verdict.seeds == 2 and verdict.stopped in ("seeds", "settled")
+    assert list(verdict.families["family"]) == ["parabolic", "hamiltonian"]
+    assert pdenas.open_run(tiny_run).compare(out=tiny_run / "plain").verdict is None
