@@ -250,7 +250,8 @@ class Run:
 
     def compare(self, *others: str | Path | Run, out: str | Path | None = None,
                 retrain_top: int = 0, seeds: int = 3, device: str = "auto",
-                echo: Callable[[str], None] | None = None) -> Any:
+                echo: Callable[[str], None] | None = None, verdict: bool = False,
+                **verdict_options: Any) -> Any:
         """Compares the PDE families of this run, or this run with others side by side.
 
         Args:
@@ -262,18 +263,26 @@ class Run:
             seeds: One run: seeds per retrained architecture.
             device: One run: where to retrain.
             echo: Where to print the tables (None: nowhere; the CLI prints).
+            verdict: One run: which family is best and how sure that is (paired retraining,
+                intervals, P(best), paired differences, one sentence); ``seeds`` is then the
+                seeds of its first look. The result's ``verdict`` holds it.
+            **verdict_options: ``candidates``, ``max_seeds``, ``max_seconds``, ``budget``
+                (``flop_epochs``, ``seconds``, ``trials``), ``alpha``, ``margin`` (a fraction):
+                see ``pdenas.compare.compare_run``.
 
         Returns:
-            ``pdenas.compare.Comparison``: the report's path, the tables (DataFrames) and the
-            plots.
+            ``pdenas.compare.Comparison``: the report's path, the tables (DataFrames), the
+            plots and, with ``verdict=True``, the verdict (``.verdict.to_dict()`` is
+            ``verdict.json``).
         """
         from pdenas.compare import compare_run, compare_runs
 
         if not others:
             return compare_run(self.path, out=out, retrain_top=retrain_top, seeds=seeds,
-                               device=device, echo=echo)
-        if retrain_top:
-            raise InputError("--retrain-top: compares the families of one run; name one run")
+                               device=device, echo=echo, verdict=verdict, **verdict_options)
+        if retrain_top or verdict:
+            flag = "--retrain-top" if retrain_top else "--verdict"
+            raise InputError(f"{flag}: compares the families of one run; name one run")
         paths = [self.path] + [o.path if isinstance(o, Run) else Path(o) for o in others]
         return compare_runs(paths, out=out, echo=echo)
 

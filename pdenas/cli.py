@@ -131,8 +131,21 @@ def _build_parser() -> argparse.ArgumentParser:
                                  "(default: RUN/compare, or FIRST_RUN/compare_runs)")
     c.add_argument("--retrain-top", type=int, default=0, metavar="K",
                    help="one run: retrain each family's top K architectures at the full budget")
-    c.add_argument("--seeds", type=int, default=3, metavar="S", help="seeds per retrained architecture")
+    c.add_argument("--seeds", type=int, default=3, metavar="S",
+                   help="seeds per retrained architecture; with --verdict, the seeds of its first look")
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--verdict", action="store_true",
+                   help="one run: which family is best and how sure: paired retraining on seeds, "
+                        "intervals, P(best), paired differences, one sentence, verdict.json")
+    c.add_argument("--candidates", type=int, default=1, metavar="K",
+                   help="verdict: candidates per family, selected on validation at each seed")
+    c.add_argument("--max-seeds", type=int, metavar="N", help="verdict: the budget in seeds (default 8)")
+    c.add_argument("--max-seconds", type=float, metavar="S", help="verdict: the budget in seconds")
+    c.add_argument("--budget", default="flop_epochs", metavar="UNIT",
+                   help="verdict: equal search budget per family in flop_epochs, seconds or trials")
+    c.add_argument("--alpha", type=float, default=0.05, help="verdict: error rate over pairs and looks")
+    c.add_argument("--margin", type=float, default=0.5, metavar="POINTS",
+                   help="verdict: differences within ± this many points count as settled (default 0.5)")
 
     e = sub.add_parser("export", help="export a trial's model")
     e.add_argument("run", help="run folder")
@@ -271,11 +284,14 @@ def _compare(args: argparse.Namespace) -> int:
     from pdenas.api import open_run
 
     run = open_run(args.runs[0])
-    if len(args.runs) > 1 and args.retrain_top:
-        raise UsageError("pdenas compare: --retrain-top compares the families of one run; "
-                         "name one RUN")
+    if len(args.runs) > 1 and (args.retrain_top or args.verdict):
+        flag = "--retrain-top" if args.retrain_top else "--verdict"
+        raise UsageError(f"pdenas compare: {flag} compares the families of one run; name one RUN")
+    verdict = {"verdict": True, "candidates": args.candidates, "max_seeds": args.max_seeds,
+               "max_seconds": args.max_seconds, "budget": args.budget, "alpha": args.alpha,
+               "margin": args.margin / 100} if args.verdict else {}
     run.compare(*args.runs[1:], out=args.out, retrain_top=args.retrain_top, seeds=args.seeds,
-                device=args.device, echo=print)
+                device=args.device, echo=print, **verdict)
     return 0
 
 
