@@ -15,15 +15,13 @@ trials' records, so it works the same for every backend and for a run copied fro
 
 from __future__ import annotations
 
-import sys
-import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pdenas._progress import TqdmProgress
 from pdenas.errors import InputError
 from pdenas.runs import RunFolder, RunInfo, TrialRecord
 from pdenas.study import StudyConfig, deep_merge, find_study
@@ -46,130 +44,42 @@ def load_study(study: str | Path | Mapping[str, Any],
     return StudyConfig.load(find_study(study), overrides)
 
 
-class TqdmProgress:
-    """A ``tqdm.auto`` progress bar of a search (a widget in notebooks, text in a terminal):
-    trials done, the best accuracy so far, the time left and the last trial.
-
-    Args:
-        config: The study.
-        quiet: Show nothing.
-    """
-
-    def __init__(self, config: StudyConfig, quiet: bool = False) -> None:
-        self.config, self.quiet, self.bar, self.best = config, quiet, None, None
-        self.start_time = time.monotonic()
-
-    def start(self, done: int, total: int, best: float | None) -> None:
-        """The search starts with ``done`` of ``total`` trials finished."""
-        if self.quiet:
-            return
-        from tqdm.auto import tqdm
-
-        self.best = best
-        self.bar = tqdm(total=total, initial=done, desc=f"search {self.config.name}",
-                        unit="trial", file=sys.stderr, dynamic_ncols=True)
-        self._postfix()
-
-    def update(self, record: TrialRecord) -> None:
-        """A trial finished."""
-        if record.status == "completed" and record.val_accuracy is not None:
-            self.best = max(self.best or 0.0, record.val_accuracy)
-        if self.bar is not None:
-            self.bar.update(1)
-            self._postfix(last=f"#{record.number} {record.architecture.get('family')} {record.status}")
-
-    def _postfix(self, last: str | None = None) -> None:
-        parts = {"best": "-" if self.best is None else f"{100 * self.best:.1f}%"}
-        if self.config.timeout:
-            left = self.config.timeout - (time.monotonic() - self.start_time)
-            parts["left"] = f"{max(0, left):.0f}s"
-        if last:
-            parts["last"] = last
-        self.bar.set_postfix(parts)
-
-    def close(self) -> None:
-        """Closes the bar."""
-        if self.bar is not None:
-            self.bar.close()
-
-
 def search(study: str | Path | Mapping[str, Any], *, out: str | Path | None = None,
            n_trials: int | None = None, backend: str = "optuna", address: str | None = None,
            progress: bool = True, **overrides: Any) -> Run:
     """Runs (or resumes) a study and returns its run; calling it again tops the study up.
+
+    The ``pdenas search`` command is this function: the same study, given as a file, a shipped
+    study's name or a mapping, runs the same way. A study with ``workers`` above 1, or an Optuna
+    study with a ``trial_timeout``, runs in supervised ``pdenas worker`` processes that share it
+    (a trial hung past its limit is recorded and its worker replaced); any other runs here.
 
     Args:
         study: A study file, a shipped study's name (``quickstart``) or a study mapping.
         out: The run folder (default ``runs/<study name>``).
         n_trials: Total trials of the study (default: the study's).
         backend: ``optuna`` or ``ray``.
-        address: A Ray cluster address (the ray backend).
+        address: A Ray cluster address (the ray backend): ``auto`` or ``HOST:PORT``.
         progress: Show a progress bar (tqdm's auto mode: a widget in notebooks).
         **overrides: Study keys merged into the study before validation, e.g.
-            ``train={"epochs": 3}``, ``seed=1``, ``tracking={"tensorboard": {}}``.
-
-    A study file or name with a ``trial_timeout`` or more than one ``workers`` (Optuna backend)
-    runs in supervised worker processes, as the CLI runs it: they share the study, and a trial
-    hung past its limit is recorded and the search goes on in a new worker. A study mapping runs
-    in this process, one worker, where a hung trial is recorded but the call cannot be ended.
+            ``train={"epochs": 3}``, ``seed=1``, ``workers=2``, ``tracking={"tensorboard": {}}``.
 
     Returns:
         The run.
 
     Raises:
-        ValueError: Bad input, before anything is written.
+        InputError: Bad input (a ``ValueError``), before anything is written.
+        WorkersFailed: A worker process failed (its traceback is on stderr); finished trials
+            are kept.
         KeyboardInterrupt: Interrupted; finished trials are kept and a rerun resumes.
     """
-    from pdenas.backends import run_search
-    from pdenas.backends._supervise import needs_supervision, worker_count
+    from pdenas.backends import run_study
 
     if n_trials is not None:
         overrides["n_trials"] = n_trials
     config = load_study(study, overrides)
-    workers = worker_count(config.workers, config.device, config.threads, backend)
-    if isinstance(study, (str, Path)):
-        if workers > 1 or needs_supervision(config.trial_timeout, backend):
-            return _search_in_workers(str(study), config, out, overrides, progress, workers)
-    elif workers > 1:
-        warnings.warn(f"workers: a study given as a mapping runs in this process, one worker, "
-                      f"not {workers}; give a study file for several", stacklevel=2)
-    bar = TqdmProgress(config, quiet=not progress)
-    try:
-        folder = run_search(config, backend=backend, out=out, address=address,
-                            quiet=not progress, progress=bar)
-    finally:
-        bar.close()
-    return Run(folder.path)
-
-
-def _search_in_workers(study: str, config: StudyConfig, out: str | Path | None,
-                       overrides: Mapping[str, Any], progress: bool, workers: int) -> Run:
-    """A study with several ``workers`` or a ``trial_timeout`` runs in supervised worker
-    processes, as on the CLI: they share the study's budget, and a trial that hangs past its
-    limit is recorded and its worker replaced, where this process could not end the call
-    (``backends._watchdog``). One worker shows its own progress bar; several run quiet and one
-    bar here follows them through the run folder."""
-    from pdenas.backends import run_search
-    from pdenas.backends._supervise import (RecordFollower, assignments, run_workers,
-                                            search_command)
-
-    folder = run_search(config, out=out, quiet=True, prepare_only=True)
-    sets = assignments({k: v for k, v in overrides.items() if k != "timeout"})
-    command = search_command(study, str(folder.path), quiet=not progress or workers > 1,
-                             flags={}, sets=sets)
-    bar = TqdmProgress(config)
-    follower = (RecordFollower(folder, bar, config.n_trials) if progress and workers > 1
-                else None)
-    try:  # raises KeyboardInterrupt on Ctrl-C
-        codes = run_workers(command, workers, config.timeout, poll=follower)
-    finally:
-        if follower is not None:
-            follower(force=True)
-        bar.close()
-    if any(codes):
-        raise RuntimeError(f"{sum(map(bool, codes))} of {workers} search workers failed (exit "
-                           f"status {max(codes)}); finished trials are stored in {folder.path}")
-    return Run(folder.path)
+    return Run(run_study(config, backend=backend, out=out, address=address,
+                         progress=progress).path)
 
 
 def open_run(path: str | Path) -> Run:

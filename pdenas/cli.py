@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pdenas.errors import InputError
+
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
@@ -47,13 +49,9 @@ environment:
 """
 
 
-class UsageError(ValueError):
-    """Bad command-line input."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
+        raise InputError(f"{self.prog}: {message}", key=None)
 
 
 def _int_or_word(text: str) -> int | str:
@@ -80,7 +78,7 @@ def _log_level() -> str:
     level = os.environ.get("PDENAS_LOG", "WARNING").strip().upper() or "WARNING"
     allowed = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     if level not in allowed:
-        raise UsageError(f"PDENAS_LOG: got {os.environ['PDENAS_LOG']!r}; allowed: "
+        raise InputError(f"PDENAS_LOG: got {os.environ['PDENAS_LOG']!r}; allowed: "
                          f"{', '.join(allowed)}")
     return level
 
@@ -114,6 +112,16 @@ def _build_parser() -> argparse.ArgumentParser:
                         "study (several small trials on one GPU, or one per CPU core; default: "
                         "the study's workers, 1 unless it says; auto: one per core on a CPU "
                         "study with threads set)")
+
+    w = sub.add_parser("worker", help="one worker process of a prepared run (pdenas search "
+                                      "starts these for --workers N and trial_timeout)")
+    w.add_argument("run", help="the run folder; the study is read from its run.json")
+    w.add_argument("--timeout", type=float, help="seconds the study has left")
+    w.add_argument("--supervisor", type=int, metavar="PID",
+                   help="the process that started this worker: stop when it dies, and let a "
+                        "hung trial end this process so that the supervisor replaces it")
+    w.add_argument("--storage", help="the study's storage URL (run.json keeps no password)")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("studies", help="list the shipped studies")
 
@@ -158,82 +166,63 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FLAGS = ("n_trials", "timeout", "storage", "device", "seed", "workers")
+"""Study keys that have a flag of their own (``--n-trials`` for ``n_trials``)."""
+
+
 def _search(args: argparse.Namespace) -> int:
-    from pdenas.api import TqdmProgress, load_study
-    from pdenas.backends import run_search
-    from pdenas.backends._supervise import follow_supervisor, needs_supervision, worker_count
+    """``pdenas search``: the flags and ``--set`` items become overrides of ``pdenas.search``."""
+    from pdenas.api import search
+    from pdenas.backends import WorkersFailed
     from pdenas.study import deep_merge, parse_assignments
     from pdenas.tracking import parse_trackers
 
-    follow_supervisor()  # a worker: stops (giving its trial back) if its supervisor dies
     overrides = parse_assignments(args.assignments)
     if args.track:
         overrides = deep_merge(overrides, {"tracking": parse_trackers(args.track)})
-    flags = {k: v for k, v in (("n_trials", args.n_trials), ("timeout", args.timeout),
-                                ("storage", args.storage), ("device", args.device),
-                                ("seed", args.seed), ("workers", args.workers)) if v is not None}
+    flags = {key: getattr(args, key) for key in _FLAGS if getattr(args, key) is not None}
     try:
-        config = load_study(args.study, deep_merge(overrides, flags))
-    except ValueError as error:
-        text = str(error)
-        for key in set(flags) - set(overrides):  # name the flag the user typed
-            text = text.replace(f": {key}: ", f": --{key.replace('_', '-')}: ")
-        raise UsageError(text) from None
-    if args.workers not in (None, 1) and args.backend != "optuna":
-        raise UsageError("--workers: is for the optuna backend; Ray runs trials side by side "
-                         "itself (ray.max_concurrent, fractional gpus_per_trial)")
-    workers = worker_count(config.workers, config.device, config.threads, args.backend)
-    if workers > 1 or needs_supervision(config.trial_timeout, args.backend):
-        return _workers(args, config, workers)
-    progress = TqdmProgress(config, quiet=args.quiet)
-    try:
-        run = run_search(config, backend=args.backend, out=args.out, address=args.address,
-                         quiet=args.quiet, progress=progress)
+        run = search(args.study, out=args.out, backend=args.backend, address=args.address,
+                     progress=not args.quiet, **deep_merge(overrides, flags))
+    except InputError as error:
+        raise _as_typed(error, flags, overrides) from None
     except KeyboardInterrupt:
-        progress.close()
-        print(_INTERRUPTED, file=sys.stderr)
-        return 130
-    progress.close()
-    return _print_board(run.path)
-
-
-def _workers(args: argparse.Namespace, config, workers: int) -> int:
-    """Several workers (``--workers N`` or the study's ``workers``), and any Optuna search with
-    a ``trial_timeout``: prepares the study and the run folder once, then runs the supervised
-    ``pdenas search`` processes on it (``backends._supervise``), which share the budget, and
-    prints the leaderboard. A worker whose trial hung past its limit is replaced by a new one."""
-    from pdenas.api import TqdmProgress
-    from pdenas.backends import run_search
-    from pdenas.backends._supervise import (EXIT_INTERRUPTED, RecordFollower, run_workers,
-                                            search_command)
-
-    run = run_search(config, backend=args.backend, out=args.out, quiet=True, prepare_only=True)
-    flags = {"n_trials": args.n_trials, "storage": args.storage, "device": args.device,
-             "seed": args.seed}
-    # One worker shows its progress bar (on stderr); several would garble each other's, so they
-    # run quiet and one bar here follows them all through the run folder.
-    command = search_command(str(args.study), str(run.path), quiet=workers > 1 or args.quiet,
-                             flags=flags, sets=args.assignments, tracks=args.track or ())
-    bar = TqdmProgress(config)
-    follower = None if workers == 1 or args.quiet else RecordFollower(run, bar, config.n_trials)
-    codes: list[int] | None = None  # None: interrupted
-    try:  # --timeout or the study's: each worker (one restarted too) gets the time left
-        codes = run_workers(command, workers, config.timeout, poll=follower)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if follower is not None:
-            follower(force=True)
-        bar.close()
-    if codes is None:
         print(_INTERRUPTED, file=sys.stderr)  # after the bar, not on its line
-        return EXIT_INTERRUPTED
-    failed = [code for code in codes if code != 0]
-    if failed:
-        print(f"pdenas: error: {len(failed)} of {workers} workers failed (exit status "
-              f"{failed[0]}); finished trials are stored", file=sys.stderr)
-        return failed[0]
+        return 130
+    except WorkersFailed as error:  # each worker printed its own traceback
+        print(f"pdenas: error: {error}", file=sys.stderr)
+        return error.status
     return _print_board(run.path)
+
+
+def _as_typed(error: InputError, flags: dict[str, object], overrides: dict[str, object]
+              ) -> InputError:
+    """The error naming what the user typed: ``--n-trials: ...`` for a flag, ``--set KEY: ...``
+    for an item of ``--set``, else the error as it is (a study file's key names the file)."""
+    key = error.key or ""
+    if key in flags:
+        return InputError(f"--{key.replace('_', '-')}: {error.detail}", key=key,
+                          detail=error.detail)
+    top, *rest = key.split(".")
+    node: object = overrides
+    for part in (top, *rest):
+        if not isinstance(node, dict) or part not in node:
+            return error
+        node = node[part]
+    return InputError(f"--set {key}: {error.detail}", key=key, detail=error.detail)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """``pdenas worker RUN``: one worker of a prepared run (started by ``pdenas search``)."""
+    from pdenas.backends import run_worker
+    from pdenas.backends._supervise import EXIT_INTERRUPTED
+
+    try:
+        run_worker(args.run, supervisor=args.supervisor, timeout=args.timeout,
+                   storage=args.storage, progress=not args.quiet)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
 
 
 def _studies(args: argparse.Namespace) -> int:
@@ -256,7 +245,7 @@ def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
 
     for path, suffix in ((csv, ".csv"), (parquet, ".parquet")):
         if path and Path(path).suffix.lower() != suffix:
-            raise UsageError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
+            raise InputError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
     info = load_run(run_dir)
     trials = load_trials(run_dir)
     board = leaderboard(trials, info.objectives)
@@ -286,7 +275,7 @@ def _compare(args: argparse.Namespace) -> int:
     run = open_run(args.runs[0])
     if len(args.runs) > 1 and (args.retrain_top or args.verdict):
         flag = "--retrain-top" if args.retrain_top else "--verdict"
-        raise UsageError(f"pdenas compare: {flag} compares the families of one run; name one RUN")
+        raise InputError(f"pdenas compare: {flag} compares the families of one run; name one RUN")
     verdict = {"verdict": True, "candidates": args.candidates, "max_seeds": args.max_seeds,
                "max_seconds": args.max_seconds, "budget": args.budget, "alpha": args.alpha,
                "margin": args.margin / 100} if args.verdict else {}
@@ -306,7 +295,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": _search, "studies": _studies, "leaderboard": _leaderboard,
+COMMANDS = {"search": _search, "worker": _worker, "studies": _studies, "leaderboard": _leaderboard,
             "compare": _compare, "export": _export}
 
 
@@ -319,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`pdenas studies | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError) as error:
+    except (InputError, FileNotFoundError) as error:  # anything else is a bug: its traceback
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not message.startswith("pdenas"):
             message = f"pdenas: error: {message}"

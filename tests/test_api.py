@@ -276,15 +276,12 @@ def test_a_study_with_a_trial_timeout_or_workers_runs_in_supervised_workers(
     """``pdenas.search`` of a study file with ``trial_timeout`` trains in a worker process (which
     its watchdog may end for a hung trial, and which is then replaced), one with ``workers: 2``
     in two that share the budget; overrides passed on."""
-    from pdenas.backends._supervise import assignments
-
-    from pdenas.backends import _supervise
+    from pdenas.backends import _orchestrate
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("PDENAS_SUPERVISED", raising=False)
     counts: list[int] = []
-    real = _supervise.run_workers
-    monkeypatch.setattr(_supervise, "run_workers", lambda command, workers, *rest, **kw: (
+    real = _orchestrate.run_workers
+    monkeypatch.setattr(_orchestrate, "run_workers", lambda command, workers, *rest, **kw: (
         counts.append(workers) or real(command, workers, *rest, **kw)))
     study = tiny_study(n_trials=3, **keys)
     run = pdenas.search(study, out=tmp_path / "run", n_trials=2, progress=False,
@@ -294,5 +291,3 @@ def test_a_study_with_a_trial_timeout_or_workers_runs_in_supervised_workers(
     assert all(r["epochs_planned"] == 1 for r in records)  # the override reached the worker
     assert {r["worker"].rsplit(":", 1)[1] for r in records} != {str(os.getpid())}
     assert counts == [keys.get("workers", 1)]
-    assert assignments({"train": {"epochs": 3, "lr": 0.1}, "objectives": ["a", "b"], "seed": None}) == [
-        "train.epochs=3", "train.lr=0.1", 'objectives=["a", "b"]', "seed=null"]

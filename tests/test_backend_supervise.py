@@ -19,14 +19,12 @@ import torch
 from pdenas.backends import _cpus, _supervise
 from pdenas.backends._cpus import cgroup_cpu_quota
 from pdenas.backends._supervise import RecordFollower, worker_count
-from pdenas.backends._watchdog import SUPERVISED_ENV
 from pdenas.runs import RunFolder, TrialRecord
 
 
 @pytest.fixture
 def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_supervise, "_cpu_cores", lambda: 4)
-    monkeypatch.delenv(SUPERVISED_ENV, raising=False)
 
 
 @pytest.mark.parametrize(("threads", "expected"), [(1, 4), (2, 2), (3, 1), (8, 1), (None, 1)])
@@ -48,13 +46,9 @@ def test_a_count_is_taken_as_it_is(four_cores: None) -> None:
     assert worker_count(1, "cpu", 1, "optuna") == 1
 
 
-def test_ray_and_a_supervised_worker_get_one(four_cores: None,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_gets_one(four_cores: None) -> None:
     assert worker_count("auto", "cpu", 1, "ray") == 1
     assert worker_count(3, "cpu", 1, "ray") == 1
-    monkeypatch.setenv(SUPERVISED_ENV, "1")  # a worker never starts workers of its own
-    assert worker_count("auto", "cpu", 1, "optuna") == 1
-    assert worker_count(3, "cpu", 1, "optuna") == 1
 
 
 class _Bar:
@@ -140,7 +134,6 @@ def test_no_quota_where_there_are_no_cgroups(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("quota", "expected"), [(None, 4), (2.0, 2), (1.5, 1), (0.5, 1), (64.0, 4)])
 def test_auto_takes_the_quota_where_it_allows_fewer_cores(monkeypatch: pytest.MonkeyPatch,
                                                           quota: float | None, expected: int) -> None:
-    monkeypatch.delenv(SUPERVISED_ENV, raising=False)
     monkeypatch.setattr(_cpus.os, "sched_getaffinity", lambda pid: set(range(4)))
     monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda: quota)
     assert worker_count("auto", "cpu", 1, "optuna") == expected
@@ -168,7 +161,7 @@ if sys.argv[2] == "raw":  # records every SIGINT it gets
 else:  # as a pdenas worker: follows its supervisor, stops as a search does
     from pdenas._interrupt import catch_interrupts
     from pdenas.backends._supervise import follow_supervisor
-    follow_supervisor()
+    follow_supervisor(int(sys.argv[sys.argv.index("--supervisor") + 1]))
     with catch_interrupts():
         try:
             (out / f"{os.getpid()}.ready").write_text("")

@@ -295,13 +295,12 @@ def test_workers_flag_over_the_study_key_and_the_studys_timeout_reaches_them(
     """``--workers`` wins over the study's ``workers`` (``--workers 1`` searches in this
     process); the workers get the study's ``timeout`` when no ``--timeout`` is given, and
     ``--workers auto`` is one per core on this CPU study with one thread."""
-    from pdenas.backends import _supervise
+    from pdenas.backends import _orchestrate, _supervise
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("PDENAS_SUPERVISED", raising=False)
     study = write_study(tmp_path, n_trials=2, epochs=1, workers=2, timeout=60, threads=1)
     started: list[tuple[int, float | None]] = []
-    monkeypatch.setattr(_supervise, "run_workers",
+    monkeypatch.setattr(_orchestrate, "run_workers",
                         lambda command, workers, timeout, poll=None: started.append(
                             (workers, timeout)) or [0] * workers)
     monkeypatch.setattr(_supervise, "_cpu_cores", lambda: 3)

@@ -1,72 +1,15 @@
 """Backends: adapters from pdenas's trials to a tuning library, over one contract
-(``pdenas.backends._base``). ``run_search`` is the one way a search starts; the rest of pdenas
-never imports optuna or ray (only the backend modules do, loaded on demand by name)."""
+(``pdenas.backends._base``). ``run_study`` is the one way a search starts, for the command line
+and the Python API alike (``_orchestrate``: in this process through ``run_search``, or in
+supervised workers); the rest of pdenas never imports optuna or ray (only the backend modules do,
+loaded on demand by name)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 from pdenas.backends._base import Backend, DataShape, Progress, TrialRunner
 from pdenas.backends._registry import get_backend, list_backends, register_backend
-from pdenas.runs import RunFolder
+from pdenas.backends._run import run_search
+from pdenas.backends._orchestrate import WorkersFailed, run_study, run_worker
 
-if TYPE_CHECKING:
-    from pdenas.study import StudyConfig
-
-__all__ = ["Backend", "DataShape", "Progress", "TrialRunner", "get_backend", "list_backends",
-           "register_backend", "run_search"]
-
-
-def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path | None = None,
-               address: str | None = None, quiet: bool = False,
-               progress: Progress | None = None, prepare_only: bool = False) -> RunFolder:
-    """Runs (or resumes) a study: the lifecycle of ``pdenas.backends._base``.
-
-    Args:
-        config: The study, with any command-line overrides applied.
-        backend: A name from ``list_backends()``.
-        out: The run folder (default ``runs/<study name>``).
-        address: A cluster address (Ray).
-        quiet: No progress output of the backend's own.
-        progress: Told when the search starts and after each trial.
-        prepare_only: Stop once the storage is ready and ``run.json`` is written (before
-            starting worker processes on the same study).
-
-    Returns:
-        The run folder.
-
-    Raises:
-        ValueError: Bad input (one line); nothing of the run was written.
-        KeyboardInterrupt: The search was interrupted; rerunning it resumes.
-    """
-    import torch
-
-    from pdenas.backends._storage import redact_url
-    from pdenas.data import load_data
-    from pdenas.space import SearchSpace
-    from pdenas.study import resolve_device
-
-    from pdenas.tracking import check_tracking
-
-    cls = get_backend(backend)
-    cls.check(config, address=address)
-    check_tracking(config.tracking)
-    run = RunFolder((Path(out) if out else Path("runs") / config.name).resolve())
-    run.claim(config.name)
-    space = SearchSpace.load(config.space_path())
-    device = resolve_device(config.device)
-    if config.threads is not None and cls.trains_in_process:
-        torch.set_num_threads(config.threads)
-    # Out-of-process trials load the data on their own device; here only its shape is needed.
-    data = load_data(config.data, device=device if cls.trains_in_process else "cpu")
-    engine = cls(config, space, run, DataShape.of(data), device, quiet=quiet, address=address)
-    engine.prepare(data)
-    info = config.to_dict()  # no database password in run.json
-    info["storage"] = info["storage"] and redact_url(info["storage"])
-    run.write_info(study_name=config.name, backend=cls.name, config=info,
-                   storage=engine.storage and redact_url(engine.storage), study_file=config.path)
-    if prepare_only:
-        return run
-    engine.search(config.n_trials, config.timeout, progress)
-    return run
+__all__ = ["Backend", "DataShape", "Progress", "TrialRunner", "WorkersFailed", "get_backend",
+           "list_backends", "register_backend", "run_search", "run_study", "run_worker"]

@@ -1,21 +1,22 @@
-"""Supervised worker processes: N ``pdenas search`` processes on one prepared run, each replaced
-when its watchdog ended it for a hung trial (``_watchdog.EXIT_HUNG``).
+"""Supervised worker processes: N ``pdenas worker RUN`` processes on one prepared run, each
+replaced when its watchdog ended it for a hung trial (``_watchdog.EXIT_HUNG``).
 
-Used by ``pdenas search --workers N`` or of a study with ``workers`` above 1
-(``worker_count``), by ``pdenas search`` of a study with a ``trial_timeout`` (one supervised
-worker, so that a hung trial does not end the search) and by ``pdenas.search`` for such studies;
-``RecordFollower`` gives several workers one progress bar. The caller first prepares the run
-(``run_search(..., prepare_only=True)``: the study and the run folder are created once, since
-workers that create a study at the same moment race on the storage's schema); every worker then
-runs the same search command against that folder, and they share the study's budget through its
-storage. The supervisor owns the workers' signals (``run_workers``): they run in a process group
-of their own and get Ctrl-C, ``kill``, a closed terminal and Ctrl-Z from it, once.
+The orchestrator (``backends._orchestrate``) uses them for a study with ``workers`` above 1
+(``worker_count``) and for an Optuna study with a ``trial_timeout`` (one supervised worker, so
+that a hung trial does not end the search), whether the study came from the command line or
+``pdenas.search``; ``RecordFollower`` gives several workers one progress bar. The orchestrator
+first prepares the run (the study, its storage and ``run.json`` are created once, since workers
+that create a study at the same moment race on the storage's schema); every worker then reads
+the resolved study from that folder's ``run.json`` and runs it, and they share the study's budget
+through its storage. Nothing steers a worker but its command line (``worker_command``): no
+environment variable that a process started by the user could inherit. The supervisor owns the
+workers' signals (``run_workers``): they run in a process group of their own and get Ctrl-C,
+``kill``, a closed terminal and Ctrl-Z from it, once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -23,32 +24,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
-from pdenas.backends._cpus import cpu_cores as _cpu_cores
 from pdenas.backends._base import Progress
-from pdenas.backends._watchdog import EXIT_HUNG, SUPERVISED_ENV
+from pdenas.backends._cpus import cpu_cores as _cpu_cores
+from pdenas.backends._watchdog import EXIT_HUNG
 from pdenas.runs import RunFolder, TrialRecord
 
-__all__ = ["EXIT_INTERRUPTED", "SUPERVISOR_ENV", "RecordFollower", "assignments",
-           "follow_supervisor", "needs_supervision", "run_workers", "search_command",
-           "worker_count"]
+__all__ = ["EXIT_INTERRUPTED", "RecordFollower", "follow_supervisor", "needs_supervision",
+           "run_workers", "worker_command", "worker_count"]
 
 POLL_SECONDS = 0.2
 EXIT_INTERRUPTED = 130
-"""A worker's exit status after Ctrl-C (``pdenas search`` gives its trial back and exits so)."""
-SUPERVISOR_ENV = "PDENAS_SUPERVISOR_PID"
-"""Set in worker processes to the process id of the process that started them."""
+"""A worker's exit status after Ctrl-C (``pdenas worker`` gives its trial back and exits so)."""
 
 
 def needs_supervision(trial_timeout: float | None, backend: str) -> bool:
-    """Whether a search should run in a supervised worker: it has a per-trial time limit, runs
-    trials in this process's backend (Optuna), and is not already a supervised worker."""
-    return (trial_timeout is not None and backend == "optuna"
-            and os.environ.get(SUPERVISED_ENV) != "1")
+    """Whether a search should run in a supervised worker: it has a per-trial time limit and
+    runs trials in this process's backend (Optuna), where a hung trial could not be ended."""
+    return trial_timeout is not None and backend == "optuna"
 
 
 def worker_count(workers: int | str, device: str, threads: int | None, backend: str) -> int:
@@ -57,9 +55,8 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
     "auto" is one worker per ``threads`` cores of this process's CPUs when the study trains on
     the CPU with ``threads`` set (a 2-core machine and ``threads: 1``: 2 workers; at most
     ``MAX_WORKERS``); with ``threads`` unset torch already uses every core in one process, and
-    on a GPU several workers are a choice about its memory, so both give 1. A supervised worker
-    (a process a search started) and the Ray backend (which runs trials side by side itself)
-    always get 1.
+    on a GPU several workers are a choice about its memory, so both give 1. The Ray backend
+    (which runs trials side by side itself) always gets 1.
 
     Args:
         workers: The study's ``workers``: an integer or "auto".
@@ -67,7 +64,7 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
         threads: The study's torch threads per worker.
         backend: "optuna" or "ray".
     """
-    if backend != "optuna" or os.environ.get(SUPERVISED_ENV) == "1":
+    if backend != "optuna":
         return 1
     if workers != "auto":
         return int(workers)
@@ -81,32 +78,15 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
     return max(1, min(MAX_WORKERS, _cpu_cores() // threads))
 
 
-def assignments(overrides: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Nested study overrides as ``--set`` items (``train.epochs=3``; values as JSON, which is
-    YAML)."""
-    items = []
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and value:
-            items += assignments(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
-
-
-def search_command(study: str, run_path: str, *, quiet: bool, flags: Mapping[str, Any],
-                   sets: Sequence[str] = (), tracks: Sequence[str] = ()) -> list[str]:
-    """The worker's ``pdenas search`` command line (without ``--timeout``: ``run_workers`` adds
-    the time left)."""
-    command = [sys.executable, "-m", "pdenas.cli", "search", study, "--out", run_path]
+def worker_command(run_path: str | Path, *, quiet: bool, storage: str | None = None) -> list[str]:
+    """A worker's command line, ``pdenas worker RUN`` (``run_workers`` adds ``--supervisor``
+    and the time left as ``--timeout``). The worker reads the study from ``RUN/run.json``;
+    ``storage`` is the study's storage URL, which ``run.json`` keeps without its password."""
+    command = [sys.executable, "-m", "pdenas", "worker", str(run_path)]
     if quiet:
         command.append("--quiet")
-    for flag, value in flags.items():
-        if value is not None:
-            command += [f"--{flag.replace('_', '-')}", str(value)]
-    for item in sets:
-        command += ["--set", item]
-    for tracker in tracks:
-        command += ["--track", tracker]
+    if storage:
+        command += ["--storage", storage]
     return command
 
 
@@ -122,7 +102,7 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
     searching on unseen.
 
     Args:
-        command: A worker's command line (``search_command``).
+        command: A worker's command line (``worker_command``).
         workers: How many run at once.
         timeout: Seconds after which no worker starts a new trial (each gets the time left).
         poll: Called while they run, every fraction of a second (a ``RecordFollower``).
@@ -136,16 +116,17 @@ def run_workers(command: Sequence[str], workers: int, timeout: float | None,
             finaliser) or only a worker was interrupted, so that a worker's interruption is
             never reported as a failure.
     """
-    env = {**os.environ, SUPERVISED_ENV: "1", SUPERVISOR_ENV: str(os.getpid())}
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def start() -> subprocess.Popen | None:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left < 1:  # too little for a worker to start a trial
             return None
-        extra = [] if left is None else ["--timeout", f"{left:.1f}"]
+        extra = ["--supervisor", str(os.getpid())]
+        if left is not None:
+            extra += ["--timeout", f"{left:.1f}"]
         return subprocess.Popen([*command, *extra], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, env=env, **_OWN_GROUP)
+                                stdout=subprocess.DEVNULL, **_OWN_GROUP)
 
     pool = _Workers(start)
     with catch_interrupts(), pool.pausing_with_this_process():
@@ -244,19 +225,18 @@ class _Workers:
             signal.signal(tstp, signal.SIG_DFL)
 
 
-def follow_supervisor() -> None:
-    """In a worker that ``run_workers`` started: asks Linux to send this process SIGTERM when
+def follow_supervisor(supervisor: int) -> None:
+    """In a worker that ``run_workers`` started (``supervisor``: its process id): asks Linux to send this process SIGTERM when
     the process that started it dies, however it dies (``kill -9`` included, which passes
     nothing on), so that an orphaned worker gives its trial back and exits instead of searching
     on unseen. Where the supervisor is already gone, exits at once with ``EXIT_INTERRUPTED``.
-    Elsewhere than Linux (no ``prctl``), and outside such a worker, does nothing.
+    Elsewhere than Linux (no ``prctl``) it does nothing.
 
     SIGTERM, not SIGINT: Linux may send it once per thread of the dying supervisor, and only
     the first SIGTERM stops a search (``pdenas._interrupt``), where a second SIGINT would cut
     the giving back short.
     """
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if not supervisor or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return
     import ctypes
 
@@ -270,7 +250,7 @@ def follow_supervisor() -> None:
         logging.getLogger(__name__).debug("prctl(PR_SET_PDEATHSIG) failed: errno %d",
                                           ctypes.get_errno())
         return
-    if os.getppid() != int(supervisor):  # it died before the request above took effect
+    if os.getppid() != supervisor:  # it died before the request above took effect
         sys.exit(EXIT_INTERRUPTED)
 
 

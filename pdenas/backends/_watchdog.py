@@ -31,15 +31,22 @@ from collections.abc import Callable
 
 from pdenas.errors import InputError
 
-__all__ = ["EXIT_HUNG", "SUPERVISED_ENV", "Watchdog", "grace_seconds", "may_exit"]
+__all__ = ["EXIT_HUNG", "Watchdog", "grace_seconds", "may_exit", "restarted_by_supervisor"]
 
 _LOG = logging.getLogger("pdenas")
 
 EXIT_HUNG = 75
 """Exit status of a worker the watchdog ended (EX_TEMPFAIL: start another and go on)."""
 
-SUPERVISED_ENV = "PDENAS_SUPERVISED"
-"""Set (to 1) in worker processes that a supervisor restarts when they exit with EXIT_HUNG."""
+_supervised = False
+"""Whether this process is a ``pdenas worker`` that its supervisor restarts when it exits with
+``EXIT_HUNG`` (set by ``restarted_by_supervisor``; never inherited by other processes)."""
+
+
+def restarted_by_supervisor() -> None:
+    """Marks this process as a supervised worker: the watchdog may end it (``may_exit``)."""
+    global _supervised
+    _supervised = True
 
 
 def grace_seconds(trial_timeout: float) -> float:
@@ -60,7 +67,7 @@ def grace_seconds(trial_timeout: float) -> float:
 
 def may_exit() -> bool:
     """Whether something restarts this process when the watchdog ends it."""
-    if os.environ.get(SUPERVISED_ENV) == "1":
+    if _supervised:
         return True
     ray = sys.modules.get("ray")  # a Ray actor has imported it; never import it here
     if ray is None:
