@@ -60,6 +60,7 @@ CHECK_EVERY = 50
 
 OPTIMIZERS = ("sgd", "adamw")
 MOMENTUM_FORMS = ("torch", "meganet")
+KEEPS = ("best", "last")
 SCHEDULES = ("cosine", "step", "constant")
 SCHEDULE_INTERVALS = ("epoch", "step")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -178,6 +179,11 @@ class TrainConfig(Config):
             training step includes the compilation; its seconds are recorded as the first
             epoch's ``compile_seconds`` (``fit``'s history, the trial's record). Pays off for
             long runs on a GPU; needs a C++ compiler on the CPU.
+        keep: Which weights a run ends with: "best" (the best-validation epoch's, the default)
+            or "last" (the last iterate, as Meganet.m's drivers without a validation set; with
+            ``data.val_fraction: 0``, whose "validation" split is the test split, choosing
+            the best epoch would choose on the test set). With "last" the run's
+            ``best_val_accuracy`` is the last epoch's.
         multilevel: Coarse-to-fine training (``pdenas.multilevel.MultilevelConfig``; from
             plain data ``{levels: 3, factor: 2, shares: null}``), or None to train at the
             model's depth throughout.
@@ -205,6 +211,7 @@ class TrainConfig(Config):
     channels_last: bool | None = None
     grad_clip: float | None = None
     compile: bool = False
+    keep: str = "best"
     multilevel: MultilevelConfig | None = None
 
     SECTION = "train"
@@ -221,6 +228,7 @@ class TrainConfig(Config):
         req("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs,
             "a number >= 0 and <= train.epochs")
         req("amp", self.amp in AMP_MODES, " | ".join(AMP_MODES))
+        req("keep", self.keep in KEEPS, " | ".join(KEEPS))
         req("lr", self.lr > 0, "a finite number > 0")
         req("momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
         req("nesterov", self.momentum > 0 or not self.nesterov, "false when momentum is 0")
@@ -320,7 +328,8 @@ class FitResult:
             time steps of all units together).
         best_val_accuracy: The best validation accuracy (ties broken by the lower loss); with
             multilevel training among the epochs of the last level trained (the final one
-            unless the callback stopped the run earlier).
+            unless the callback stopped the run earlier). With ``keep: last``: the last
+            epoch's, and the best_* fields below describe the last epoch.
         best_val_loss: The validation loss of that epoch.
         best_epoch: The epoch of the best validation accuracy (from 1).
         best_state: The state_dict of the best-validation weights, on the CPU.
@@ -479,7 +488,8 @@ def _fit(
         result.history.append(metrics)
         result.epochs_trained = epoch
         logger.info("epoch %d: %s", epoch, metrics)
-        if (val_accuracy, -val_loss) > (result.best_val_accuracy, -result.best_val_loss):
+        if config.keep == "last" or (
+                (val_accuracy, -val_loss) > (result.best_val_accuracy, -result.best_val_loss)):
             result.best_val_accuracy, result.best_val_loss = val_accuracy, val_loss
             result.best_epoch = epoch
             result.best_state = _cpu_state(work)

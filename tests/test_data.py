@@ -62,7 +62,8 @@ def test_config_unknown_name_lists_allowed() -> None:
     ("key", "value", "message"),
     [
         ("val_fraction", 1.5, "val_fraction"),
-        ("val_fraction", 0, "val_fraction"),
+        ("val_fraction", -0.1, "val_fraction"),
+        ("val_fraction", 1, "val_fraction"),
         ("download", "yes", "data.download: got 'yes'; allowed: true or false"),
         ("image_size", 0, "image_size"),
         ("train_limit", True, "train_limit"),

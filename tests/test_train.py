@@ -235,6 +235,23 @@ def test_best_state_is_the_best_epochs_weights() -> None:
     assert loss == pytest.approx(result.best_val_loss, rel=1e-6)
 
 
+def test_keep_last_ends_with_the_last_iterate() -> None:
+    """keep "last" (the authors' drivers without validation): whatever the validation accuracy
+    did, the run reports and keeps the last epoch."""
+    model = toy_model()
+    result = fit(model, toy_data(noise=3.0), config(lr=0.5, epochs=6, keep="last"), "cpu")
+    last = result.history[-1]
+    assert result.best_epoch == 6 and result.best_val_accuracy == last["val_accuracy"]
+    assert result.best_val_loss == last["val_loss"]
+    best = max(result.history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    assert best["epoch"] != 6  # this run's best epoch is another one: "best" would differ
+    state = model.state_dict()
+    for key, value in result.best_state.items():
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(ValueError, match=r"^train\.keep: .*allowed: best \| last$"):
+        config(keep="final")
+
+
 def test_callback_can_stop_training() -> None:
     calls: list[tuple[int, float]] = []
 

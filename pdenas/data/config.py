@@ -95,7 +95,11 @@ class DataConfig(Config):
             for mnist / fashion_mnist, or class subfolders for imagefolder). None means "data"
             (fashion_mnist: Debian's /usr/share/datasets/fashion-mnist when it is installed).
         download: Whether torchvision may download missing files.
-        val_fraction: Share of the (capped) official training set held out for validation, in (0, 1).
+        val_fraction: Share of the (capped) official training set held out for validation, in
+            [0, 1). 0 trains on all of it and has no validation split of its own: the test split
+            stands in as ``val`` (what the authors' STL-10 driver does, watching test accuracy
+            while it trains). Only for reproducing such a protocol, with ``train.keep: last``:
+            anything chosen by the "validation" accuracy is then chosen on the test set.
         image_size: Resize images to image_size x image_size; None keeps the data set's size.
         train_limit: Use at most this many examples of the official training set (a seeded subset,
             split into train and validation as usual); None uses them all.
@@ -122,7 +126,8 @@ class DataConfig(Config):
         self.require("root", self.root is not None or not dataset_info(self.name).needs_root,
                      "a folder of class subfolders",
                      problem=f"required for {self.name!r}")
-        self.require("val_fraction", 0.0 < self.val_fraction < 1.0, "a number in (0, 1)")
+        self.require("val_fraction", 0.0 <= self.val_fraction < 1.0,
+                     "a number in [0, 1) (0: train on everything, the test split as val)")
         for key in ("image_size", "train_limit"):
             value = getattr(self, key)
             self.require(key, value is None or value >= 2, "an integer >= 2 or null")

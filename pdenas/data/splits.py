@@ -3,7 +3,8 @@
 `load_data(config, device)` takes the decoded official training set, caps it at `train_limit`
 (a seeded subset), holds out a seeded `val_fraction` for validation, and standardises every split
 per channel with the mean and standard deviation of the training split. The test split is only for
-final evaluation.
+final evaluation, except with `val_fraction: 0` (the authors' STL-10 protocol): then everything
+trains and the test split is also lent as `val`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class DataSplits:
 
     Attributes:
         train: Training examples.
-        val: Validation examples (held out from the official training set).
+        val: Validation examples (held out from the official training set); with
+            ``val_fraction: 0`` the test split itself (``DataConfig.val_fraction``).
         test: Test examples, for final evaluation only.
         num_classes: Number of classes.
         in_channels: Image channels (1 or 3).
@@ -101,6 +103,10 @@ def _split_indices(n: int, config: DataConfig) -> tuple[torch.Tensor, torch.Tens
     order = torch.randperm(n, generator=generator)
     if config.train_limit is not None:
         order = order[: config.train_limit]
+    if config.val_fraction == 0:  # everything trains; load_data lends the test split as val
+        if len(order) < 1:
+            raise InputError(f"{config.name} has no training examples")
+        return order.sort().values, order[:0]
     if len(order) < 2:
         raise InputError(f"{config.name} has {n} training examples; at least 2 are needed for a train/val split")
     n_val = min(max(int(round(len(order) * config.val_fraction)), 1), len(order) - 1)
@@ -126,10 +132,11 @@ def load_data(config: DataConfig, device: str | torch.device = "cpu") -> DataSpl
     def split(x: torch.Tensor, y: torch.Tensor) -> TensorSplit:
         return TensorSplit(standardise(x.to(device), mean, std), y.to(device))
 
+    test = split(raw.test_x, raw.test_y)
     return DataSplits(
         train=TensorSplit(standardise(train_u8, mean, std), raw.train_y[train_idx].to(device)),
-        val=split(raw.train_x[val_idx], raw.train_y[val_idx]),
-        test=split(raw.test_x, raw.test_y),
+        val=test if config.val_fraction == 0 else split(raw.train_x[val_idx], raw.train_y[val_idx]),
+        test=test,
         num_classes=len(raw.classes),
         in_channels=int(raw.train_x.shape[1]),
         image_size=(int(raw.train_x.shape[2]), int(raw.train_x.shape[3])),

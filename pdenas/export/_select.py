@@ -86,15 +86,19 @@ def saved_model(run_dir: Path, number: int, arch: Architecture) -> PDENet:
 
 def retrain(arch: Architecture, train: Any, data: Any, device: torch.device, *, seed: int,
              number: int) -> PDENet:
-    """Trains the architecture from scratch on train + validation (final weights kept)."""
+    """Trains the architecture from scratch on train + validation (final weights kept); on the
+    training split alone when the data has no validation split of its own (``val_fraction: 0``
+    lends the test split as ``val``, which must not be trained on)."""
     import dataclasses
 
     from pdenas.data import TensorSplit
     from pdenas.train import TrainingFailed, fit
 
-    merged = TensorSplit(torch.cat([data.train.x, data.val.x]),
-                         torch.cat([data.train.y, data.val.y]))
-    both = dataclasses.replace(data, train=merged)
+    both = data
+    if data.val is not data.test:
+        merged = TensorSplit(torch.cat([data.train.x, data.val.x]),
+                             torch.cat([data.train.y, data.val.y]))
+        both = dataclasses.replace(data, train=merged)
     torch.manual_seed(seed * 100_003 + number)
     model = build_model(arch)
     try:
