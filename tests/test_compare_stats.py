@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from pdenas.compare._stats import (bootstrap_means, expected_max, expected_max_curve, holm,
-                                   paired_effect_size, percentile_p, seed_inflation)
+from pdenas.compare._stats import (bootstrap_means, bootstrap_selection, expected_max,
+                                   expected_max_curve, holm, paired_effect_size, percentile_p,
+                                   seed_inflation, selection_weights)
 
 
 def _population_draw(rng: np.random.Generator, seeds: int, images: int, shifts: tuple[float, ...],
@@ -110,3 +111,27 @@ def test_expected_maximum_curve_rises_to_the_best() -> None:
     assert curve[0, 1] == pytest.approx(values.mean())
     assert np.all(np.diff(curve[:, 1]) >= -1e-12) and curve[-1, 1] == pytest.approx(values.max(), abs=1e-3)
     assert math.isnan(expected_max([], 3)[0])
+
+
+def test_selection_weights_are_those_of_the_best_of_k_draws() -> None:
+    for k in (1, 2, 3, 5):
+        counts = np.zeros(k)
+        for draw in itertools.product(range(k), repeat=k):  # every search of k draws
+            counts[min(draw)] += 1
+        assert selection_weights(k) == pytest.approx(counts / k**k)
+
+
+def test_the_search_resampled_widens_the_interval_of_a_lucky_family() -> None:
+    """A family whose second candidate is far worse: resampling its search puts weight there."""
+    rng = np.random.default_rng(5)
+    good, bad, other = (_population_draw(rng, seeds=4, images=400, shifts=(s,), seed_sd=0.1)
+                        for s in (0.0, -2.0, 0.0))
+    correct = np.concatenate([good, bad, other])
+    alone = bootstrap_selection(correct, [[0], [2]], n_boot=1000)
+    assert alone.estimate == pytest.approx(correct[[0, 2]].mean(axis=(1, 2)))
+    searched = bootstrap_selection(correct, [[0, 1], [2]], n_boot=1000)
+    weights = selection_weights(2)  # 3/4, 1/4
+    assert searched.estimate[0] == pytest.approx(weights @ correct[:2].mean(axis=(1, 2)))
+    low, high = searched.interval()
+    alone_low, alone_high = alone.interval()
+    assert high[0] - low[0] > 3 * (alone_high[0] - alone_low[0])

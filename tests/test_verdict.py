@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from test_compare import make_tiny_run, single_thread  # noqa: F401  (autouse: one thread)
+from test_compare import single_thread  # noqa: F401  (autouse: one thread)
 from test_results import make_synthetic_run
 
 from pdenas.architecture import Architecture
@@ -37,7 +37,8 @@ def _correct(rng: np.random.Generator, accuracy: list[float], seeds: int = 5, im
 
 
 def _decide(correct: np.ndarray, names: list[str]) -> tuple:
-    return decide(correct, names, alpha=0.05, looks=1, margin=0.005, n_boot=1000, costs=[2.1e6] * len(names))
+    return decide(correct, [[i] for i in range(len(names))], names, alpha=0.05, looks=1, margin=0.005,
+                  n_boot=1000, costs=[2.1e6] * len(names))
 
 
 def test_a_clearly_worse_family_is_named_with_its_interval() -> None:
@@ -142,7 +143,7 @@ def test_paired_seeds_give_the_same_code_the_same_network(twin: str, digits: obj
     assert not np.array_equal(verdict.correct[0, 0], verdict.correct[0, 1])  # seeds differ
     assert verdict.sentence.startswith("No family can be told apart")
     runs = verdict.runs
-    assert len(runs) == 4 and runs["selected"].all() and runs["epochs"].eq(2).all()
+    assert len(runs) == 4 and runs["weight"].eq(1.0).all() and runs["epochs"].eq(2).all()
     assert runs["test_accuracy"].tolist() == pytest.approx(verdict.correct.mean(axis=2).T.ravel())
 
 
@@ -154,11 +155,14 @@ def test_the_rule_spends_the_seed_budget_or_stops_on_time(digits: object) -> Non
     assert verdict.stopped in ("seeds", "settled") and verdict.seeds in (2, 3)
     if verdict.stopped == "seeds":
         assert verdict.looks == [2, 3] and verdict.level == pytest.approx(0.975)
-    picked = verdict.runs[verdict.runs["selected"]]
-    assert len(picked) == 2 * verdict.seeds  # one network per family and seed
+    assert len(verdict.runs) == 3 * verdict.seeds  # every candidate at every seed
+    assert verdict.correct.shape[:2] == (3, verdict.seeds)
     parabolic = verdict.runs[verdict.runs["family"] == "parabolic"]
-    for _, seed_runs in parabolic.groupby("seed"):  # the better final validation accuracy wins
-        assert seed_runs.loc[seed_runs["selected"], "val_accuracy"].iloc[0] == seed_runs["val_accuracy"].max()
+    # the search's best on validation (search_val ties: the lower trial) weighs 3/4, the other 1/4
+    assert parabolic.groupby("trial")["weight"].first().to_dict() == {0: 0.75, 1: 0.25}
+    means = parabolic.groupby("trial")["test_accuracy"].mean()
+    assert verdict.families.set_index("family").loc["parabolic", "mean"] == pytest.approx(
+        0.75 * means[0] + 0.25 * means[1])
     timed = run_verdict(candidates[::2], digits, "cpu", VerdictOptions(
         min_seeds=2, max_seeds=8, max_seconds=1e-3, margin=0.0, n_boot=500))
     assert timed.stopped == "seconds" and timed.seeds == 2 and timed.looks == [2]
@@ -166,18 +170,20 @@ def test_the_rule_spends_the_seed_budget_or_stops_on_time(digits: object) -> Non
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("tiny_verdict"))
+    """A run folder of records (``test_results.SPEC``: 3 families with finished trials, small
+    nets, 300 digits): the verdict retrains them without a search."""
+    return make_synthetic_run(tmp_path_factory.mktemp("verdict") / "run")
 
 
 def test_compare_verdict_writes_json_report_and_plots(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tiny_run / "verdict"
     code = main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--seeds", "2",
-                 "--max-seeds", "2", "--device", "cpu"])
+                 "--max-seeds", "2", "--device", "cpu", "--budget", "trials"])
     printed = capsys.readouterr().out
     assert code == 0
     data = json.loads((out / "verdict.json").read_text())
     assert set(data) == {"families", "pairs", "sentence"}
-    assert set(data["families"]) == {"parabolic", "hamiltonian"}
+    assert set(data["families"]) == {"parabolic", "hamiltonian", "second_order"}
     assert f"Verdict: {data['sentence']}" in printed
     report = (out / "report.md").read_text()
     assert report.index("## Estimand") < report.index("## Verdict") < report.index("## Families")
@@ -207,5 +213,6 @@ def test_the_python_api_returns_the_verdict(tiny_run: Path) -> None:
     verdict = comparison.verdict
     assert verdict.to_dict() == json.loads((tiny_run / "api" / "verdict.json").read_text())
     assert verdict.seeds == 2 and verdict.stopped in ("seeds", "settled")
-    assert list(verdict.families["family"]) == ["parabolic", "hamiltonian"]
+    assert list(verdict.families["family"]) == ["parabolic", "hamiltonian", "second_order"]
+    assert sorted(verdict.runs["trial"].unique()) == [2, 6, 11]  # the best within 3 trials each
     assert pdenas.open_run(tiny_run).compare(out=tiny_run / "plain").verdict is None

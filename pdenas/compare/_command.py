@@ -21,7 +21,7 @@ from pdenas.compare._retrain import retrain_top as retrain_families
 from pdenas.compare._verdict import Verdict, VerdictOptions
 from pdenas.compare._verdict_report import give_verdict
 from pdenas.errors import InputError
-from pdenas.results import export_trials, load_run, load_trials
+from pdenas.results import export_trials, load_run, load_trials, parquet_available
 
 __all__ = ["Comparison", "compare_run"]
 
@@ -70,7 +70,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         verdict: Retrain each family's selected candidates on paired seeds and give the verdict
             (``pdenas.compare._verdict``): intervals, P(best), paired differences, one sentence,
             ``verdict.json``. ``seeds`` is then the seeds of its first look.
-        candidates: Verdict: candidates per family, selected on validation at each seed.
+        candidates: Verdict: candidates per family (the best on the search's validation); with
+            more than one, the bootstrap also redraws the search among them.
         max_seeds: Verdict: the budget in seeds (default: 8, or ``seeds`` when larger).
         max_seconds: Verdict: the budget in seconds of retraining (None: none).
         budget: Verdict: what makes the families' search budgets equal when their candidates
@@ -135,7 +136,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
     export_trials(table, out / "families.csv")
     export_trials(importances, out / "importance.csv")
     export_trials(trials, out / "trials.csv")
-    export_trials(trials, out / "trials.parquet")
+    if parquet_available():  # an optional extra: trials.csv holds the same table
+        export_trials(trials, out / "trials.parquet")
     sections = [("Estimand", estimand_text(trials, info, options))]
     if options is not None:
         the_verdict, verdict_sections, verdict_figures = give_verdict(

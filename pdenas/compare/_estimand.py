@@ -56,9 +56,12 @@ def estimand_text(trials: pd.DataFrame, info: RunInfo, options: Any = None) -> s
                       f"{BUDGET_WORDS[options.budget]}: the smallest budget any family spent; each "
                       f"family's {options.candidates} best candidate(s) within it are retrained at "
                       "the full budget on paired seeds (one seed fixes initialisation, data order and "
-                      "augmentation for every family), the final weights kept, the candidate with "
-                      "the best final validation accuracy taken at each seed, and the test split "
-                      "touched once per retrained network."]
+                      "augmentation for every family), the final weights kept and the test split "
+                      "touched once per retrained network. The family's network is the candidate its "
+                      "search ranked best on validation; with several candidates the bootstrap also "
+                      "redraws the search among them (k draws with replacement, the best on "
+                      "validation kept), so the search's own luck is part of the interval. With one "
+                      "candidate the verdict is about the networks this search selected."]
     return "\n".join(lines)
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["BootstrapResult", "bootstrap_means", "expected_max", "expected_max_curve", "holm",
-           "paired_effect_size", "percentile_p", "seed_inflation"]
+__all__ = ["BootstrapResult", "bootstrap_means", "bootstrap_selection", "expected_max",
+           "expected_max_curve", "holm", "paired_effect_size", "percentile_p", "seed_inflation",
+           "selection_weights"]
 
 _CHUNK = 256
 """Bootstrap replicates drawn at once (bounds the (replicates, images) weight matrix)."""
@@ -143,6 +144,43 @@ def bootstrap_means(correct: np.ndarray, n_boot: int = 2000, seed: int = 0,
         seed_w = 1 + stretch * (seed_w - 1)  # still sums to S; negative weights are fine for a mean
         out[start:start + b] = seed_w @ per_seed / seeds + image_w @ image_part / images
     return BootstrapResult(estimate=correct.mean(axis=(1, 2)), replicates=out)
+
+
+def selection_weights(k: int) -> np.ndarray:
+    """(k,) how often a search of k trials, drawn with replacement from k candidates ranked by
+    validation (0 = best), selects each: P(j) = ((k-j)/k)^k - ((k-j-1)/k)^k (the smallest rank
+    drawn; Dodge et al. 2019's weights for the expected maximum)."""
+    j = np.arange(k)
+    return ((k - j) / k) ** k - np.clip((k - j - 1) / k, 0, None) ** k
+
+
+def bootstrap_selection(correct: np.ndarray, groups: Sequence[Sequence[int]], n_boot: int = 2000,
+                        seed: int = 0, level: float = 0.95) -> BootstrapResult:
+    """The two-level bootstrap of each family's accuracy when a family puts forward several
+    candidates, with the search's own luck resampled too.
+
+    ``groups[f]`` lists family f's candidates (rows of ``correct``) from the best validation
+    accuracy of the search down. Each replicate redraws the search among them, k draws with
+    replacement keeping the best on validation (``selection_weights``), and takes that candidate's
+    mean under the replicate's seed and image weights (the same for every candidate of every
+    family). The estimate is the expectation over that draw: sum_j P(j) mean_j. One candidate per
+    family is ``bootstrap_means``.
+
+    Args:
+        correct: (C, S, N) per-image correctness of every candidate's network at every seed.
+        groups: Per family, its candidates' rows, best search validation first.
+    """
+    columns = bootstrap_means(correct, n_boot=n_boot, seed=seed, level=level)
+    rng = np.random.default_rng([seed, 1])
+    out = np.empty((n_boot, len(groups)))
+    estimate = np.empty(len(groups))
+    for f, rows in enumerate(groups):
+        rows = np.asarray(rows, dtype=int)
+        weights = selection_weights(len(rows))
+        estimate[f] = weights @ columns.estimate[rows]
+        picks = rng.choice(len(rows), size=n_boot, p=weights)
+        out[:, f] = columns.replicates[np.arange(n_boot), rows[picks]]
+    return BootstrapResult(estimate=estimate, replicates=out)
 
 
 def percentile_p(diffs: np.ndarray) -> float:

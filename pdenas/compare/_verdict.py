@@ -5,12 +5,13 @@ The estimand: for each family, the test accuracy of the network that "search thi
 budget B, then select on validation" gives. Each family's candidates (its most accurate
 finished trials, from the trials that fit an equal compute budget) are retrained at the full
 budget on paired seeds: seed s fixes the initialisation, the data order and the augmentation
-for every family alike. The final weights are kept (no epoch picked on validation), the
-candidate with the best final validation accuracy is the family's network for that seed, and
-the test split is touched once per retrained network. Seeds are added by a sequential rule until
-the question is settled or the budget in seeds or seconds is spent; ``_stats`` turns the
-per-image results into intervals, P(best) and Holm-adjusted paired differences, and one sentence
-says what they mean.
+for every family alike. The final weights are kept (no epoch picked on validation), and the
+test split is touched once per retrained network. The family's network is the candidate the
+search ranked best on validation; with several candidates per family, the bootstrap also
+redraws the search among them (``_stats.bootstrap_selection``), so a family that was lucky in
+its search is not taken at its word. Seeds are added by a sequential rule until the question is
+settled or the budget in seeds or seconds is spent; ``_stats`` turns the per-image results into
+intervals, P(best) and Holm-adjusted paired differences, and one sentence says what they mean.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pdenas.compare._report import cost_text, pct
-from pdenas.compare._stats import bootstrap_means, holm, paired_effect_size
+from pdenas.compare._stats import bootstrap_selection, holm, paired_effect_size, selection_weights
 from pdenas.errors import InputError
 from pdenas.results import family_order, fully_trained
 
@@ -49,7 +50,8 @@ class VerdictOptions:
     """How the verdict is reached.
 
     Attributes:
-        candidates: Candidates per family, selected on validation at every seed.
+        candidates: Candidates per family (its best finished trials on the search's validation);
+            with more than one, the bootstrap redraws the search among them.
         min_seeds: Seeds of the first look.
         max_seeds: The most seeds (the budget in seeds).
         max_seconds: The budget in seconds of retraining (None: no limit); a look's seeds are
@@ -236,8 +238,9 @@ class Verdict:
     """The verdict and what it rests on.
 
     Attributes:
-        families: One row per family: ``family, mean, low, high, p_best, seeds, failed,
-            max_cost`` (accuracies as fractions; the 95 % interval).
+        families: One row per family: ``family, mean, low, high, p_best, seeds, candidates,
+            failed`` (retrained networks that failed), ``max_cost`` (accuracies as fractions; the
+            95 % interval; the mean is the expectation over the redrawn search).
         pairs: One row per comparison: ``a, b, against`` (``best`` or ``baseline``), ``diff``
             (a minus b), ``low, high`` (at ``level``), ``p, p_holm, effect`` (Cohen's d_z over
             seeds), ``different`` (p_holm < alpha per look).
@@ -247,8 +250,10 @@ class Verdict:
         seconds: Wall time of the retraining.
         level: The level of the pairs' intervals (1 - alpha / looks planned).
         looks: The seed counts looked at.
-        runs: One row per retrained network (``retrain_network``'s rows, with ``selected``).
-        correct: (families, seeds, test images) the selected networks' correctness.
+        runs: One row per retrained network (``retrain_network``'s rows, with ``weight``: how
+            often the redrawn search selects that candidate).
+        correct: (candidates, seeds, test images) every retrained network's correctness, the
+            candidates in the order of ``runs``.
         cost: The cost objective's name.
     """
 
@@ -283,7 +288,7 @@ class Verdict:
         self.families.to_csv(folder / "verdict_families.csv", index=False)
         self.pairs.to_csv(folder / "verdict_pairs.csv", index=False)
         self.runs.to_csv(folder / "verdict_runs.csv", index=False)
-        np.save(folder / "verdict_correct.npy", self.correct.astype(np.uint8))
+        np.save(folder / "verdict_correct.npy", self.correct.astype(np.uint8))  # 0/1 per image
         path = folder / "verdict.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
@@ -329,14 +334,16 @@ def verdict_sentence(families: pd.DataFrame, pairs: pd.DataFrame, level: float, 
     return text[0].upper() + text[1:]
 
 
-def decide(correct: np.ndarray, names: Sequence[str], *, alpha: float, looks: int, margin: float,
-           n_boot: int, seed: int = 0, baseline: str = BASELINE, costs: Sequence[float] = (),
+def decide(correct: np.ndarray, groups: Sequence[Sequence[int]], names: Sequence[str], *,
+           alpha: float, looks: int, margin: float, n_boot: int, seed: int = 0,
+           baseline: str = BASELINE, costs: Sequence[float] = (),
            failed: Sequence[int] = ()) -> tuple[pd.DataFrame, pd.DataFrame, bool, float]:
     """The statistics of one look.
 
     Args:
-        correct: (F, S, N) the selected networks' per-image correctness.
-        names: The F families.
+        correct: (C, S, N) every candidate's per-image correctness at every seed.
+        groups: Per family, its candidates' rows of ``correct``, best search validation first.
+        names: The families.
         alpha: The family-wise error rate over all pairs and looks.
         looks: Looks planned (alpha is split evenly over them: Bonferroni, so that stopping when
             the intervals settle the question does not raise the error rate).
@@ -346,12 +353,12 @@ def decide(correct: np.ndarray, names: Sequence[str], *, alpha: float, looks: in
         The family table, the pair table, whether the question is settled (every other family is
         declared worse than the best, or lies within the margin of it), and the pairs' level.
     """
-    boot = bootstrap_means(correct, n_boot=n_boot, seed=seed)
+    boot = bootstrap_selection(correct, groups, n_boot=n_boot, seed=seed)
     level = 1 - alpha / looks
     low, high = boot.interval(0.95)
-    p_best = boot.p_best()
     families = pd.DataFrame({"family": list(names), "mean": boot.estimate, "low": low, "high": high,
-                             "p_best": p_best, "seeds": correct.shape[1],
+                             "p_best": boot.p_best(), "seeds": correct.shape[1],
+                             "candidates": [len(g) for g in groups],
                              "failed": list(failed) or [0] * len(names),
                              "max_cost": list(costs) or [math.nan] * len(names)})
     best = int(np.argmax(boot.estimate))
@@ -360,7 +367,7 @@ def decide(correct: np.ndarray, names: Sequence[str], *, alpha: float, looks: in
     if baseline in index and index[baseline] != best:
         comparisons += [(i, index[baseline], "baseline") for i in range(len(names))
                         if i not in (best, index[baseline])]
-    per_seed = correct.mean(axis=2)
+    per_seed = np.stack([selection_weights(len(g)) @ correct[list(g)].mean(axis=2) for g in groups])
     rows = []
     for a, b, against in comparisons:
         diff, lo, hi, p = boot.difference(a, b, level)
@@ -375,23 +382,36 @@ def decide(correct: np.ndarray, names: Sequence[str], *, alpha: float, looks: in
     return families, pairs, settled, level
 
 
+def _grouped(candidates: Sequence[Candidate]) -> tuple[list[str], list[Candidate], list[list[int]]]:
+    """The families, the candidates family by family (best search validation first), and each
+    family's rows in that order."""
+    names = family_order(pd.DataFrame({"family": [c.family for c in candidates]}))
+    ordered, groups = [], []
+    for family in names:
+        mine = sorted((c for c in candidates if c.family == family),
+                      key=lambda c: (-c.search_val if c.search_val == c.search_val else math.inf,
+                                     c.trial if c.trial is not None else -1))
+        groups.append(list(range(len(ordered), len(ordered) + len(mine))))
+        ordered += mine
+    return names, ordered, groups
+
+
 def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options: VerdictOptions,
                 *, cost: str = "flops", data_name: str = "",
                 log: Callable[[str], None] | None = None) -> Verdict:
     """Retrains the candidates on paired seeds, look by look, until the question is settled or
     the budget in seeds or seconds is spent, and gives the verdict.
 
-    At each seed every candidate of every family is trained; the family's network at that seed
-    is its candidate with the best final validation accuracy (ties: the better search
-    validation). The looks come at ``look_schedule``'s seed counts.
+    At each seed every candidate of every family is trained once and measured once on the test
+    split. The looks come at ``look_schedule``'s seed counts.
     """
-    names = family_order(pd.DataFrame({"family": [c.family for c in candidates]}))
+    names, ordered, groups = _grouped(candidates)
     if not names:
         raise InputError("--verdict: the run has no finished trials to retrain yet")
+    weights = np.concatenate([selection_weights(len(g)) for g in groups])
     looks = look_schedule(options.min_seeds, options.max_seeds)
     rows: list[dict[str, Any]] = []
-    hits: list[np.ndarray] = []
-    selected: list[list[np.ndarray]] = []  # per seed, per family
+    hits: list[list[np.ndarray]] = [[] for _ in ordered]  # per candidate, per seed
     start = time.perf_counter()
     stopped, families, pairs, level = "seeds", None, None, 1 - options.alpha / len(looks)
     seed, done = 0, []
@@ -402,36 +422,23 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
             stopped = "seconds"
             break
         while seed < target:
-            chosen = []
-            for family in names:
-                mine = [c for c in candidates if c.family == family]
-                results = []
-                for candidate in mine:
-                    row, correct = retrain_network(candidate, data, seed, device)
-                    row["selected"] = False
-                    rows.append(row)
-                    hits.append(correct)
-                    results.append((row, correct, candidate))
-                    if log is not None:
-                        log(f"verdict seed {seed + 1}: {family} #{candidate.trial} {row['status']}, "
-                            f"val {pct(row['val_accuracy'])}, test {pct(row['test_accuracy'])}, "
-                            f"{row['seconds']:.1f} s")
-                row, correct, _ = max(results, key=lambda r: (
-                    -1 if math.isnan(r[0]["val_accuracy"]) else r[0]["val_accuracy"],
-                    -r[0]["val_loss"] if r[0]["val_loss"] == r[0]["val_loss"] else -math.inf,
-                    r[2].search_val))
-                row["selected"] = True
-                chosen.append(correct)
-            selected.append(chosen)
+            for c, candidate in enumerate(ordered):
+                row, correct = retrain_network(candidate, data, seed, device)
+                row["weight"] = float(weights[c])
+                rows.append(row)
+                hits[c].append(correct)
+                if log is not None:
+                    log(f"verdict seed {seed + 1}: {candidate.family} #{candidate.trial} {row['status']}, "
+                        f"val {pct(row['val_accuracy'])}, test {pct(row['test_accuracy'])}, "
+                        f"{row['seconds']:.1f} s")
             seed += 1
         done.append(seed)
-        correct = np.stack([np.stack([selected[s][f] for s in range(seed)]) for f in range(len(names))])
+        correct = np.stack([np.stack(h) for h in hits])
         runs = pd.DataFrame(rows)
-        picked = runs[runs["selected"]]
-        failed = [int((picked.loc[picked["family"] == f, "status"] != "completed").sum()) for f in names]
-        costs = [float(picked.loc[picked["family"] == f, "cost"].max()) for f in names]
+        failed = [int((runs.loc[runs["family"] == f, "status"] != "completed").sum()) for f in names]
+        costs = [float(runs.loc[runs["family"] == f, "cost"].max()) for f in names]
         families, pairs, settled, level = decide(
-            correct, names, alpha=options.alpha, looks=len(looks), margin=options.margin,
+            correct, groups, names, alpha=options.alpha, looks=len(looks), margin=options.margin,
             n_boot=options.n_boot, costs=costs, failed=failed)
         if log is not None:
             log(f"verdict look {look + 1}/{len(looks)} at {seed} seeds: "
@@ -463,7 +470,8 @@ def format_verdict_tables(verdict: Verdict) -> tuple[pd.DataFrame, pd.DataFrame]
                                      for m, lo, hi in zip(f["mean"], f["low"], f["high"])],
         "P(best)": f["p_best"].map(lambda v: f"{v:.2f}"),
         "seeds": f["seeds"],
-        "failed": f["failed"],
+        "candidates": f["candidates"],
+        "failed runs": f["failed"],
         "max cost": [cost_text(verdict.cost, v) for v in f["max_cost"]],
     })
     p = verdict.pairs

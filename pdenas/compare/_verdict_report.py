@@ -65,7 +65,10 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
     method = ("Intervals: a bootstrap over seeds and test images together (both resampled in each "
               "replicate, the same draw for every family, so differences are paired; the seed "
               "level stretched to Student-t width for few seeds, the seed-by-image noise counted "
-              "once). P(best): the share of replicates in which the family has the highest mean. "
+              "once). P(best): the share of replicates in which the family has the highest mean. With several "
+              "candidates per family each replicate also redraws the family's search among them "
+              "(as many draws as candidates, with replacement, the best search validation kept); "
+              "the mean is the expectation over that draw (`weight` in `verdict_runs.csv`). "
               "Pairs: a minus b; p from the bootstrap, Holm-adjusted; d_z = mean paired per-seed "
               "difference over its standard deviation.")
     budget_line = (f"Equal search budget B = {_amount(limit, options.budget)}"
@@ -86,8 +89,8 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
         budget_line + "\n\n" + markdown_table(budget_table),
         method,
         f"`{json_path.name}` holds the families, pairs and sentence; `verdict_runs.csv` every "
-        "retrained network; `verdict_correct.npy` the selected networks' per-image results "
-        "(family x seed x test image).",
+        "retrained network; `verdict_correct.npy` every retrained network's per-image results "
+        "(candidate x seed x test image, candidates in the order of the runs).",
     ])
     figures = {
         "Verdict: intervals, P(best) and paired differences": plots.plot_verdict(
