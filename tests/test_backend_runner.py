@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pdenas.architecture import Architecture
-from pdenas.backends import DataShape, TrialRunner
+from pdenas.backends import DataShape, TrialHooks, TrialRunner
 from pdenas.data import DataConfig, load_data
 from pdenas.runs import RunFolder
 from pdenas.study import StudyConfig
@@ -19,9 +19,19 @@ from pdenas.train import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def hooks(on_epoch=None, on_hung=None) -> TrialHooks:
+    """A backend's hooks, some replaced (as a backend's subclass would)."""
+    made = TrialHooks()
+    if on_epoch is not None:
+        made.on_epoch = on_epoch
+    if on_hung is not None:
+        made.on_hung = on_hung
+    return made
+
+
 def run_candidate(number, arch, train, config, data, device, run_dir, report=None):
     runner = TrialRunner(config, None, RunFolder(run_dir), DataShape.of(data))
-    return runner.run(number, arch, train, data=data, device=device, report=report)
+    return runner.run(number, arch, train, data=data, device=device, hooks=hooks(report))
 
 
 def _tiny_data():
@@ -229,7 +239,7 @@ def test_a_hung_trial_is_recorded_as_timeout_by_its_watchdog(
     runner = TrialRunner(config, None, RunFolder(tmp_path), DataShape.of(_tiny_data()))
     start = time.monotonic()
     record = runner.run(0, arch, train, data=_tiny_data(), device=torch.device("cpu"),
-                        report=report, on_hung=told.append)
+                        hooks=hooks(report, told.append))
     assert time.monotonic() - start >= 10
     assert [r.status for r in told] == ["timeout"]
     stored = RunFolder(tmp_path).trial(0).read_record()
@@ -289,3 +299,40 @@ def test_a_refusal_for_time_ends_the_search_only_when_no_finished_candidate_woul
     runner.run(next(numbers), arch, slow, data=data, device=cpu,
                time_left=runner.quickest_seconds / 2)
     assert runner.out_of_time  # shorter than every trial it completed
+
+
+def test_a_bug_in_pdenas_propagates_and_the_trial_is_given_back(tmp_path: Path, monkeypatch) -> None:
+    """Only the candidate's own outcomes become statuses: an error of pdenas's own (here a
+    TypeError planted in ``fit``) propagates with its traceback, as Optuna's ``catch=()``, and
+    the record says interrupted (not failed), so a rerun trains the trial again."""
+    from pdenas import train as train_module
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in pdenas")
+
+    monkeypatch.setattr(train_module, "fit", broken)
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 1, "batch_size": 64})
+    with pytest.raises(TypeError, match="a bug in pdenas"):
+        run_candidate(0, arch, train, StudyConfig(name="t", latency_repeats=1), _tiny_data(),
+                      torch.device("cpu"), tmp_path)
+    stored = RunFolder(tmp_path).trial(0).read_record()
+    assert stored.status == "interrupted" and not stored.status.uses_budget
+    assert "error in pdenas" in stored.failure_reason and "TypeError" in stored.failure_reason
+
+
+def test_a_failure_of_the_candidate_is_its_status(tmp_path: Path, monkeypatch) -> None:
+    """What training the candidate reports (``TrainingFailed``) is recorded, and the call
+    returns: the search goes on."""
+    from pdenas import train as train_module
+
+    def fails(*args, **kwargs):
+        raise train_module.TrainingFailed("failed: the candidate's step raised", [])
+
+    monkeypatch.setattr(train_module, "fit", fails)
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 1, "batch_size": 64})
+    record = run_candidate(0, arch, train, StudyConfig(name="t", latency_repeats=1), _tiny_data(),
+                           torch.device("cpu"), tmp_path)
+    assert record.status == "failed" and record.status.uses_budget
+    assert record.failure_reason == "failed: the candidate's step raised"

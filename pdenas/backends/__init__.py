@@ -6,10 +6,11 @@ loaded on demand by name)."""
 
 from __future__ import annotations
 
-from pdenas.backends._base import Backend, DataShape, Progress, TrialRunner
+from pdenas.backends._base import Backend, DataShape, Progress, TrialHooks, TrialRunner
 from pdenas.backends._registry import get_backend, list_backends, register_backend
 from pdenas.backends._run import run_search
 from pdenas.backends._orchestrate import WorkersFailed, run_study, run_worker
 
-__all__ = ["Backend", "DataShape", "Progress", "TrialRunner", "WorkersFailed", "get_backend",
-           "list_backends", "register_backend", "run_search", "run_study", "run_worker"]
+__all__ = ["Backend", "DataShape", "Progress", "TrialHooks", "TrialRunner", "WorkersFailed",
+           "get_backend", "list_backends", "register_backend", "run_search", "run_study",
+           "run_worker"]

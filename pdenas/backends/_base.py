@@ -19,23 +19,20 @@ that, never a backend directly):
 5. ``backend.search(n_trials, timeout, progress)`` runs trials until the study holds
    ``n_trials`` that count toward the budget (``TrialStatus.uses_budget``) or ``timeout``
    seconds have passed. Each trial goes through ``TrialRunner``: ``suggest`` (or ``replay``)
-   turns the backend's suggestions into a candidate, ``run`` builds, measures, trains and
-   records it, calling the backend's ``report`` hook after every epoch (return True to stop
-   it). Ctrl-C raises ``KeyboardInterrupt`` after giving the running trial back; rerunning the
-   same search resumes.
+   turns the backend's suggestions into a candidate, ``run`` takes it through its phases
+   (``_lifecycle``: measure, gate, train, finish), telling the backend through one
+   ``TrialHooks`` object (its cost, each epoch, which may stop it, a hung trial). Ctrl-C raises
+   ``KeyboardInterrupt`` after giving the running trial back; rerunning the same search
+   resumes.
 
-A backend never writes trial files itself: ``TrialRunner`` writes ``record.json`` (the one
+A backend never writes trial files itself: the trial's phases write ``record.json`` (the one
 source of truth for every reader), the architecture and the weights through ``TrialFolder``.
 """
 
 from __future__ import annotations
 
 import abc
-import datetime
 import math
-import os
-import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -43,9 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 
 from pdenas.architecture import Architecture
-from pdenas.backends._stability import estimate, stabilise
-from pdenas.backends._warm_start import warm_start
-from pdenas.backends._watchdog import Watchdog, grace_seconds, may_exit
+from pdenas.backends._lifecycle import TrialHooks, TrialLife, now
 from pdenas.errors import InputError
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus, plain
 from pdenas.study import StudyConfig
@@ -56,21 +51,12 @@ if TYPE_CHECKING:
     from pdenas.space import SearchSpace
     from pdenas.tracking import TrialObserver
 
-__all__ = ["Backend", "DataShape", "Progress", "Report", "TrialRunner", "finished_summary", "now"]
+__all__ = ["Backend", "DataShape", "Progress", "TrialHooks", "TrialRunner", "finished_summary",
+           "now"]
 
 MAX_TIME_REFUSALS = 5
 """Candidates refused in a row as too long for the time left before a search stops trying (each
 costs a trial number and a calibration of a few seconds)."""
-
-Report = Callable[[TrialRecord, Mapping[str, float]], bool]
-"""Called after each epoch with the trial's record so far (already written) and this epoch's
-metrics; returns True to stop the trial early (the backend's pruner or scheduler)."""
-
-
-def now() -> str:
-    """The current time, ISO 8601 in UTC (what records store)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
 
 class Progress(Protocol):
     """What a search tells its caller (a progress bar)."""
@@ -127,7 +113,8 @@ class TrialRunner:
         """The wall seconds of the shortest trial this runner completed (calibration included)."""
         self._time_refusals = 0
 
-    def _observers(self) -> list[TrialObserver]:
+    def make_observers(self) -> list[TrialObserver]:
+        """A trial's trackers, made fresh for it."""
         from pdenas.tracking import observers_for
 
         return self.observers() if self.observers is not None else observers_for(
@@ -174,16 +161,13 @@ class TrialRunner:
 
     def run(self, number: int, arch: Architecture, train: TrainConfig, *, data: DataSplits,
             device: torch.device, params: Mapping[str, Any] | None = None,
-            report: Report | None = None,
-            on_cost: Callable[[TrialRecord], None] | None = None,
-            time_left: float | None = None,
-            on_hung: Callable[[TrialRecord], None] | None = None) -> TrialRecord:
-        """Builds, measures, trains and records one candidate; never raises for a bad candidate.
+            hooks: TrialHooks | None = None, time_left: float | None = None) -> TrialRecord:
+        """Takes one candidate through its phases (``_lifecycle.TrialLife``: measure, gate,
+        train, finish) and returns its final record (also in ``trials/<number>/record.json``).
 
-        The record is written when the trial starts (status running), after every epoch and at
-        the end; the best-validation weights when training finished or stopped early. A
-        diverging, out-of-memory or otherwise failing candidate becomes a record with its status
-        and reason. Ctrl-C writes the record as interrupted and re-raises.
+        A diverging, out-of-memory, timed-out or failing candidate becomes a record with its
+        status and reason; Ctrl-C and errors in pdenas itself write the record as interrupted
+        and propagate.
 
         Args:
             number: The trial number (also offsets the seed of the initial weights).
@@ -192,157 +176,18 @@ class TrialRunner:
             data: Data splits on ``device``.
             device: Where to train.
             params: The suggested params (stored so the trial can be rebuilt).
-            report: The backend's per-epoch hook (see ``Report``).
-            on_cost: Called with the record once the cost is known, before training.
+            hooks: What the backend hears of the trial (cost, epochs, a hung trial).
             time_left: Seconds the search has left (``--timeout``): a candidate predicted to
                 need more is infeasible.
-            on_hung: With ``trial_timeout``: called from the watchdog thread with the final
-                record (status timeout) when the trial hangs past its limit (see
-                ``_watchdog``), before the process is ended where a supervisor restarts it.
-
-        Returns:
-            The final record (also in ``trials/<number>/record.json``).
         """
-        from pdenas.cost import measure_cost
-        from pdenas.network import build_model
-        from pdenas.tracking import notify
-        from pdenas.train import (FitResult, TimedOut, TrainingFailed, estimate_seconds, fit,
-                                  final_depth_state)
+        return TrialLife(self, number, arch, train, data=data, device=device, params=params,
+                         hooks=hooks, time_left=time_left).run()
 
-        config = self.config
-        folder = self.run_folder.trial(number)
-        record = TrialRecord(number=number, architecture=arch.to_dict(), train=train.to_dict(),
-                             params=plain(dict(params or {})), epochs_planned=train.epochs,
-                             worker=f"{socket.gethostname()}:{os.getpid()}", device=str(device),
-                             started_at=now())
-        start = time.perf_counter()
+    def completed_in(self, seconds: float) -> None:
+        """A trial this runner ran completed in ``seconds`` (wall, calibration included)."""
+        self.quickest_seconds = min(self.quickest_seconds or math.inf, seconds)
 
-        def save() -> None:
-            record.seconds = time.perf_counter() - start
-            folder.write_record(record)
-
-        folder.write_architecture(arch.to_dict())
-        save()
-        observers = self._observers()
-        notify(observers, "trial_started", record)
-        progress = FitResult()  # fit fills it in place: the watchdog reads the best weights
-        model: torch.nn.Module | None = None
-
-        def hung() -> None:
-            limit = config.trial_timeout
-            record.status = TrialStatus.TIMEOUT
-            record.epochs_trained = len(record.history)
-            record.failure_reason = (
-                f"hung: still running {grace:g} s past the trial time limit ({limit:g} s) "
-                f"after {record.epochs_trained} of {train.epochs} epochs; its worker was ended")
-            best = final_depth_state(progress, model, train) if model is not None else {}
-            if best:  # ranked as a stopped trial, its best epoch kept
-                record.val_accuracy = float(progress.best_val_accuracy)
-                folder.write_weights(best)
-            record.finished_at = now()
-            save()
-            notify(observers, "trial_finished", record)
-            if on_hung is not None:
-                on_hung(record)
-
-        watchdog = None
-        if config.trial_timeout is not None:
-            grace = grace_seconds(config.trial_timeout)
-            watchdog = Watchdog(time.monotonic() + config.trial_timeout + grace, hung,
-                                exit_process=may_exit()).start()
-
-        def epoch_done(epoch: int, metrics: Mapping[str, float]) -> bool:
-            record.history.append({k: float(v) for k, v in metrics.items()})
-            record.epochs_trained = epoch
-            record.val_accuracy = max(h["val_accuracy"] for h in record.history)
-            save()
-            notify(observers, "epoch_done", record, metrics)
-            return bool(report(record, metrics)) if report is not None else False
-
-        try:
-            torch.manual_seed(config.seed * 100_003 + number)
-            model = build_model(arch)
-            if config.warm_start:
-                record.warm_start = warm_start(model, arch, self.run_folder) or {}
-            model = model.to(device)
-            shape = (arch.in_channels, *self.shape.image_size)
-            record.cost = measure_cost(model, shape, train.batch_size, device,
-                                       repeats=config.latency_repeats).to_dict()
-            training = estimate_seconds(model, data, train, device)  # its time is the trial's
-            record.cost["predicted_seconds"] = time.perf_counter() - start + training
-            record.constraints = config.constraints.violations(record.cost)
-            if config.trial_timeout is not None:  # the same number of values for every trial
-                record.constraints.append(record.cost["predicted_seconds"] - config.trial_timeout)
-            record.max_stable_step = min(unit.max_stable_step() for unit in model.units)
-            if on_cost is not None:
-                on_cost(record)
-            refused = self._refusal(record, time_left)
-            if refused is not None:
-                record.status, record.failure_reason = TrialStatus.INFEASIBLE, refused
-                return record
-            self._time_refusals = 0
-            check = config.stability
-            if check.mode != "off":
-                images = data.train.x[:check.images]
-                arch, record.stability, refused = stabilise(model, arch, images, check)
-                record.architecture = arch.to_dict()
-                folder.write_architecture(record.architecture)
-                if refused is not None:
-                    record.status, record.failure_reason = TrialStatus.INFEASIBLE, refused
-                    return record
-            deadline = (None if config.trial_timeout is None
-                        else time.monotonic() + config.trial_timeout - (time.perf_counter() - start))
-            result = fit(model, data, train, device, callback=epoch_done, seed=config.seed + number,
-                         deadline=deadline, result=progress)
-            if check.mode != "off":  # the best-validation weights, as trained
-                record.stability["final"] = estimate(model, images, check)
-            record.history = [plain(h) for h in result.history]
-            record.epochs_trained = result.epochs_trained
-            record.val_accuracy = float(result.best_val_accuracy) if result.history else None
-            folder.write_weights(result.best_state)
-            record.status = TrialStatus.PRUNED if result.stopped else TrialStatus.COMPLETED
-            if record.status is TrialStatus.COMPLETED:
-                took = time.perf_counter() - start
-                self.quickest_seconds = min(self.quickest_seconds or math.inf, took)
-        except TrainingFailed as error:
-            record.status = error.status
-            record.failure_reason = str(error)
-            record.history = [plain(h) for h in error.history]  # the epochs completed before
-            record.epochs_trained = len(record.history)
-            if isinstance(error, TimedOut):  # ranked as a stopped trial, its best epoch kept
-                record.failure_reason = (f"stopped at the trial time limit ({config.trial_timeout:g} s)"
-                                         f" after {record.epochs_trained} of {train.epochs} epochs")
-                if error.result.best_state:
-                    record.val_accuracy = float(error.result.best_val_accuracy)
-                    folder.write_weights(error.result.best_state)
-        except torch.OutOfMemoryError as error:  # while building or measuring, before training
-            record.status = TrialStatus.OOM
-            record.failure_reason = f"out of memory before training: {str(error).splitlines()[0]}"
-        except MemoryError as error:  # Python's own allocations (host memory) anywhere in the trial
-            record.status = TrialStatus.OOM
-            record.failure_reason = f"out of host memory: MemoryError {str(error)[:160]}".rstrip()
-        except (RuntimeError, ValueError) as error:
-            record.status = TrialStatus.FAILED
-            text = str(error).splitlines()[0] if str(error) else ""
-            record.failure_reason = f"{type(error).__name__}: {text}"
-        except KeyboardInterrupt:
-            record.status = TrialStatus.INTERRUPTED
-            record.failure_reason = "interrupted (Ctrl-C or kill); a copy was queued for the next run"
-            raise
-        finally:
-            # A trial the watchdog recorded as hung (and that returned after all, in an
-            # unsupervised process) keeps the watchdog's record.
-            if watchdog is None or watchdog.stop():
-                if record.status.final:
-                    record.finished_at = now()
-                save()
-                notify(observers, "trial_finished", record)
-            else:
-                record = folder.read_record()
-        return record
-
-
-    def _refusal(self, record: TrialRecord, time_left: float | None) -> str | None:
+    def refusal(self, record: TrialRecord, time_left: float | None) -> str | None:
         """Why a measured candidate is not trained (a cost limit, or its predicted time), or
         None to train it."""
         config, cost = self.config, record.cost
@@ -360,6 +205,7 @@ class TrialRunner:
             self.out_of_time = (self.quickest_seconds is None or self.quickest_seconds > time_left
                                 or self._time_refusals >= MAX_TIME_REFUSALS)
             return f"predicted to need {predicted:,.0f} s, more than the search has left ({time_left:,.0f} s)"
+        self._time_refusals = 0
         return None
 
 

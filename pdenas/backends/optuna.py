@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
 from pdenas.backends._balanced import (FamilyBalancedPruner, FamilyBalancedSampler, check_balanced,
                                       family_of, family_view, partitions_pruner)
-from pdenas.backends._base import Backend, Progress, now as _now
+from pdenas.backends._base import Backend, Progress, TrialHooks, now as _now
 from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import (check_names, check_options, directions, make_pruner,
@@ -306,6 +306,38 @@ def _owned(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         raise
 
 
+class _Hooks(TrialHooks):
+    """What an Optuna trial hears of its run: the cost and constraints as user attributes (the
+    samplers read the constraints), each epoch for early stopping, a hung trial told at once."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig,
+                 rule: Callable[[int, TrialRecord], bool] | None) -> None:
+        self.study, self.trial, self.config, self.rule = study, trial, config, rule
+        self.hung: list[TrialRecord] = []
+
+    def on_cost(self, record: TrialRecord) -> None:
+        with _owned(self.study, self.trial):
+            for key, value in record.cost.items():
+                self.trial.set_user_attr(key, value)
+            self.trial.set_user_attr("constraints", record.constraints)
+            for index, value in enumerate(record.constraints):  # read by the samplers
+                self.trial.set_constraint(str(index), value)
+
+    def on_epoch(self, record: TrialRecord, metrics: Mapping[str, float]) -> bool:
+        trial = self.trial
+        with _owned(self.study, trial):
+            trial.set_user_attr("history", record.history)  # live curves in optuna-dashboard
+            if self.config.multi_objective:
+                return self.rule(record.epochs_trained, record) if self.rule is not None else False
+            trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
+            return trial.should_prune()
+
+    def on_hung(self, record: TrialRecord) -> None:  # from the watchdog thread
+        self.hung.append(record)
+        with _owned(self.study, self.trial):
+            tell(self.study, self.trial, record, self.config.objectives)
+
+
 @register_backend("optuna")
 class OptunaBackend(Backend):
     """Trials of an Optuna study (any storage), trained in this process."""
@@ -398,7 +430,7 @@ class OptunaBackend(Backend):
             except _Superseded:
                 self._dropped(trial.number)
                 continue
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, or a bug in pdenas (not the candidate's doing)
                 # Give the slot back so a rerun does the trial again, then stop. Queue the copy
                 # before failing the trial: the budget never looks short.
                 with contextlib.suppress(Exception):
@@ -461,7 +493,7 @@ class OptunaBackend(Backend):
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             arch, train = runner.suggest(trial)
-        except ValueError as error:
+        except InputError as error:
             record = runner.record_failure(trial.number, f"cannot build the candidate: {error}",
                                            trial.params)
             with _owned(study, trial):
@@ -471,35 +503,10 @@ class OptunaBackend(Backend):
             trial.set_user_attr("architecture", arch.to_dict())
             trial.set_user_attr("family", arch.family)
         family = trial.params.get(self.balance[0], arch.family) if self.balance else arch.family
-        rule = self._early_stop_rule(family)
-
-        def report(record: TrialRecord, metrics: Mapping[str, float]) -> bool:
-            with _owned(study, trial):
-                trial.set_user_attr("history", record.history)  # live curves in optuna-dashboard
-                if config.multi_objective:
-                    return rule(record.epochs_trained, record) if rule is not None else False
-                trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
-                return trial.should_prune()
-
-        def on_cost(record: TrialRecord) -> None:
-            with _owned(study, trial):
-                for key, value in record.cost.items():
-                    trial.set_user_attr(key, value)
-                trial.set_user_attr("constraints", record.constraints)
-                for index, value in enumerate(record.constraints):  # read by the samplers
-                    trial.set_constraint(str(index), value)
-
-        hung: list[TrialRecord] = []
-
-        def on_hung(record: TrialRecord) -> None:  # from the watchdog thread
-            hung.append(record)
-            with _owned(study, trial):
-                tell(study, trial, record, config.objectives)
-
+        hooks = _Hooks(study, trial, config, self._early_stop_rule(family))
         record = runner.run(trial.number, arch, train, data=self.data, device=self.device,
-                            params=trial.params, report=report, on_cost=on_cost,
-                            time_left=time_left, on_hung=on_hung)
-        if hung:  # told already (the call hung past the limit, then returned after all)
+                            params=trial.params, hooks=hooks, time_left=time_left)
+        if hooks.hung:  # told already (the call hung past the limit, then returned after all)
             return record
         with _owned(study, trial):
             tell(study, trial, record, config.objectives)

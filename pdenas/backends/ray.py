@@ -65,7 +65,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from pdenas._config import Config
-from pdenas.backends._base import Backend, Progress, TrialRunner, finished_summary
+from pdenas.backends._base import Backend, Progress, TrialHooks, TrialRunner, finished_summary
 from pdenas.backends._early_stop import is_rung, mo_asha_keeps
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
@@ -530,6 +530,34 @@ def _report(folder: Path, metrics: Mapping[str, Any]) -> None:
     tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
 
+class _Hooks(TrialHooks):
+    """What a Ray trial reports of its run: each epoch but the last (with a checkpoint of the
+    trial folder) for the scheduler; the last one once the final record and weights are saved."""
+
+    def __init__(self, folder: Path, objectives: tuple[str, ...]) -> None:
+        self.folder, self.objectives = folder, objectives
+
+    def on_epoch(self, record: TrialRecord, metrics: Mapping[str, float]) -> bool:
+        epoch = record.epochs_trained
+        if epoch >= record.epochs_planned:
+            # The last epoch is reported once the runner has saved the weights and the final
+            # record: a scheduler that stops the trial at max_t must not cut that short.
+            return False
+        view = _metrics(record, self.objectives, epoch)
+        view["val_accuracy"] = float(metrics["val_accuracy"])  # this epoch's, for the scheduler
+        view.update({k: float(metrics[k]) for k in ("val_loss", "train_loss", "train_accuracy")
+                     if k in metrics})
+        try:
+            _report(self.folder, view)
+        except SystemExit:
+            # Tune stopped the trial (the scheduler, or the end of the experiment) and would end
+            # this thread here. Write nothing more: the partial record stays, the driver marks
+            # it stopped, and the actor's process ends with this thread still waiting
+            # (unwinding through the runner would overwrite the record).
+            threading.Event().wait()
+        return False
+
+
 def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float) -> None:
     """The Tune trainable: replay the candidate, run it through the shared runner, report."""
     import torch
@@ -548,7 +576,7 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
         return
     try:
         arch, train = runner.replay(params)
-    except ValueError as error:
+    except InputError as error:
         record = runner.record_failure(number, f"cannot rebuild the candidate: {error}", params)
         _report(folder.path, _metrics(record, config.objectives, 0))
         return
@@ -556,28 +584,8 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
               else resolve_device(config.device))
     data = load_data(config.data, device=device)
 
-    def report(record: TrialRecord, metrics: Mapping[str, float]) -> bool:
-        epoch = record.epochs_trained
-        if epoch >= record.epochs_planned:
-            # The last epoch is reported once the runner has saved the weights and the final
-            # record: a scheduler that stops the trial at max_t must not cut that short.
-            return False
-        view = _metrics(record, config.objectives, epoch)
-        view["val_accuracy"] = float(metrics["val_accuracy"])  # this epoch's, for the scheduler
-        view.update({k: float(metrics[k]) for k in ("val_loss", "train_loss", "train_accuracy")
-                     if k in metrics})
-        try:
-            _report(folder.path, view)
-        except SystemExit:
-            # Tune stopped the trial (the scheduler, or the end of the experiment) and would end
-            # this thread here. Write nothing more: the partial record stays, the driver marks
-            # it stopped, and the actor's process ends with this thread still waiting
-            # (unwinding through the runner would overwrite the record).
-            threading.Event().wait()
-        return False
-
     record = runner.run(number, arch, train, data=data, device=device, params=params,
-                        report=report)
+                        hooks=_Hooks(folder.path, config.objectives))
     _report(folder.path, _metrics(record, config.objectives, max(record.epochs_trained, 1)))
 
 
