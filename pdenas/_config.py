@@ -157,6 +157,9 @@ class Config:
     """
 
     SECTION: ClassVar[str] = ""
+    REMOVED: ClassVar[Mapping[str, str]] = {}
+    """Keys that earlier versions read, each with what to write instead: a file that still has
+    one is refused with one line naming its replacement (``pruner: removed; use early_stop``)."""
 
     def __post_init__(self) -> None:
         section = self._section()
@@ -201,6 +204,9 @@ class Config:
                               f"got {type(data).__name__}")
         kinds, allowed = field_kinds(cls), file_keys(cls)
         for key in data:
+            if key in cls.REMOVED:
+                raise ConfigError(f"{key_of(section, str(key))}: removed; "
+                                  f"{cls.REMOVED[str(key)]}")
             if key not in allowed:
                 raise ConfigError(f"{key_of(section, str(key))}: unknown key; allowed: "
                                   f"{', '.join(allowed)}")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from pdenas._progress import TqdmProgress
 from pdenas.errors import InputError
-from pdenas.runs import RunFolder, RunInfo, TrialRecord
+from pdenas.runs import RunFolder, RunInfo
 from pdenas.study import StudyConfig, deep_merge, find_study
 
 __all__ = ["Run", "TqdmProgress", "load_study", "open_run", "search"]

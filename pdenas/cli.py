@@ -146,7 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="one run: which family is best and how sure: paired retraining on seeds, "
                         "intervals, P(best), paired differences, one sentence, verdict.json")
     c.add_argument("--candidates", type=int, default=1, metavar="K",
-                   help="verdict: candidates per family, selected on validation at each seed")
+                   help="verdict: candidates per family; more than 1 also resamples the search's luck")
     c.add_argument("--max-seeds", type=int, metavar="N", help="verdict: the budget in seeds (default 8)")
     c.add_argument("--max-seconds", type=float, metavar="S", help="verdict: the budget in seconds")
     c.add_argument("--budget", default="flop_epochs", metavar="UNIT",
@@ -240,12 +240,14 @@ def _studies(args: argparse.Namespace) -> int:
 
 def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
                  csv: str | None = None, parquet: str | None = None) -> int:
-    from pdenas.results import (export_trials, format_leaderboard, format_predictions,
-                                leaderboard, load_run, load_trials)
+    from pdenas.results import (check_table_path, export_trials, format_leaderboard,
+                                format_predictions, leaderboard, load_run, load_trials)
 
     for path, suffix in ((csv, ".csv"), (parquet, ".parquet")):
         if path and Path(path).suffix.lower() != suffix:
             raise InputError(f"--{suffix[1:]} {path}: the file name must end in {suffix}")
+        if path:
+            check_table_path(path)  # before the work: Parquet needs its extra
     info = load_run(run_dir)
     trials = load_trials(run_dir)
     board = leaderboard(trials, info.objectives)

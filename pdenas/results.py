@@ -26,6 +26,7 @@ __all__ = [
     "PAPER_ORDER",
     "RunInfo",
     "TRIAL_COLUMNS",
+    "check_table_path",
     "comparable",
     "export_trials",
     "family_order",
@@ -38,6 +39,7 @@ __all__ = [
     "load_record",
     "load_run",
     "load_trials",
+    "parquet_available",
     "pareto_ranks",
     "trial_row",
 ]
@@ -346,6 +348,30 @@ def _plain_value(value: Any, as_text: bool) -> Any:
     return value
 
 
+def parquet_available() -> bool:
+    """Whether pandas can write Parquet here (pyarrow, the ``parquet`` extra, is optional)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def check_table_path(path: str | Path) -> Path:
+    """The path of a table to write, checked before any work: a .csv or .parquet name, and for
+    Parquet its engine installed.
+
+    Raises:
+        InputError: Another suffix, or Parquet without pyarrow (naming the extra to install).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise InputError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
+    if suffix == ".parquet" and not parquet_available():
+        raise InputError(f"{path}: writing Parquet needs pyarrow; pip install 'pdenas[parquet]' "
+                         "(or write .csv)")
+    return path
+
+
 def export_trials(trials: pd.DataFrame, path: str | Path) -> Path:
     """Writes trials (or a leaderboard) as CSV or Parquet, chosen by the file suffix.
 
@@ -353,12 +379,10 @@ def export_trials(trials: pd.DataFrame, path: str | Path) -> Path:
     parameters become JSON text in both.
 
     Raises:
-        ValueError: For a suffix other than .csv or .parquet.
+        InputError: See ``check_table_path``.
     """
-    path = Path(path)
+    path = check_table_path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise InputError(f"{path}: unknown table format {suffix or '(none)'!r}; use .csv or .parquet")
     frame = trials.copy()
     for column in frame.columns:
         if frame[column].dtype == object:
