@@ -19,7 +19,8 @@ difference" when any pair is declared different.
 Prints one line per run and a summary (rates with Wilson 95 % intervals); the output is
 ``verdict.md``. Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/verdict.py --runs 40 [--kind null|power|both] [--candidates K]
+    OMP_NUM_THREADS=1 python benchmarks/verdict.py --runs 40 [--power-runs 20] [--kind null|power|both]
+        [--candidates K]
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=40, help="runs of the null")
+    parser.add_argument("--power-runs", type=int, help="runs of the power (default: --runs)")
     parser.add_argument("--kind", choices=("null", "power", "both"), default="both")
     parser.add_argument("--candidates", type=int, default=SEARCH_TRIALS,
                         help="candidates per family (default: every search trial, so the "
@@ -102,7 +104,8 @@ def main() -> None:
     for kind in kinds:
         other = "parabolic_twin" if kind == "null" else "parabolic_half"
         declared, seeds, seconds, stops = 0, [], [], {}
-        for run in range(args.runs):
+        runs = args.runs if kind == "null" else args.power_runs or args.runs
+        for run in range(runs):
             start = time.perf_counter()
             candidates = (search("parabolic", run, 0, data, args.candidates)
                           + search(other, run, 1, data, args.candidates, half=kind == "power"))
@@ -119,9 +122,9 @@ def main() -> None:
                   f"{100 * (means[other] - means['parabolic']):+.2f} points, p_holm {pair['p_holm']:.3f}, "
                   f"{'DIFFERENT' if different else 'same'}, {verdict.seeds} seeds ({verdict.stopped}), "
                   f"{seconds[-1]:.0f} s", flush=True)
-        low, high = wilson(declared, args.runs)
+        low, high = wilson(declared, runs)
         what = "declared different (false positives)" if kind == "null" else "found the handicapped family worse"
-        summary.append(f"{kind}: {declared}/{args.runs} runs {what} = {100 * declared / args.runs:.1f} % "
+        summary.append(f"{kind}: {declared}/{runs} runs {what} = {100 * declared / runs:.1f} % "
                        f"(Wilson 95 %: {100 * low:.1f}-{100 * high:.1f} %); seeds per run: mean "
                        f"{np.mean(seeds):.1f}; stopped: {stops}; {np.mean(seconds):.0f} s per run")
     print()

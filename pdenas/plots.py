@@ -324,7 +324,7 @@ def plot_verdict(families: pd.DataFrame, pairs: pd.DataFrame, level: float, path
     right.axvline(0, color="black", lw=0.8)
     right.set_yticks(range(len(labels)), labels, fontsize=8)
     right.invert_yaxis()
-    right.set_xlabel("difference in test accuracy (points); red: declared different (Holm)")
+    right.set_xlabel("test accuracy difference (points); red: different")
     right.grid(True, axis="x", alpha=0.3)
     return _save(figure, path)
 
@@ -348,14 +348,15 @@ def plot_expected_max(curves: pd.DataFrame, path: str | Path) -> Path:
         n = mine["n"].to_numpy(int)
         mean, std = 100 * mine["expected"].to_numpy(float), 100 * mine["std"].to_numpy(float)
         own = n <= int(mine["trials"].iloc[0])
-        ax.fill_between(n, mean - std, mean + std, color=colors[family], alpha=0.15, lw=0)
+        ax.fill_between(n, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100), color=colors[family],
+                        alpha=0.15, lw=0)
         ax.plot(n[own], mean[own], color=colors[family], lw=1.8,
                 label=f"{family} ({int(mine['trials'].iloc[0])} trials)")
         ax.plot(n[~own | (n == n[own].max(initial=0))], mean[~own | (n == n[own].max(initial=0))],
                 color=colors[family], lw=1.2, ls=":")
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-    ax.set_xlabel("trials n (log scale)")
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("trials n (log scale); band: ± one standard deviation, capped at 100 %")
     ax.set_ylabel("expected best validation accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

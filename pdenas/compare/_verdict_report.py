@@ -71,8 +71,8 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
               "the mean is the expectation over that draw (`weight` in `verdict_runs.csv`). "
               "Pairs: a minus b; p from the bootstrap, Holm-adjusted; d_z = mean paired per-seed "
               "difference over its standard deviation.")
-    budget_line = (f"Equal search budget B = {_amount(limit, options.budget)}"
-                   f" in {BUDGET_WORDS[options.budget]}: the smallest any family spent; each family's "
+    budget_line = (f"Equal search budget B = {_amount(limit, options.budget)}, counted in "
+                   f"{BUDGET_WORDS[options.budget]}: the smallest any family spent; each family's "
                    f"candidates are its best finished trials within B (trials taken in the order "
                    f"they were numbered).") if limit == limit else ""
     say("")
