@@ -50,7 +50,6 @@ pruner: none
 n_trials: {trials}
 device: cpu
 seed: 0
-latency_repeats: 1
 threads: 1
 """
 

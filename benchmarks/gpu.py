@@ -131,7 +131,7 @@ def trials_per_hour(workers: int, minutes: float, smoke: bool, device: str) -> t
             "name": f"gpu-{workers}", "data": data, "space": "space.yaml",
             "train": {"epochs": 1 if smoke else 2, "batch_size": 128, "amp": "bf16"},
             "sampler": "random", "pruner": "none", "n_trials": 1000, "device": device,
-            "latency_repeats": 2, "threads": 1}))
+            "threads": 1}))
         samples: list[float] = []
         stop = threading.Event()
         watcher = threading.Thread(target=_gpu_utilisation, args=(stop, samples), daemon=True)

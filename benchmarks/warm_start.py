@@ -51,8 +51,7 @@ def _study(name: str, warm: bool) -> dict:
             "space": "space.yaml", "train": {"epochs": 4, "batch_size": 128, "augment": False},
             "objectives": ["val_accuracy"], "sampler": {"name": "tpe", "n_startup_trials": 6},
             "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1},
-            "warm_start": warm, "n_trials": 200, "device": "cpu", "seed": 0, "threads": 1,
-            "latency_repeats": 2}
+            "warm_start": warm, "n_trials": 200, "device": "cpu", "seed": 0, "threads": 1}
 
 
 def _rows(run: Path, started: float) -> list[dict]:

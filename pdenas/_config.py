@@ -15,17 +15,20 @@ where ``section`` is the class's ``SECTION`` ("train", "data", ...; empty for to
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any, ClassVar
 
 from pdenas.errors import InputError
 
-__all__ = ["INTERNAL", "Config", "ConfigError", "FieldKind", "field_kinds", "file_keys", "key_of"]
+__all__ = ["INTERNAL", "Config", "ConfigError", "FieldKind", "field_kinds", "file_keys", "key_of",
+           "reading_stored"]
 
 
 class ConfigError(InputError):
@@ -91,6 +94,21 @@ def field_kinds(cls: type) -> dict[str, FieldKind]:
     """The kind of every init field of a dataclass, from its (resolved) annotations."""
     hints = typing.get_type_hints(cls)
     return {f.name: _kind(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+
+
+_STORED: contextvars.ContextVar[bool] = contextvars.ContextVar("stored", default=False)
+
+
+@contextlib.contextmanager
+def reading_stored() -> Iterator[None]:
+    """While inside, ``from_dict`` reads what pdenas itself stored (``run.json``), perhaps by an
+    earlier version: keys it no longer reads (``REMOVED``) are left out, and fields that files
+    may not set (``INTERNAL``) are taken as stored."""
+    token = _STORED.set(True)
+    try:
+        yield
+    finally:
+        _STORED.reset(token)
 
 
 INTERNAL = {"internal": True}
@@ -203,8 +221,11 @@ class Config:
             raise ConfigError(f"{section or cls.__name__}: expected a mapping, "
                               f"got {type(data).__name__}")
         kinds, allowed = field_kinds(cls), file_keys(cls)
+        if _STORED.get():  # what an earlier version wrote: its removed keys are left out
+            data = {k: v for k, v in data.items() if k not in cls.REMOVED or k in kinds}
+            allowed = list(kinds)
         for key in data:
-            if key in cls.REMOVED:
+            if key in cls.REMOVED and key not in allowed:
                 raise ConfigError(f"{key_of(section, str(key))}: removed; "
                                   f"{cls.REMOVED[str(key)]}")
             if key not in allowed:

@@ -122,7 +122,7 @@ class Run:
     @property
     def config(self) -> StudyConfig:
         """The study the run was made with."""
-        return StudyConfig.from_dict(self.info["config"])
+        return StudyConfig.from_stored(self.info["config"])
 
     def trials(self) -> pd.DataFrame:
         """Every trial, one row each (``pdenas.results.load_trials``: status, architecture,

@@ -25,11 +25,11 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pdenas._config import Config
+from pdenas._config import INTERNAL, Config
 from pdenas.errors import InputError
 
 if TYPE_CHECKING:
@@ -66,13 +66,15 @@ class MlflowTracking(Config):
         tracking_uri: Where MLflow stores runs (``sqlite:///mlflow.db``, ``file:/path``,
             ``http://host:5000``); None: MLflow's default (``MLFLOW_TRACKING_URI``, else
             ``./mlruns``).
-        experiment: The MLflow experiment; None: the study's name.
+        experiment: The MLflow experiment: the study's name (not a study key).
     """
 
     SECTION = "tracking.mlflow"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "experiment": "the MLflow experiment is the study's name"}
 
     tracking_uri: str | None = None
-    experiment: str | None = None
+    experiment: str | None = field(default=None, metadata=INTERNAL)
 
 
 @dataclass(frozen=True)

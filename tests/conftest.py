@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 
@@ -21,6 +22,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Two timed forward passes per latency, not ten: the tests read latencies, never compare
+    # them closely (the study key became PDENAS_LATENCY_REPEATS; children inherit it).
+    os.environ.setdefault("PDENAS_LATENCY_REPEATS", "2")
 
 
 @pytest.fixture
@@ -135,7 +139,6 @@ def tiny_study(tmp_path):
             "n_trials": 4,
             "device": "cpu",
             "seed": 6,
-            "latency_repeats": 1,
             **overrides,
         }
         path = tmp_path / "study.yaml"

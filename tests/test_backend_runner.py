@@ -13,7 +13,7 @@ from pdenas.architecture import Architecture
 from pdenas.backends import DataShape, TrialHooks, TrialRunner
 from pdenas.data import DataConfig, load_data
 from pdenas.runs import RunFolder
-from pdenas.study import StudyConfig
+from pdenas.study import Constraints, StudyConfig
 from pdenas.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,8 +86,8 @@ def test_diverging_candidate_is_a_record_not_a_crash(tmp_path: Path) -> None:
 def test_infeasible_candidate_is_not_trained(tmp_path: Path) -> None:
     data = _tiny_data()
     arch = Architecture("parabolic", (16, 16, 16), (2, 2), 0.5, in_channels=1)
-    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 2,
-                                    "constraints": {"max_params": 1000}})
+    config = StudyConfig.from_dict({"name": "t", "constraints": {"max_params": 1000}}).replace(
+        latency_repeats=2)
     record = run_candidate(0, arch, TrainConfig.from_dict({"epochs": 2}), config, data,
                            torch.device("cpu"), tmp_path)
     assert record.status == "infeasible"
@@ -139,8 +139,8 @@ def test_the_stability_check_records_refuses_or_shortens(mode: str, h: float, st
                                                          tmp_path: Path) -> None:
     """A TV parabolic unit at h = 2 has linearised steps of spectral radius about 8 at digits
     images (the ||K|| bound does not see it); the check acts on that before training."""
-    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1,
-                                    "stability": {"mode": mode}})
+    config = StudyConfig.from_dict({"name": "t", "stability": {"mode": mode}}).replace(
+        latency_repeats=1)
     arch = Architecture("parabolic", (8, 8, 8), (2, 2), h, in_channels=1)
     train = TrainConfig.from_dict({"epochs": 1, "batch_size": 64})
     record = run_candidate(0, arch, train, config, _tiny_data(), torch.device("cpu"), tmp_path)
@@ -168,8 +168,8 @@ def test_a_trial_at_its_time_limit_stops_within_a_step_and_keeps_its_best_epoch(
     of its best completed epoch."""
     import time
 
-    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1, "trial_timeout": 8,
-                                    "constraints": {"skip_infeasible": False}})
+    config = StudyConfig(name="t", latency_repeats=1, trial_timeout=8,
+                         constraints=Constraints(skip_infeasible=False))
     arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
     train = TrainConfig.from_dict({"epochs": 500, "batch_size": 32})
     start = time.monotonic()
@@ -184,7 +184,7 @@ def test_a_trial_at_its_time_limit_stops_within_a_step_and_keeps_its_best_epoch(
 
 
 def test_a_candidate_predicted_over_the_limit_is_infeasible_untrained(tmp_path: Path) -> None:
-    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1, "trial_timeout": 4})
+    config = StudyConfig(name="t", latency_repeats=1, trial_timeout=4)
     arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
     train = TrainConfig.from_dict({"epochs": 500, "batch_size": 32})
     record = run_candidate(0, arch, train, config, _tiny_data(), torch.device("cpu"), tmp_path)
@@ -225,8 +225,8 @@ def test_a_hung_trial_is_recorded_as_timeout_by_its_watchdog(
     import time
 
     monkeypatch.setenv("PDENAS_HUNG_GRACE", "1")
-    config = StudyConfig.from_dict({"name": "t", "latency_repeats": 1, "trial_timeout": 6,
-                                    "constraints": {"skip_infeasible": False}})
+    config = StudyConfig(name="t", latency_repeats=1, trial_timeout=6,
+                         constraints=Constraints(skip_infeasible=False))
     arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
     train = TrainConfig.from_dict({"epochs": 500, "batch_size": 32})
     told = []

@@ -56,7 +56,6 @@ sampler: random
 n_trials: 2
 device: cpu
 seed: 0
-latency_repeats: 1
 """
 
 FRESH_PROCESS = """

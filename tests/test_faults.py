@@ -42,13 +42,12 @@ def tiny_study(folder: Path, **extra: object) -> StudyConfig:
     (folder / "space.yaml").write_text(TINY_SPACE)
     data = {"name": "tiny", "data": {"name": "digits", "train_limit": 200}, "space": "space.yaml",
             "train": {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05},
-            "sampler": "tpe", "n_trials": 3, "device": "cpu", "seed": 3, "latency_repeats": 1,
-            "cover_families": False, **extra}
+            "sampler": "tpe", "n_trials": 3, "device": "cpu", "seed": 3, **extra}
     path = folder / "tiny.yaml"
     import yaml
 
     path.write_text(yaml.safe_dump(data))
-    return StudyConfig.load(path)
+    return StudyConfig.load(path).replace(cover_families=False)
 
 
 @pytest.fixture

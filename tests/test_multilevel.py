@@ -364,7 +364,7 @@ def test_a_deeper_candidate_warm_starts_from_a_shallower_finished_trial(tmp_path
     from pdenas.study import StudyConfig
 
     data = load_data(DataConfig(name="digits", train_limit=300, seed=0))
-    config = StudyConfig.from_dict({"name": "w", "latency_repeats": 1, "warm_start": True})
+    config = StudyConfig(name="w", latency_repeats=1, warm_start=True)
     run = RunFolder(tmp_path)
     runner = TrialRunner(config, None, run, DataShape.of(data))
     shallow = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)

@@ -27,13 +27,13 @@ def test_search_tracks_to_mlflow_and_tensorboard(tmp_path: Path) -> None:
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = pdenas.search(api_study(tmp_path), out=tmp_path / "run", n_trials=2, progress=False,
-                        tracking={"mlflow": {"tracking_uri": uri, "experiment": "pdenas-test"},
+                        tracking={"mlflow": {"tracking_uri": uri},
                                   "tensorboard": {}})
     trials = run.trials().set_index("number")
     assert run.info["config"]["tracking"]["mlflow"]["tracking_uri"] == uri
 
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("pdenas-test")
+    experiment = client.get_experiment_by_name("tiny_api")  # the study's name
     runs = {int(r.data.tags["pdenas.trial"]): r
             for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == [0, 1]

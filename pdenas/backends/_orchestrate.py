@@ -107,7 +107,7 @@ def run_worker(run_path: str | Path, *, supervisor: int | None = None,
         restarted_by_supervisor()
     folder = RunFolder(Path(run_path))
     info = folder.read_info()
-    config = StudyConfig.from_dict(info["config"], path=info.get("study_file"))
+    config = StudyConfig.from_stored(info["config"], path=info.get("study_file"))
     config = config.replace(timeout=timeout, storage=storage or config.storage)
     bar = TqdmProgress(config, quiet=not progress)
     try:

@@ -61,7 +61,7 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
     from pdenas.train import TrainConfig, TrainingFailed, evaluate, fit
 
     if data is None:
-        data = load_data(StudyConfig.from_dict(info["config"]).data, device=device)
+        data = load_data(StudyConfig.from_stored(info["config"]).data, device=device)
     rows = []
     for _, trial in _top_trials(trials, top_k).iterrows():
         record = load_record(run_dir, int(trial["number"]))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pdenas._config import Config
+from pdenas._config import INTERNAL, Config
 from pdenas.errors import InputError
 
 __all__ = [
@@ -103,7 +103,8 @@ class DataConfig(Config):
         image_size: Resize images to image_size x image_size; None keeps the data set's size.
         train_limit: Use at most this many examples of the official training set (a seeded subset,
             split into train and validation as usual); None uses them all.
-        seed: Seed of the subset and the train/validation split.
+        seed: Seed of the subset and the train/validation split: fixed (0) for a study file, so
+            that runs with different study seeds train and validate on the same images.
     """
 
     name: str = "digits"
@@ -112,9 +113,12 @@ class DataConfig(Config):
     val_fraction: float = 0.2
     image_size: int | None = None
     train_limit: int | None = None
-    seed: int = 0
+    seed: int = field(default=0, metadata=INTERNAL)
 
     SECTION = "data"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "seed": "the split is fixed, so that runs with different study seeds train and "
+                "validate on the same images (the study's seed seeds everything else)"}
 
     def __post_init__(self) -> None:
         if isinstance(self.root, Path):

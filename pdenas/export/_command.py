@@ -59,7 +59,7 @@ def export_trial(
     out = Path(out) if out else run_dir / "export" / f"trial-{number}"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    config = StudyConfig.from_dict(info["config"])
+    config = StudyConfig.from_stored(info["config"])
     dev = resolve_device(device)
     data = load_data(config.data, device=dev)
     train = TrainConfig.from_dict(record.get("train") or {})
