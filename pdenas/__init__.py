@@ -2,7 +2,8 @@
 
 The public API (see DESIGN.md): ``Architecture``, ``list_families``, ``build_unit``,
 ``build_model``, ``paper_architecture``, ``load_model``, ``deepen``, and the search API of
-``pdenas.api``: ``search``, ``open_run``, ``Run``, ``load_study``.
+``pdenas.api``: ``search``, ``open_run``, ``Run``, ``load_study``; ``InputError``, what bad input
+raises (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from typing import Any
 
 from pdenas._resources import package_version
 from pdenas.architecture import Architecture, paper_architecture
+from pdenas.errors import InputError
 from pdenas.families import build_unit, list_families, register_family
 from pdenas.multilevel import deepen
 from pdenas.network import PDENet, build_model
 
 __all__ = [
     "Architecture",
+    "InputError",
     "PDENet",
     "Run",
     "build_model",
