@@ -33,17 +33,14 @@ examples:
   pdenas export runs/quickstart --trial best       # model.pt, model.pt2, safetensors, ONNX, card
 
 study keys (any of them with --set KEY=VALUE, dotted, values read as YAML):
-  name, description, data.{name,root,download,val_fraction,image_size,train_limit,seed}, space,
-  train.{epochs,batch_size,optimizer,lr,momentum,weight_decay,schedule,...}, objectives,
-  sampler, sampler_options, pruner, pruner_options, n_trials, timeout, storage, device, seed,
-  constraints.{max_params,max_flops,max_latency_ms,skip_infeasible}, threads, workers,
-  ray.{...}, tracking.{mlflow.{tracking_uri,experiment},tensorboard.log_dir}, start_with,
-  cover_families, ...
+{keys}
 
 environment:
   PDENAS_LOG                 log level (default WARNING; INFO shows every epoch)
   PDENAS_HEARTBEAT_INTERVAL  seconds between a running trial's heartbeats (RDB storages; 10)
   PDENAS_GRACE_PERIOD        seconds without a heartbeat before a trial is retried (40)
+  PDENAS_HUNG_GRACE          seconds past trial_timeout before a hung trial's worker is ended
+  PDENAS_LATENCY_REPEATS     timed forward passes per latency measurement (10)
   RAY_AUTH_MODE=disabled     silences the warning Ray prints at every start (ray backend)
   MLFLOW_TRACKING_URI        where MLflow tracking writes when the study names no tracking_uri
 """
@@ -83,15 +80,38 @@ def _log_level() -> str:
     return level
 
 
+def _epilog() -> str:
+    """The examples, the study keys (from the configuration classes, so never out of date) and
+    the environment variables."""
+    import textwrap
+
+    from pdenas._config import key_summary
+    from pdenas.study import StudyConfig
+
+    keys = key_summary(StudyConfig, sections=_backend_sections())
+    return _EXAMPLES.format(keys=textwrap.fill(keys, width=96, initial_indent="  ",
+                                               subsequent_indent="  ", break_on_hyphens=False,
+                                               break_long_words=False))
+
+
+def _backend_sections() -> dict[str, type]:
+    """Study sections that a backend checks (``ray``), where its options load without it."""
+    try:
+        from pdenas.backends._ray_options import RayOptions
+    except ImportError:
+        return {}
+    return {"ray": RayOptions}
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from pdenas._resources import package_version
 
     parser = _Parser(prog="pdenas", description="Architecture search over PDE-motivated ResNets.",
-                     epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pdenas {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("search", help="run or resume a study", epilog=_EXAMPLES,
+    s = sub.add_parser("search", help="run or resume a study", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("study", help="a study file (YAML) or a shipped study's name (pdenas studies)")
     s.add_argument("--n-trials", type=int, help="total trials of the study (a rerun tops up to it)")
@@ -154,6 +174,9 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=float, default=0.05, help="verdict: error rate over pairs and looks")
     c.add_argument("--margin", type=float, default=0.5, metavar="POINTS",
                    help="verdict: differences within ± this many points count as settled (default 0.5)")
+    c.add_argument("--cost-levels", metavar="C1,C2|auto",
+                   help="verdict: also at these costs (the run's cost objective, e.g. 1e6 FLOPs), "
+                        "or auto: the finished trials' cost terciles")
 
     e = sub.add_parser("export", help="export a trial's model")
     e.add_argument("run", help="run folder")
@@ -278,9 +301,16 @@ def _compare(args: argparse.Namespace) -> int:
     if len(args.runs) > 1 and (args.retrain_top or args.verdict):
         flag = "--retrain-top" if args.retrain_top else "--verdict"
         raise InputError(f"pdenas compare: {flag} compares the families of one run; name one RUN")
+    levels: str | list[float] = (args.cost_levels or "").strip()
+    if levels and levels != "auto":
+        try:
+            levels = [float(v) for v in str(levels).split(",")]
+        except ValueError:
+            raise InputError(f"--cost-levels: got {args.cost_levels!r}; allowed: auto, or numbers "
+                             "separated by commas (e.g. 5e5,1e6)") from None
     verdict = {"verdict": True, "candidates": args.candidates, "max_seeds": args.max_seeds,
                "max_seconds": args.max_seconds, "budget": args.budget, "alpha": args.alpha,
-               "margin": args.margin / 100} if args.verdict else {}
+               "margin": args.margin / 100, "cost_levels": levels or ()} if args.verdict else {}
     run.compare(*args.runs[1:], out=args.out, retrain_top=args.retrain_top, seeds=args.seeds,
                 device=args.device, echo=print, **verdict)
     return 0

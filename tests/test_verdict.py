@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.image import imread
 from test_compare import single_thread  # noqa: F401  (autouse: one thread)
@@ -108,6 +109,9 @@ def test_candidates_come_from_an_equal_search_budget(tmp_path: Path) -> None:
     assert [(c.family, c.trial) for c in picked] == [("parabolic", 0), ("hamiltonian", 6), ("second_order", 11)]
     assert budgets["finished_within"].tolist() == [0, 0, 1]
     assert picked[0].cost == 1.0e5 and isinstance(picked[0].architecture, Architecture)
+    picked, _ = select_candidates(run, trials, 1, "trials", "flops", max_cost=2.0e5)
+    # at most 0.2 MFLOPs: parabolic's best of #0-#2 that cheap is #1; hamiltonian has none
+    assert [(c.family, c.trial) for c in picked] == [("parabolic", 1), ("second_order", 11)]
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +199,27 @@ def test_compare_verdict_writes_json_report_and_plots(tiny_run: Path, capsys: py
         assert imread(out / name)[..., :3].std() > 0.05
 
 
+def test_the_verdict_at_the_users_cost(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_run / "at_cost"
+    assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--seeds", "2", "--max-seeds",
+                 "2", "--device", "cpu", "--budget", "trials", "--cost-levels", "2e5"]) == 0
+    printed = capsys.readouterr().out
+    at_cost = pd.read_csv(out / "verdict_at_cost.csv")
+    assert at_cost["family"].tolist() == ["parabolic", "second_order"] and at_cost["level"].eq(2e5).all()
+    sentence = at_cost["sentence"].iloc[0]
+    assert sentence.startswith("At most 0.2 MFLOPs per image") and sentence in printed
+    assert "## The verdict at the user's cost" in (out / "report.md").read_text()
+    assert set(json.loads((out / "verdict.json").read_text())["families"]) == {
+        "parabolic", "hamiltonian", "second_order"}  # the verdict itself is unchanged
+
+
 def test_compare_verdict_refuses_bad_options_with_one_line(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tiny_run / "bad"
     assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--budget", "money"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--budget: got 'money'; allowed: flop_epochs | seconds | trials" in error
+    assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--cost-levels", "cheap"]) == 2
+    assert "--cost-levels: got 'cheap'; allowed: auto, or numbers" in capsys.readouterr().err
     assert main(["compare", str(tiny_run), str(tiny_run), "--verdict"]) == 2
     assert "--verdict compares the families of one run" in capsys.readouterr().err
     assert not out.exists()

@@ -4,7 +4,7 @@ and ``report.md``, with the retraining comparison when asked."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
                 seeds: int = 3, device: str = "auto",
                 echo: Callable[[str], None] | None = print, verdict: bool = False,
                 candidates: int = 1, max_seeds: int | None = None, max_seconds: float | None = None,
-                budget: str = "flop_epochs", alpha: float = 0.05, margin: float = 0.005) -> Comparison:
+                budget: str = "flop_epochs", alpha: float = 0.05, margin: float = 0.005,
+                cost_levels: Sequence[float] | str = ()) -> Comparison:
     """The PDE families of one run side by side: tables, plots and ``report.md``.
 
     Args:
@@ -78,6 +79,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
             are picked: ``flop_epochs``, ``seconds`` or ``trials``.
         alpha: Verdict: the family-wise error rate over all pairs and looks.
         margin: Verdict: differences within ± margin (a fraction) count as settled.
+        cost_levels: Verdict: also give it at these costs (each family's candidates at most that
+            costly; the run's cost objective), or ``auto`` (the finished trials' cost terciles).
 
     Raises:
         ValueError: Not a run folder, a run without trials, or a bad ``retrain_top``/``seeds``
@@ -96,7 +99,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
     options = VerdictOptions(candidates=candidates, min_seeds=seeds,
                              max_seeds=max(8, seeds) if max_seeds is None else max_seeds,
                              max_seconds=max_seconds, budget=budget, alpha=alpha,
-                             margin=margin) if verdict else None
+                             margin=margin, cost_levels=cost_levels if isinstance(cost_levels, str)
+                             else tuple(cost_levels)) if verdict else None
     dev = resolve_device(device or "auto") if top_k or verdict else None
     trials = load_trials(run_dir)
     if trials.empty:

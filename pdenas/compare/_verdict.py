@@ -32,7 +32,7 @@ from pdenas.compare._stats import bootstrap_selection, holm, paired_effect_size,
 from pdenas.errors import InputError
 from pdenas.results import family_order, fully_trained
 
-__all__ = ["BUDGETS", "BASELINE", "Candidate", "Verdict", "VerdictOptions", "decide",
+__all__ = ["BUDGETS", "BASELINE", "Candidate", "CostVerdict", "Verdict", "VerdictOptions", "decide",
            "format_verdict_tables", "look_schedule", "retrain_network", "run_verdict",
            "select_candidates", "verdict_sentence"]
 
@@ -62,6 +62,8 @@ class VerdictOptions:
         budget: ``flop_epochs``, ``seconds`` or ``trials``: what the search budget B counts
             when each family's candidates are picked (equal compute, or equal trial counts).
         n_boot: Bootstrap replicates.
+        cost_levels: Costs at which the verdict is also given (each family's candidates at most
+            that costly), or ``auto``: the run's cost terciles; () for none.
     """
 
     candidates: int = 1
@@ -72,6 +74,7 @@ class VerdictOptions:
     margin: float = 0.005
     budget: str = "flop_epochs"
     n_boot: int = 2000
+    cost_levels: tuple[float, ...] | str = ()
 
     def __post_init__(self) -> None:
         def whole(value: Any) -> bool:
@@ -92,6 +95,10 @@ class VerdictOptions:
             ("--margin", self.margin, number(self.margin) and 0 <= self.margin < 1, "a number in [0, 1)"),
             ("--budget", self.budget, self.budget in BUDGETS, " | ".join(BUDGETS)),
             ("n_boot", self.n_boot, whole(self.n_boot) and self.n_boot >= 200, "an integer >= 200"),
+            ("--cost-levels", self.cost_levels, self.cost_levels == "auto" or (
+                isinstance(self.cost_levels, (tuple, list)) and len(self.cost_levels) <= 5
+                and all(number(v) and v > 0 for v in self.cost_levels)),
+             "auto, or up to 5 numbers > 0 (the run's cost objective, e.g. FLOPs per image)"),
         ]
         for key, value, ok, allowed in checks:
             if not ok:
@@ -139,13 +146,15 @@ def _compute(trials: pd.DataFrame, budget: str, cost: str) -> pd.Series:
 
 
 def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int, budget: str,
-                      cost: str) -> tuple[list[Candidate], pd.DataFrame]:
+                      cost: str, max_cost: float | None = None) -> tuple[list[Candidate], pd.DataFrame]:
     """Each family's ``per_family`` most accurate finished trials within an equal search budget.
 
     The budget B is the smallest compute any family with a finished trial spent over all its
     trials (pruned and failed ones count: they were paid for), in ``budget`` units; each family's
     trials are taken in the order they were numbered until B is spent, and its candidates are the
     best finished ones among those. A family with no finished trial within B keeps its first.
+    With ``max_cost``, only trials whose cost is at most that are candidates (a family with none
+    puts none forward).
 
     Returns:
         The candidates, and one row per family: ``family, spent, budget, trials_within,
@@ -169,6 +178,13 @@ def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int
         pool = fully_trained(within)
         if pool.empty:
             pool = fully_trained(mine).head(1)
+        if max_cost is not None:
+            cheap = fully_trained(mine)
+            pool = pool[pool[cost] <= max_cost]
+            if pool.empty:  # nothing within B at this cost: its first finished trial at this cost
+                pool = cheap[cheap[cost] <= max_cost].head(1)
+            if pool.empty:
+                continue
         best = pool.sort_values(["val_accuracy", "number"], ascending=[False, True])
         key = best[["step_size", "depths", "widths", "activation", "norm"]].astype(str).agg("|".join, axis=1)
         best = best[~key.duplicated()].head(per_family)
@@ -233,6 +249,23 @@ def retrain_network(candidate: Candidate, data: Any, seed: int, device: Any) -> 
     return row, correct
 
 
+@dataclass(frozen=True)
+class CostVerdict:
+    """The verdict among each family's candidates that cost at most ``level``.
+
+    Attributes:
+        level: The cost limit (the run's cost objective).
+        families: As ``Verdict.families``.
+        pairs: As ``Verdict.pairs``.
+        sentence: As ``Verdict.sentence``.
+    """
+
+    level: float
+    families: pd.DataFrame
+    pairs: pd.DataFrame
+    sentence: str
+
+
 @dataclass
 class Verdict:
     """The verdict and what it rests on.
@@ -255,6 +288,7 @@ class Verdict:
         correct: (candidates, seeds, test images) every retrained network's correctness, the
             candidates in the order of ``runs``.
         cost: The cost objective's name.
+        at_cost: The verdicts at the cost levels asked for (``VerdictOptions.cost_levels``).
     """
 
     families: pd.DataFrame
@@ -268,6 +302,7 @@ class Verdict:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     correct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
     cost: str = "flops"
+    at_cost: list[CostVerdict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``verdict.json`` holds: ``families`` (name -> mean, low, high, p_best, seeds),
@@ -283,12 +318,18 @@ class Verdict:
 
     def write(self, folder: str | Path) -> Path:
         """Writes ``verdict.json`` and the tables behind it (``verdict_families.csv``,
-        ``verdict_pairs.csv``, ``verdict_runs.csv``, ``verdict_correct.npy``); returns the JSON's path."""
+        ``verdict_pairs.csv``, ``verdict_runs.csv``, ``verdict_correct.npy``, and with cost levels
+        ``verdict_at_cost.csv`` and ``verdict_at_cost_pairs.csv``); returns the JSON's path."""
         folder = Path(folder)
         self.families.to_csv(folder / "verdict_families.csv", index=False)
         self.pairs.to_csv(folder / "verdict_pairs.csv", index=False)
         self.runs.to_csv(folder / "verdict_runs.csv", index=False)
         np.save(folder / "verdict_correct.npy", self.correct.astype(np.uint8))  # 0/1 per image
+        if self.at_cost:
+            pd.concat([v.families.assign(level=v.level, sentence=v.sentence) for v in self.at_cost]
+                      ).to_csv(folder / "verdict_at_cost.csv", index=False)
+            pd.concat([v.pairs.assign(level=v.level) for v in self.at_cost]
+                      ).to_csv(folder / "verdict_at_cost_pairs.csv", index=False)
         path = folder / "verdict.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
@@ -308,9 +349,10 @@ def _names(items: Sequence[str]) -> str:
 
 
 def verdict_sentence(families: pd.DataFrame, pairs: pd.DataFrame, level: float, *, cost: str = "flops",
-                     data: str = "") -> str:
+                     data: str = "", limit: float | None = None) -> str:
     """The verdict in one sentence: the best family and its P(best), the families that cannot be
-    told apart from it, and how much worse each other one is, with its interval."""
+    told apart from it, and how much worse each other one is, with its interval. "At most" names
+    ``limit`` when given, else the costliest candidate."""
     if len(families) < 2:
         only = families["family"].iloc[0] if len(families) else "none"
         return f"Only one family ({only}) has finished trials: there is nothing to compare."
@@ -319,9 +361,10 @@ def verdict_sentence(families: pd.DataFrame, pairs: pd.DataFrame, level: float, 
     worse = versus[versus["different"]].sort_values("diff")
     same = [a for a in versus.loc[~versus["different"], "a"]]
     if worse.empty:
-        return (f"No family can be told apart from the others ({int(best.seeds)} seeds; the highest "
-                f"mean test accuracy, {pct(best['mean'])}, is {best.family}'s).")
-    head = _cost_phrase(cost, float(families["max_cost"].max()))
+        at = f"{_cost_phrase(cost, limit)}, n" if limit is not None else "N"
+        return (f"{at}o family can be told apart from the others ({int(best.seeds)} seeds; the "
+                f"highest mean test accuracy, {pct(best['mean'])}, is {best.family}'s).")
+    head = _cost_phrase(cost, float(families["max_cost"].max()) if limit is None else limit)
     where = f" on {data}" if data else ""
     parts = [f"{head}{where}, " if head else "", f"{best.family} is best (P = {best.p_best:.2f})"]
     if same:
@@ -382,38 +425,52 @@ def decide(correct: np.ndarray, groups: Sequence[Sequence[int]], names: Sequence
     return families, pairs, settled, level
 
 
-def _grouped(candidates: Sequence[Candidate]) -> tuple[list[str], list[Candidate], list[list[int]]]:
-    """The families, the candidates family by family (best search validation first), and each
-    family's rows in that order."""
+def _grouped(candidates: Sequence[Candidate], pool: list[Candidate]
+             ) -> tuple[list[str], list[list[int]]]:
+    """The families of ``candidates`` and, per family, its candidates' places in ``pool`` (added
+    there when new), best search validation first."""
     names = family_order(pd.DataFrame({"family": [c.family for c in candidates]}))
-    ordered, groups = [], []
+    groups = []
     for family in names:
         mine = sorted((c for c in candidates if c.family == family),
                       key=lambda c: (-c.search_val if c.search_val == c.search_val else math.inf,
                                      c.trial if c.trial is not None else -1))
-        groups.append(list(range(len(ordered), len(ordered) + len(mine))))
-        ordered += mine
-    return names, ordered, groups
+        rows = []
+        for c in mine:
+            if c not in pool:
+                pool.append(c)
+            rows.append(pool.index(c))
+        groups.append(rows)
+    return names, groups
 
 
 def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options: VerdictOptions,
                 *, cost: str = "flops", data_name: str = "",
-                log: Callable[[str], None] | None = None) -> Verdict:
+                log: Callable[[str], None] | None = None,
+                at_cost: Sequence[tuple[float, Sequence[Candidate]]] = ()) -> Verdict:
     """Retrains the candidates on paired seeds, look by look, until the question is settled or
     the budget in seeds or seconds is spent, and gives the verdict.
 
     At each seed every candidate of every family is trained once and measured once on the test
-    split. The looks come at ``look_schedule``'s seed counts.
+    split. The looks come at ``look_schedule``'s seed counts. ``at_cost`` adds verdicts among
+    other candidates (each family's best at most ``level`` costly): their networks are trained at
+    the same seeds, and the rule stops only when every verdict is settled.
     """
-    names, ordered, groups = _grouped(candidates)
+    pool: list[Candidate] = []
+    views = [(math.nan, *_grouped(candidates, pool))]
+    views += [(level, *_grouped(cands, pool)) for level, cands in at_cost]
+    names, groups = views[0][1], views[0][2]
     if not names:
         raise InputError("--verdict: the run has no finished trials to retrain yet")
-    weights = np.concatenate([selection_weights(len(g)) for g in groups])
+    weights = np.zeros(len(pool))
+    for rows in groups:
+        weights[rows] = selection_weights(len(rows))
     looks = look_schedule(options.min_seeds, options.max_seeds)
-    rows: list[dict[str, Any]] = []
-    hits: list[list[np.ndarray]] = [[] for _ in ordered]  # per candidate, per seed
+    rows_out: list[dict[str, Any]] = []
+    hits: list[list[np.ndarray]] = [[] for _ in pool]  # per candidate, per seed
     start = time.perf_counter()
-    stopped, families, pairs, level = "seeds", None, None, 1 - options.alpha / len(looks)
+    stopped, level = "seeds", 1 - options.alpha / len(looks)
+    results: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     seed, done = 0, []
     for look, target in enumerate(looks):
         per_seed_time = (time.perf_counter() - start) / seed if seed else 0.0
@@ -422,10 +479,10 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
             stopped = "seconds"
             break
         while seed < target:
-            for c, candidate in enumerate(ordered):
+            for c, candidate in enumerate(pool):
                 row, correct = retrain_network(candidate, data, seed, device)
                 row["weight"] = float(weights[c])
-                rows.append(row)
+                rows_out.append(row)
                 hits[c].append(correct)
                 if log is not None:
                     log(f"verdict seed {seed + 1}: {candidate.family} #{candidate.trial} {row['status']}, "
@@ -434,23 +491,30 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
             seed += 1
         done.append(seed)
         correct = np.stack([np.stack(h) for h in hits])
-        runs = pd.DataFrame(rows)
-        failed = [int((runs.loc[runs["family"] == f, "status"] != "completed").sum()) for f in names]
-        costs = [float(runs.loc[runs["family"] == f, "cost"].max()) for f in names]
-        families, pairs, settled, level = decide(
-            correct, groups, names, alpha=options.alpha, looks=len(looks), margin=options.margin,
-            n_boot=options.n_boot, costs=costs, failed=failed)
+        status = np.array([[r["status"] != "completed" for r in rows_out[s * len(pool):(s + 1) * len(pool)]]
+                           for s in range(seed)])  # (seeds, candidates)
+        results, all_settled = [], True
+        for _, view_names, view_groups in views:
+            families, pairs, settled, level = decide(
+                correct, view_groups, view_names, alpha=options.alpha, looks=len(looks),
+                margin=options.margin, n_boot=options.n_boot,
+                costs=[max(pool[r].cost for r in g) for g in view_groups],
+                failed=[int(status[:, g].sum()) for g in view_groups])
+            results.append((families, pairs))
+            all_settled = all_settled and settled
         if log is not None:
             log(f"verdict look {look + 1}/{len(looks)} at {seed} seeds: "
-                f"{'settled' if settled else 'not settled'}")
-        if settled:
+                f"{'settled' if all_settled else 'not settled'}")
+        if all_settled:
             stopped = "settled"
             break
-    assert families is not None and pairs is not None
-    sentence = verdict_sentence(families, pairs, level, cost=cost, data=data_name)
-    return Verdict(families=families, pairs=pairs, sentence=sentence, stopped=stopped, seeds=seed,
-                   seconds=time.perf_counter() - start, level=level, looks=done,
-                   runs=pd.DataFrame(rows), correct=correct, cost=cost)
+    families, pairs = results[0]
+    extra = [CostVerdict(limit, f, p, verdict_sentence(f, p, level, cost=cost, data=data_name, limit=limit))
+             for (limit, _, _), (f, p) in zip(views[1:], results[1:])]
+    return Verdict(families=families, pairs=pairs,
+                   sentence=verdict_sentence(families, pairs, level, cost=cost, data=data_name),
+                   stopped=stopped, seeds=seed, seconds=time.perf_counter() - start, level=level,
+                   looks=done, runs=pd.DataFrame(rows_out), correct=correct, cost=cost, at_cost=extra)
 
 
 STOP_TEXT = {

@@ -5,6 +5,7 @@ report's section and the plots."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pdenas.compare._estimand import BUDGET_WORDS
 from pdenas.compare._report import cost_text, markdown_table
 from pdenas.compare._verdict import (STOP_TEXT, Verdict, VerdictOptions, format_verdict_tables,
                                      look_schedule, run_verdict, select_candidates)
-from pdenas.results import RunInfo
+from pdenas.results import RunInfo, fully_trained
 
 __all__ = ["give_verdict"]
 
@@ -49,8 +50,12 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
     cost = info.cost_objective
     candidates, budgets = select_candidates(run_dir, trials, options.candidates, options.budget, cost)
     limit = float(budgets["budget"].iloc[0]) if len(budgets) else float("nan")
+    at_cost = [(level, select_candidates(run_dir, trials, options.candidates, options.budget, cost,
+                                         max_cost=level)[0])
+               for level in cost_levels(trials, options.cost_levels, cost)]
     verdict = run_verdict(candidates, data, device, options, cost=cost,
-                          data_name=str(info["config"].get("data", {}).get("name", "")), log=log)
+                          data_name=str(info["config"].get("data", {}).get("name", "")), log=log,
+                          at_cost=at_cost)
     json_path = verdict.write(out)
     shown_families, shown_pairs = format_verdict_tables(verdict)
     budget_table = _budget_table(budgets, options, cost)
@@ -80,6 +85,13 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
     say(shown_families.to_string(index=False))
     say(shown_pairs.to_string(index=False))
     say(rule)
+    cost_sections = []
+    for view in verdict.at_cost:
+        families, _ = format_verdict_tables(replace(verdict, families=view.families, pairs=view.pairs))
+        say(f"At {cost} ≤ {cost_text(cost, view.level)}: {view.sentence}")
+        say(families.to_string(index=False))
+        cost_sections += [f"**{cost} ≤ {cost_text(cost, view.level)}:** {view.sentence}",
+                          markdown_table(families)]
     say(f"wrote {json_path}")
     body = "\n\n".join([
         f"**{verdict.sentence}**",
@@ -98,5 +110,21 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
         "Retrained accuracy against cost": plots.plot_cost_intervals(
             verdict.runs, cost, out / "verdict_cost.png"),
     }
-    return verdict, [("Verdict", body)], figures
+    sections = [("Verdict", body)]
+    if cost_sections:
+        sections.append(("The verdict at the user's cost", (
+            "The same seeds, each family's candidates limited to the cost level (its best "
+            "finished trials within B that cost at most that; `verdict_at_cost.csv`).\n\n")
+            + "\n\n".join(cost_sections)))
+    return verdict, sections, figures
+
+
+def cost_levels(trials: pd.DataFrame, asked: Any, cost: str) -> list[float]:
+    """The cost levels of the verdict: those asked for, or with ``auto`` the terciles of the
+    finished trials' costs (3 significant digits); sorted, without duplicates."""
+    if asked == "auto":
+        done = fully_trained(trials)
+        values = pd.to_numeric(done[cost], errors="coerce").dropna() if len(done) else pd.Series(dtype=float)
+        asked = [float(f"{v:.3g}") for v in values.quantile([1 / 3, 2 / 3])] if len(values) else []
+    return sorted(set(float(v) for v in asked))
 
