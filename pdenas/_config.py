@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from pdenas.errors import InputError
 
 __all__ = ["INTERNAL", "Config", "ConfigError", "FieldKind", "field_kinds", "file_keys", "key_of",
-           "reading_stored"]
+           "key_summary", "leaf_keys", "reading_stored"]
 
 
 class ConfigError(InputError):
@@ -118,6 +118,38 @@ INTERNAL = {"internal": True}
 def file_keys(cls: type) -> list[str]:
     """The fields a file may set: every init field not marked ``INTERNAL``."""
     return [f.name for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
+
+
+def leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    """The dotted keys a file may set, nested sections walked (``train.multilevel.levels``)."""
+    kinds, keys = field_kinds(cls), []
+    for name in file_keys(cls):
+        kind = kinds[name]
+        if kind.base == "config" and kind.config is not None:
+            keys += leaf_keys(kind.config, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def key_summary(cls: type, sections: Mapping[str, type] | None = None) -> str:
+    """The keys a file may set, as one line per top-level key: ``train.{epochs,lr,...}``.
+
+    Args:
+        cls: The configuration class.
+        sections: Mapping fields whose keys another class checks (the ``ray`` section: its
+            backend's options), rendered from that class.
+    """
+    kinds, parts = field_kinds(cls), []
+    for name in file_keys(cls):
+        kind = kinds[name]
+        inner = kind.config if kind.base == "config" else (sections or {}).get(name)
+        if inner is None:
+            parts.append(name)
+            continue
+        nested = key_summary(inner)
+        parts.append(f"{name}.{{{nested}}}" if nested else name)
+    return ", ".join(parts)
 
 
 def _is_number(value: Any) -> bool:
@@ -230,7 +262,7 @@ class Config:
                                   f"{cls.REMOVED[str(key)]}")
             if key not in allowed:
                 raise ConfigError(f"{key_of(section, str(key))}: unknown key; allowed: "
-                                  f"{', '.join(allowed)}")
+                                  f"{', '.join(allowed) or 'no keys (an empty mapping)'}")
         values = {}
         for key, value in data.items():  # nested sections get their dotted names
             kind = kinds[key]

@@ -4,13 +4,13 @@ to TensorBoard as the trial runs.
 A study chooses the trackers (``tracking:`` in the study file, ``--track`` on the command line)::
 
     tracking:
-      mlflow: {tracking_uri: sqlite:///mlflow.db, experiment: my-search}   # both optional
-      tensorboard: {log_dir: tb}          # optional; relative paths are inside the run folder
+      mlflow: {tracking_uri: sqlite:///mlflow.db}   # optional; default MLFLOW_TRACKING_URI
+      tensorboard: {}                               # event files in RUN/tensorboard
 
 Each tracker is a ``TrialObserver``: the shared ``TrialRunner`` (``pdenas.backends._base``) tells it
 when a trial starts, after every epoch and when it ends, in the process that trains the trial (so
 Ray trials log from their workers). MLflow gets one run per trial (named ``trial-N``, in the
-experiment named after the study unless ``experiment`` says otherwise): the suggested params and
+experiment named after the study): the suggested params and
 the architecture as params, the epoch metrics with ``step`` = epoch, the costs as ``cost/...``
 metrics and the status as a tag. TensorBoard gets one folder per trial (``trial-N``) with the epoch
 scalars, the costs and an hparams entry. A tracker that fails logs a warning and is dropped for
@@ -79,17 +79,20 @@ class MlflowTracking(Config):
 
 @dataclass(frozen=True)
 class TensorBoardTracking(Config):
-    """TensorBoard settings.
+    """TensorBoard settings: none for a study file; the event files go to ``RUN/tensorboard``
+    (one subfolder per trial), where ``tensorboard --logdir RUN/tensorboard`` reads them.
 
     Attributes:
-        log_dir: The folder of the event files (one subfolder per trial); None: ``tensorboard``
-            in the run folder. A relative path is taken inside the run folder (trials may run in
-            other folders or on other machines).
+        log_dir: The folder of the event files; None: ``tensorboard`` in the run folder. A
+            relative path is taken inside the run folder (trials may run in other folders or on
+            other machines).
     """
 
     SECTION = "tracking.tensorboard"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "log_dir": "the event files go to RUN/tensorboard (tensorboard --logdir RUN/tensorboard)"}
 
-    log_dir: str | None = None
+    log_dir: str | None = field(default=None, metadata=INTERNAL)
 
 
 @dataclass(frozen=True)

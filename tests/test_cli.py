@@ -343,3 +343,20 @@ def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -
     assert records[0]["worker"] != records[1]["worker"]  # another process
     assert [t["state"] for t in stored_trials(run)] in (["PRUNED", "COMPLETE"], ["PRUNED", "PRUNED"])
     assert "study tiny: 2 trials" in done.stdout
+
+
+def test_help_lists_every_study_key_from_the_config_classes(capsys) -> None:
+    """The key list in ``pdenas search --help`` is generated from the configuration classes:
+    every key a study file may set is named in its section, and no removed key is."""
+    from pdenas._config import leaf_keys
+    from pdenas.study import StudyConfig
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # the wrapped lines joined
+    keys = text.split("study keys")[1].split("environment:")[0]
+    for key in leaf_keys(StudyConfig):
+        *sections, leaf = key.split(".")
+        assert all(f"{s}.{{" in keys for s in sections) and leaf in keys, key
+    for removed in StudyConfig.REMOVED:
+        assert removed not in keys.replace(",", " ").split(), removed

@@ -94,5 +94,7 @@ def test_a_tracker_without_its_package_is_bad_input(tmp_path: Path, monkeypatch,
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "tracking.mlflow: the mlflow package is not installed" in error
     assert not out.exists()
-    with pytest.raises(ValueError, match=r"quickstart.yaml: tracking\.tensorboard\.logdir: unknown key; allowed: log_dir$"):
+    with pytest.raises(ValueError, match=r"quickstart.yaml: tracking\.tensorboard\.logdir: unknown key; allowed: no keys"):
         pdenas.load_study("quickstart", {"tracking": {"tensorboard": {"logdir": "x"}}})
+    with pytest.raises(ValueError, match=r"tracking\.tensorboard\.log_dir: removed; the event files go to RUN/tensorboard"):
+        pdenas.load_study("quickstart", {"tracking": {"tensorboard": {"log_dir": "x"}}})
