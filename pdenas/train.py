@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdenas._config import Config, ConfigError
+from pdenas._config import INTERNAL, Config, ConfigError
 from pdenas._interrupt import raise_if_interrupted
 from pdenas.errors import InputError
 from pdenas.families._stability import TIME_SMOOTHNESS_FORMS
@@ -125,6 +125,26 @@ class OutOfMemory(TrainingFailed):
     status = TrialStatus.OOM
 
 
+COMPILE_ENV = "PDENAS_COMPILE"
+"""Set to 1 to train through ``torch.compile`` (``TrainConfig.compile``)."""
+
+
+def compile_default() -> bool:
+    """Whether ``PDENAS_COMPILE`` asks for ``torch.compile`` (1, true, yes; default off).
+
+    Raises:
+        InputError: Another value.
+    """
+    import os
+
+    text = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise InputError(f"{COMPILE_ENV}: got {text!r}; allowed: 1 or 0")
+
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """How to train one candidate.
@@ -178,7 +198,8 @@ class TrainConfig(Config):
         compile: Train through ``torch.compile(model)`` (validation stays eager). The first
             training step includes the compilation; its seconds are recorded as the first
             epoch's ``compile_seconds`` (``fit``'s history, the trial's record). Pays off for
-            long runs on a GPU; needs a C++ compiler on the CPU.
+            long runs on a GPU; needs a C++ compiler on the CPU. A choice about the machine,
+            not the study: ``PDENAS_COMPILE=1`` turns it on (not a study key).
         keep: Which weights a run ends with: "best" (the best-validation epoch's, the default)
             or "last" (the last iterate, as Meganet.m's drivers without a validation set; with
             ``data.val_fraction: 0``, whose "validation" split is the test split, choosing
@@ -210,11 +231,14 @@ class TrainConfig(Config):
     amp: str = "off"
     channels_last: bool | None = None
     grad_clip: float | None = None
-    compile: bool = False
+    compile: bool = field(default_factory=lambda: compile_default(), metadata=INTERNAL)
     keep: str = "best"
     multilevel: MultilevelConfig | None = None
 
     SECTION = "train"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "compile": f"set the environment variable {COMPILE_ENV}=1 on the machines where "
+                   "compiling pays (long GPU runs)"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

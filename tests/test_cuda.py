@@ -8,6 +8,7 @@ channels-last, compiled training) are in ``test_train.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -59,7 +60,7 @@ def test_bf16_reaches_the_accuracy_of_fp32() -> None:
 def test_compiled_training_on_cuda_reports_its_compile_time() -> None:
     torch.manual_seed(0)
     model = build_model(Architecture("hamiltonian", (16, 16, 16), (2, 2), 0.5, in_channels=1))
-    result = fit(model, _digits(), _train(compile=True, amp="bf16"), DEVICE)
+    result = fit(model, _digits(), dataclasses.replace(_train(amp="bf16"), compile=True), DEVICE)
     assert result.history[0]["compile_seconds"] > 0
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
 

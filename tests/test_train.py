@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -601,7 +602,8 @@ def test_compiled_training_matches_eager_and_reports_its_compile_time() -> None:
     """``compile: true`` trains through torch.compile (inductor on the CPU): the same losses as
     eager up to float rounding, and the first epoch records the compiling step's seconds."""
     eager = fit(toy_model(), toy_data(), config(epochs=2), "cpu")
-    compiled = fit(toy_model(), toy_data(), config(epochs=2, compile=True), "cpu")
+    compiled = fit(toy_model(), toy_data(), dataclasses.replace(config(epochs=2), compile=True),
+                   "cpu")
     for a, b in zip(compiled.history, eager.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1 / 128)
