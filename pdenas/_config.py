@@ -171,6 +171,8 @@ def coerce(key: str, value: Any, kind: FieldKind) -> Any:
         if not isinstance(value, bool):
             raise bad
     elif kind.base == "int":
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value)  # 1e6 in YAML is a float; a whole one is the integer it names
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad
     elif kind.base == "float":

@@ -41,6 +41,7 @@ environment:
   PDENAS_GRACE_PERIOD        seconds without a heartbeat before a trial is retried (40)
   PDENAS_HUNG_GRACE          seconds past trial_timeout before a hung trial's worker is ended
   PDENAS_LATENCY_REPEATS     timed forward passes per latency measurement (10)
+  PDENAS_COMPILE=1           train through torch.compile (pays for long GPU runs)
   RAY_AUTH_MODE=disabled     silences the warning Ray prints at every start (ray backend)
   MLFLOW_TRACKING_URI        where MLflow tracking writes when the study names no tracking_uri
 """
@@ -108,8 +109,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="pdenas", description="Architecture search over PDE-motivated ResNets.",
                      epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"pdenas {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("-V", "--version", action="version", version=f"pdenas {package_version()}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     s = sub.add_parser("search", help="run or resume a study", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,8 +121,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster address (ray backend): auto or HOST:PORT")
     s.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run folder)")
     s.add_argument("--out", help="run folder (default: runs/<study name>)")
-    s.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    s.add_argument("--seed", type=int)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where trials train (default: the study's device; auto: a GPU if any)")
+    s.add_argument("--seed", type=int, help="seeds the sampler, the trials' initial weights and "
+                                            "data order (default: the study's seed)")
     s.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="set any study key (dotted: train.epochs=3; repeatable; YAML values)")
     s.add_argument("--track", action="append", default=[], metavar="mlflow|tensorboard",
@@ -335,7 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdenas`` console script; returns the exit status."""
     try:
         logging.basicConfig(level=_log_level())
-        args = _build_parser().parse_args(argv)
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # `pdenas` alone: what it can do, and where to read more
+            parser.print_usage(sys.stderr)
+            print("pdenas: a command is needed; `pdenas --help` lists them with examples",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # the reader went away (`pdenas studies | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -171,8 +171,9 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
     ("edit", "needle"),
     [
         ("colour: red\n", "colour: unknown key"),
-        ("sampler_options: {}\npruner: sometimes\n", "pruner: unknown 'sometimes'"),
-        ("sampler_options: {colour: red}\n", "sampler_options.colour: unknown option"),
+        ("pruner: median\n", "pruner: removed; use early_stop.rule"),
+        ("early_stop: sometimes\n", "early_stop.rule: got 'sometimes'"),
+        ("sampler: {name: random, colour: red}\n", "sampler.colour: unknown option"),
         ("start_with: [{family: resnet}, {dpeth: 2}]\n",
          "start_with[1].dpeth: not a param of this space's candidates"),
         ("start_with: [{family: heat}]\n", "start_with[0].family: got 'heat'; allowed: "),
@@ -257,15 +258,15 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
     resumed = pdenas("search", str(study), "--out", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     after = stored_trials(run)
-    assert sum(t["status"] in ("completed", "pruned") for t in after) == 4
+    assert sum(t["status"] in ("completed", "stopped") for t in after) == 4
     # the interrupted trial's parameters (suggested at its start) were queued again and run;
     # a copy fixes the params stored at the interruption and suggests any that were not
     params = interrupted[0]["params"]
     assert params
-    assert any(params.items() <= t["params"].items() and t["status"] in ("completed", "pruned")
+    assert any(params.items() <= t["params"].items() and t["status"] in ("completed", "stopped")
                for t in after if t["number"] != interrupted[0]["number"]), (params, after)
     # and every family still had its first trial (the copy took no other family's place)
-    assert {t["params"]["family"] for t in after if t["status"] in ("completed", "pruned")} == {
+    assert {t["params"]["family"] for t in after if t["status"] in ("completed", "stopped")} == {
         "parabolic", "hamiltonian", "second_order", "resnet"}, after
 
 
@@ -339,7 +340,7 @@ def test_a_hung_trial_is_ended_recorded_and_the_search_goes_on(tmp_path: Path) -
     assert records[0]["status"] == "timeout"
     assert records[0]["failure_reason"].startswith("hung: still running 1 s past the trial time limit (12 s)")
     assert records[0]["epochs_trained"] == 1 and (run / "trials" / "0" / "model.pt").is_file()
-    assert records[1]["status"] in ("completed", "pruned", "timeout")
+    assert records[1]["status"] in ("completed", "stopped", "timeout")
     assert records[0]["worker"] != records[1]["worker"]  # another process
     assert [t["state"] for t in stored_trials(run)] in (["PRUNED", "COMPLETE"], ["PRUNED", "PRUNED"])
     assert "study tiny: 2 trials" in done.stdout
@@ -360,3 +361,42 @@ def test_help_lists_every_study_key_from_the_config_classes(capsys) -> None:
         assert all(f"{s}.{{" in keys for s in sections) and leaf in keys, key
     for removed in StudyConfig.REMOVED:
         assert removed not in keys.replace(",", " ").split(), removed
+
+
+def test_no_command_prints_usage_and_version_flags(capsys) -> None:
+    """``pdenas`` alone prints its usage and where to read more (exit 2); ``-V`` its version."""
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: pdenas") and "pdenas --help" in err
+    for flag in ("-V", "--version"):
+        with pytest.raises(SystemExit) as done:
+            main([flag])
+        assert done.value.code == 0 and capsys.readouterr().out.startswith("pdenas ")
+
+
+def test_a_whole_number_written_as_a_float_is_an_integer(tmp_path: Path) -> None:
+    """``--set constraints.max_params=1e6`` (YAML reads 1e6 as a float) sets the integer it
+    names; a fraction for an integer key is refused, naming the --set item."""
+    import pdenas
+    from pdenas.study import parse_assignments
+
+    config = pdenas.load_study("quickstart", parse_assignments(["constraints.max_params=1e6"]))
+    assert config.constraints.max_params == 1_000_000
+    assert isinstance(config.constraints.max_params, int)
+    done = pdenas_cli_line(["search", "quickstart", "--set", "train.epochs=2.5",
+                            "--out", str(tmp_path / "run")])
+    assert done == "pdenas: error: --set train.epochs: got 2.5; allowed: an integer"
+    assert not (tmp_path / "run").exists()
+
+
+def pdenas_cli_line(argv: list[str]) -> str:
+    """The one line ``pdenas ARGV`` prints on stderr for bad input (exit status 2)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
