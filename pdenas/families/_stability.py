@@ -7,9 +7,9 @@ perturbation of its input at real inputs: its ``gain``, the largest singular val
 ``∂(unit output) / ∂(unit input)`` (``unit_gain``, Lanczos on ``JᵀJ`` with ``torch.func``
 Jacobian-vector and vector-Jacobian products). Two older quantities stay as named diagnostics:
 the spectral radius of one linearised step (``step_spectral_radii``), which cannot tell a
-spectrum on the unit circle from non-normal growth (every symplectic-Euler (hamiltonian) and leapfrog step preserves
-volume, so its radius is at least 1) and says nothing of a unit of several steps with different
-weights; and the ``||K||`` bound on h, which ignores the normalisation's Jacobian and bounds
+spectrum on the unit circle from non-normal growth (every symplectic-Euler (hamiltonian) and
+leapfrog step preserves volume, so its radius is at least 1) and says nothing of a unit of
+several steps with different weights; and the ``||K||`` bound on h, which ignores the normalisation's Jacobian and bounds
 nothing under TV or batch normalisation (PAPER.md), so the report gives it for norm "none" only.
 """
 
