@@ -25,16 +25,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["STOP_SIGNALS", "catch_interrupts", "raise_if_interrupted"]
+__all__ = ["STOP_SIGNALS", "Stopped", "catch_interrupts", "exit_status", "raise_if_interrupted"]
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
 """The signals taken as Ctrl-C inside ``catch_interrupts`` (SIGHUP where the platform has it)."""
 
-# A plain flag, not a threading.Event: a handler may run inside another handler (a second signal
-# between two bytecodes of the first), and Event.set() takes a lock that the interrupted handler
-# may be holding, which would hang the process.
-_requested = False
+# A plain flag (the signal's number, 0 for none), not a threading.Event: a handler may run inside
+# another handler (a second signal between two bytecodes of the first), and Event.set() takes a
+# lock that the interrupted handler may be holding, which would hang the process.
+_requested = 0
+
+
+class Stopped(KeyboardInterrupt):
+    """The ``KeyboardInterrupt`` a stop signal raises inside ``catch_interrupts``.
+
+    Args:
+        signum: The signal (SIGINT, SIGTERM, SIGHUP).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def exit_status(stop: KeyboardInterrupt) -> int:
+    """The shell's exit status for a process stopped by ``stop``: 128 plus the signal's number
+    (130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP)."""
+    return 128 + int(getattr(stop, "signum", signal.SIGINT))
 
 
 @contextmanager
@@ -55,15 +73,15 @@ def catch_interrupts() -> Iterator[None]:
         global _requested
         if signum != signal.SIGINT and _requested:
             return  # already stopping; a second Ctrl-C, not a repeated SIGTERM, cuts it short
-        _requested = True
-        raise KeyboardInterrupt
+        _requested = signum
+        raise Stopped(signum)
 
     ours = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS
             if signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)}
     if not ours:  # inside another catch_interrupts, or every signal is someone else's
         yield
         return
-    _requested = False
+    _requested = 0
     for sig in ours:
         signal.signal(sig, interrupted)
     try:
@@ -71,11 +89,11 @@ def catch_interrupts() -> Iterator[None]:
     finally:
         for sig, previous in ours.items():
             signal.signal(sig, previous)
-        _requested = False
+        _requested = 0
 
 
 def raise_if_interrupted() -> None:
     """Raises ``KeyboardInterrupt`` if a stop signal came (inside ``catch_interrupts``), even
     when the ``KeyboardInterrupt`` it raised then was swallowed."""
     if _requested:
-        raise KeyboardInterrupt
+        raise Stopped(_requested)

@@ -198,6 +198,7 @@ _FLAGS = ("n_trials", "timeout", "storage", "device", "seed", "workers")
 
 def _search(args: argparse.Namespace) -> int:
     """``pdenas search``: the flags and ``--set`` items become overrides of ``pdenas.search``."""
+    from pdenas._interrupt import exit_status
     from pdenas.api import search
     from pdenas.backends import WorkersFailed
     from pdenas.study import deep_merge, parse_assignments
@@ -212,9 +213,9 @@ def _search(args: argparse.Namespace) -> int:
                      progress=not args.quiet, **deep_merge(overrides, flags))
     except InputError as error:
         raise _as_typed(error, flags, overrides) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, kill (SIGTERM), a closed terminal (SIGHUP)
         print(_INTERRUPTED, file=sys.stderr)  # after the bar, not on its line
-        return 130
+        return exit_status(stop)  # 130, 143, 129: as a shell reports a process that signal ended
     except WorkersFailed as error:  # each worker printed its own traceback
         print(f"pdenas: error: {error}", file=sys.stderr)
         return error.status

@@ -229,7 +229,11 @@ def test_missing_dataset_exits_2(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: Path, name: str,
+                                                                     status: int) -> None:
+    """Ctrl-C or ``kill`` while a trial trains: the trial is given back, the command exits as a
+    shell reports that signal (130, 143), and a rerun finishes the budget."""
     study = write_study(tmp_path, n_trials=4, epochs=3)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "pdenas.cli", "search", str(study), "--out",
@@ -247,9 +251,9 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
                         for t in trials):
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, name))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "run the same command to resume" in err
     assert "Traceback" not in err
     interrupted = [t for t in stored_trials(run) if t["status"] == "interrupted"]

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from pdenas._interrupt import catch_interrupts, raise_if_interrupted
+from pdenas._interrupt import catch_interrupts, exit_status, raise_if_interrupted
 
 # The finaliser's ignored KeyboardInterrupt is the point of these tests, not a fault in them.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -50,11 +50,13 @@ def test_sigterm_and_sighup_are_taken_as_ctrl_c_inside(name: str) -> None:
     previous = signal.signal(sig, signal.SIG_DFL)
     try:
         with catch_interrupts():
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(KeyboardInterrupt) as stop:
                 os.kill(os.getpid(), sig)
                 time.sleep(1)
-            with pytest.raises(KeyboardInterrupt):
+            assert exit_status(stop.value) == 128 + sig  # the CLI exits 143 after SIGTERM
+            with pytest.raises(KeyboardInterrupt) as again:
                 raise_if_interrupted()  # and a swallowed one is raised again, as for Ctrl-C
+            assert exit_status(again.value) == 128 + sig
         assert signal.getsignal(sig) == signal.SIG_DFL
     finally:
         signal.signal(sig, previous)
