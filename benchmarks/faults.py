@@ -46,7 +46,7 @@ data: {{name: digits, train_limit: 300}}
 space: space.yaml
 train: {{epochs: 2, batch_size: 64, optimizer: sgd, lr: 0.05}}
 sampler: random
-pruner: none
+early_stop: none
 n_trials: {trials}
 device: cpu
 seed: 0

@@ -130,7 +130,7 @@ def trials_per_hour(workers: int, minutes: float, smoke: bool, device: str) -> t
         (folder / "study.yaml").write_text(yaml.safe_dump({
             "name": f"gpu-{workers}", "data": data, "space": "space.yaml",
             "train": {"epochs": 1 if smoke else 2, "batch_size": 128, "amp": "bf16"},
-            "sampler": "random", "pruner": "none", "n_trials": 1000, "device": device,
+            "sampler": "random", "early_stop": "none", "n_trials": 1000, "device": device,
             "threads": 1}))
         samples: list[float] = []
         stop = threading.Event()

@@ -137,10 +137,11 @@ def main() -> int:
     load_after = _load()
 
     epochs = int(config.train.epochs)
-    rungs, rung = [], config.ray.grace_period
+    early = config.early_stop
+    rungs, rung = [], early.min_epochs
     while rung < epochs:
         rungs.append(rung)
-        rung *= config.ray.reduction_factor
+        rung *= early.reduction
     rung_text = ", ".join(map(str, rungs[:-1])) + (" or " if len(rungs) > 1 else "") + str(rungs[-1])
     if one_min_before < 0.5 * (os.cpu_count() or 1):
         machine = ("Nothing else heavy ran on it meanwhile (load average 1/5/15 min: "
@@ -178,10 +179,9 @@ def main() -> int:
         "Start-up of a local Ray runtime (`ray.init(include_dashboard=False)`, fresh process): "
         + " / ".join(f"{s:.1f}" for s in startups) + " s.",
         "",
-        "Notes: the workers' statuses differ between rows: ASHA stops weak Ray trials after "
-        f"{rung_text} of {epochs} epochs, pdenas's early-stop rule stops Optuna trials below the "
-        f"{config.early_stop_percentile:g}th percentile of the others from epoch "
-        f"{config.early_stop_warmup + 1} on. "
+        "Notes: the statuses differ between rows because trials finish in another order: the "
+        f"study's early-stop rule ({early.rule}, the same on both backends) stops weak trials "
+        f"after {rung_text} of {epochs} epochs. "
         "Each Ray trial starts a fresh worker process (imports, data loading: a few seconds "
         "here), which dominates trials of a few seconds. "
         f"Here one worker trained {'faster' if mean2 < mean1 else 'slower'} on 2 threads than on "

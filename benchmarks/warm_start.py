@@ -50,7 +50,7 @@ def _study(name: str, warm: bool) -> dict:
     return {"name": name, "data": {"name": "fashion_mnist", "train_limit": 6000, "val_fraction": 0.2},
             "space": "space.yaml", "train": {"epochs": 4, "batch_size": 128, "augment": False},
             "objectives": ["val_accuracy"], "sampler": {"name": "tpe", "n_startup_trials": 6},
-            "pruner": {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 1},
+            "early_stop": {"rule": "percentile", "min_epochs": 1},
             "warm_start": warm, "n_trials": 200, "device": "cpu", "seed": 0, "threads": 1}
 
 
@@ -58,7 +58,7 @@ def _rows(run: Path, started: float) -> list[dict]:
     rows = []
     for path in sorted((run / "trials").glob("*/record.json")):
         record = json.loads(path.read_text())
-        if record["status"] not in ("completed", "pruned") or record.get("val_accuracy") is None:
+        if record["status"] not in ("completed", "stopped") or record.get("val_accuracy") is None:
             continue
         finished = datetime.datetime.fromisoformat(record["finished_at"]).timestamp()
         rows.append({"number": record["number"], "val": record["val_accuracy"],

@@ -1,9 +1,9 @@
 """Study files (``studies/*.yaml``): ``StudyConfig``, validated once at the edge.
 
 A study file names the data, the search space, the training budget, the objectives, the
-sampler and pruner, the budget of trials, the storage, the device and the seed. ``StudyConfig``
-checks the study itself; the options that belong to one backend (the sampler's and pruner's
-names and options, the ``ray:`` section) are kept as plain data here and validated by that
+sampler and early stopping, the budget of trials, the storage, the device and the seed.
+``StudyConfig`` checks the study itself; the options that belong to one backend (the sampler's
+name and options, the ``ray:`` section) are kept as plain data here and validated by that
 backend's ``check`` before anything is written. Everything downstream takes typed objects.
 """
 
@@ -14,19 +14,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
 
-from pdenas._config import INTERNAL, Config, ConfigError
+from pdenas._config import INTERNAL, Config, ConfigError, _plain, reading_stored
 from pdenas.data import DataConfig
 from pdenas.errors import InputError
 from pdenas.tracking import TrackingConfig
 from pdenas.train import TrainConfig
 
-__all__ = ["COST_OBJECTIVES", "DEVICES", "STABILITY_MODES", "Constraints", "StabilityCheck",
-           "StudyConfig", "deep_merge", "find_study", "parse_assignments", "resolve_device"]
+__all__ = ["COST_OBJECTIVES", "DEVICES", "EARLY_STOP_RULES", "STABILITY_MODES", "Constraints",
+           "EarlyStop", "StabilityCheck", "StudyConfig", "deep_merge", "find_study",
+           "parse_assignments", "resolve_device"]
 
 COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_bytes")
 """Cost metrics that can be a second objective (minimised) against validation accuracy."""
@@ -36,6 +37,28 @@ MAX_TRIALS = 1_000_000
 """The most trials a study may ask for (a larger number is a typo, not a plan)."""
 MAX_WORKERS = 64
 """The most worker processes one ``pdenas search`` starts (``workers: auto`` included)."""
+LATENCY_REPEATS_ENV = "PDENAS_LATENCY_REPEATS"
+"""Timed forward passes per latency measurement (default 10): fewer measure faster and noisier."""
+
+
+def latency_repeats_default() -> int:
+    """``PDENAS_LATENCY_REPEATS`` (an integer from 1 to 1000), else 10.
+
+    Raises:
+        InputError: A value that is not such an integer.
+    """
+    import os
+
+    text = os.environ.get(LATENCY_REPEATS_ENV, "").strip()
+    if not text:
+        return 10
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise InputError(f"{LATENCY_REPEATS_ENV}: got {text!r}; allowed: an integer from 1 to 1000")
+    return value
 
 
 @dataclass(frozen=True)
@@ -49,16 +72,20 @@ class Constraints(Config):
         max_memory_bytes: Most training memory (CUDA: the peak of one training step at the
             training batch size; CPU: the activations saved for backward).
         skip_infeasible: Do not train a candidate that breaks a limit (it is recorded as
-            "infeasible" with its cost, so the sampler still learns from it).
+            "infeasible" with its cost, so the sampler still learns from it); always, for a
+            study file.
     """
 
     SECTION = "constraints"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "skip_infeasible": "a candidate that breaks a limit is never trained (it is recorded "
+                           "as infeasible, so the sampler learns from it)"}
 
     max_params: int | None = None
     max_flops: int | None = None
     max_latency_ms: float | None = None
     max_memory_bytes: int | None = None
-    skip_infeasible: bool = True
+    skip_infeasible: bool = field(default=True, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,14 +114,53 @@ class Constraints(Config):
 
 
 STABILITY_MODES = ("off", "record", "refuse", "shorten")
-EARLY_STOP_RULES = ("mo_asha", "percentile", "none")
+EARLY_STOP_RULES = ("none", "percentile", "asha", "mo_asha", "hyperband")
+
+
+@dataclass(frozen=True)
+class EarlyStop(Config):
+    """The ``early_stop:`` section: which trials stop before their last epoch, the same on both
+    backends (``backends/_early_stop.py``; ``early_stop: none`` is short for ``{rule: none}``).
+
+    Every rule leaves a trial alone for its first ``min_epochs`` epochs and never stops it at its
+    last one; a stopped trial is recorded as "stopped" with the epochs it trained. Rungs sit at
+    ``min_epochs * reduction**k`` epochs (k = 0, 1, ...).
+
+    Attributes:
+        rule: "percentile" (at every epoch from ``min_epochs`` on, stop a trial whose best
+            validation accuracy so far is below ``percentile`` of the other trials' at that
+            epoch; 50: the median), "asha" (at each rung, only the best ``1/reduction`` of the
+            trials that reached it go on, by accuracy), "mo_asha" (the same by Pareto rank of
+            accuracy and the cost objective, so the accuracy-cost front goes on; needs a cost
+            objective), "hyperband" (Optuna's HyperbandPruner, Ray's asynchronous HyperBand;
+            accuracy alone, one objective) or "none". pdenas's own rules (percentile, asha,
+            mo_asha) keep every trial while fewer than ``MIN_TRIALS`` (4) reached the epoch.
+        min_epochs: Epochs every trial trains before it may be stopped: the first rung.
+        reduction: The rungs' growth and ASHA's reduction factor (the best ``1/reduction`` go on).
+        percentile: The percentile rule's threshold, 0 to 100.
+    """
+
+    SECTION = "early_stop"
+
+    rule: str = "percentile"
+    min_epochs: int = 1
+    reduction: int = 2
+    percentile: float = 50.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require("rule", self.rule in EARLY_STOP_RULES, ", ".join(EARLY_STOP_RULES))
+        self.require("min_epochs", self.min_epochs >= 1, "an integer >= 1")
+        self.require("reduction", 2 <= self.reduction <= 16, "an integer from 2 to 16")
+        self.require("percentile", 0 <= self.percentile <= 100, "a number from 0 to 100")
 
 
 @dataclass(frozen=True)
 class StabilityCheck(Config):
-    """The ``stability:`` section: the spectral-radius estimate of each candidate's linearised
-    time steps at real training images (``pdenas.families.stability_report``), and what to do
-    with a candidate estimated unstable before training.
+    """The ``stability:`` section: the estimate of each candidate's units at real training images
+    (``pdenas.families.stability_report``), and what to do with a candidate estimated unstable
+    before training. Only the mode is the study's to choose; the estimate's settings are
+    constants of this class (earlier versions read them from the study file).
 
     Attributes:
         mode: "off"; "record" (the estimate at initialisation and after training, in the
@@ -102,28 +168,28 @@ class StabilityCheck(Config):
             estimate in the reason, not trained, and the sampler is told); "shorten" (also:
             halve h until the estimate is stable, at most ``max_halvings`` times, then train
             with that h, or refuse).
-        radius: The largest spectral radius of one linearised step counted as stable (1 plus
-            the estimate's slack).
-        images: Training images the estimate is taken at.
-        iterations: The most Jacobian-vector products per time step.
-        max_halvings: How often "shorten" may halve h.
     """
 
     SECTION = "stability"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        key: "the estimate's settings are constants now (StabilityCheck); the study sets mode"
+        for key in ("radius", "images", "iterations", "max_halvings")}
+
+    radius: ClassVar[float] = 1.05
+    """The largest spectral radius of one linearised step counted as stable (1 plus the
+    estimate's slack)."""
+    images: ClassVar[int] = 4
+    """Training images the estimate is taken at."""
+    iterations: ClassVar[int] = 20
+    """The most Jacobian-vector products per time step."""
+    max_halvings: ClassVar[int] = 4
+    """How often "shorten" may halve h."""
 
     mode: str = "off"
-    radius: float = 1.05
-    images: int = 4
-    iterations: int = 20
-    max_halvings: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require("mode", self.mode in STABILITY_MODES, ", ".join(STABILITY_MODES))
-        self.require("radius", self.radius >= 1, "a number >= 1")
-        self.require("images", 1 <= self.images <= 512, "an integer from 1 to 512")
-        self.require("iterations", 2 <= self.iterations <= 500, "an integer from 2 to 500")
-        self.require("max_halvings", 0 <= self.max_halvings <= 20, "an integer from 0 to 20")
 
 
 @dataclass(frozen=True)
@@ -136,35 +202,27 @@ class StudyConfig(Config):
         space: Name of a packaged search space or a path (relative to the study file).
         train: Base training settings; the search space may override some per trial.
         objectives: "val_accuracy" first, optionally one cost metric (minimised) after it.
-        sampler: The sampler's name (validated by the backend).
-        sampler_options: Keyword arguments for the sampler.
-        pruner: The pruner's name (single-objective studies only; validated by the backend).
-        pruner_options: Keyword arguments for the pruner.
+        sampler: The sampler's name (validated by the backend); a study file writes
+            ``sampler: tpe`` or ``sampler: {name: tpe, n_startup_trials: 10}`` (the other keys
+            are the sampler's keyword arguments, kept in ``sampler_options``).
+        sampler_options: Keyword arguments for the sampler (set from the ``sampler`` mapping).
         start_with: Params of a new study's first trials, in order (as Optuna's
             ``enqueue_trial`` and Ray Tune's ``points_to_evaluate``): each mapping fixes some of
             the space's params (``family``, ``depth``, ``width_base``, ``lr``, ...; checked
             against the space before anything is written) and the sampler chooses the rest. A
             cheap, known-good candidate here gives a result within a minute or two.
         cover_families: Start a new study with one trial per family (after ``start_with``), so
-            every family is tried before the sampler narrows down.
+            every family is tried before the sampler narrows down (always, for a study file).
         balance_families: Give every family an equal share of the trials (in turn), its own
             sampler state (the sampler sees only that family's trials) and its own early
-            stopping (pruners other than Hyperband, and the multi-objective rules, compare a
-            trial with its family's trials), so the family table compares equals. Optuna
-            backend.
+            stopping (every ``early_stop`` rule but hyperband compares a trial with its
+            family's trials), so the family table compares equals. Optuna backend.
         stability: The stability estimate and what to do with unstable candidates.
         warm_start: Start a candidate from the weights of the best finished trial with the same
             family, widths, norm and activation at smaller depths, resampled in time
             (``pdenas.multilevel``); recorded in the trial's ``warm_start``.
-        early_stop_rule: Multi-objective studies (Optuna's pruners refuse them): "mo_asha"
-            (successive halving with non-dominated sorting of accuracy and cost at each rung,
-            so the Pareto front is kept: ``backends/_early_stop.py``), "percentile" (accuracy
-            alone, below ``early_stop_percentile`` of the others at the same epoch) or "none".
-        early_stop_warmup: Multi-objective studies: epochs before the rule may stop a candidate
-            (MO-ASHA's first rung is the epoch after it).
-        early_stop_reduction: MO-ASHA's reduction factor eta: rungs at (warmup + 1) * eta**k
-            epochs, the best 1/eta of the trials at a rung go on.
-        early_stop_percentile: The percentile rule's threshold (50: the median).
+        early_stop: Which trials stop before their last epoch (``EarlyStop``), on either
+            backend.
         n_trials: Total trials of the study (all workers together; a rerun tops up to it).
         timeout: Seconds this command may run; None for no limit. A candidate predicted to need
             more than the time left is recorded as infeasible, not trained.
@@ -176,7 +234,8 @@ class StudyConfig(Config):
         device: "auto", "cpu" or "cuda".
         seed: Seeds the sampler, the data split and every trial's initialisation.
         constraints: Cost limits.
-        latency_repeats: Timed forward passes per latency measurement.
+        latency_repeats: Timed forward passes per latency measurement (``PDENAS_LATENCY_REPEATS``,
+            default 10; not a study key).
         threads: CPU threads torch uses in each worker (None: torch's default, one per core).
             Small candidates train faster on one thread; Ray sets it from ``cpus_per_trial``.
         workers: Worker processes ``pdenas search`` runs on this machine, sharing the study
@@ -191,24 +250,34 @@ class StudyConfig(Config):
         path: The file it was loaded from (set by ``load``).
     """
 
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "cover_families": "every family gets one trial first whenever the space chooses "
+                          "between families",
+        "latency_repeats": f"set the environment variable {LATENCY_REPEATS_ENV} instead",
+        "pruner": "use early_stop.rule (percentile for median, hyperband, asha, mo_asha or none)",
+        "pruner_options": "use early_stop (min_epochs, reduction, percentile)",
+        "early_stop_rule": "use early_stop.rule",
+        "early_stop_warmup": "use early_stop.min_epochs (warmup + 1: the first epoch a trial "
+                             "may stop at)",
+        "early_stop_reduction": "use early_stop.reduction",
+        "early_stop_percentile": "use early_stop.percentile",
+        "sampler_options": "write the options in the sampler mapping (sampler: {name: tpe, "
+                           "n_startup_trials: 10})",
+    }
+
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     space: str = "quickstart"
     train: TrainConfig = field(default_factory=TrainConfig)
     objectives: tuple[str, ...] = ("val_accuracy",)
     sampler: str = "tpe"
-    sampler_options: Mapping[str, Any] = field(default_factory=dict)
-    pruner: str = "median"
-    pruner_options: Mapping[str, Any] = field(default_factory=dict)
+    sampler_options: Mapping[str, Any] = field(default_factory=dict, metadata=INTERNAL)
     start_with: tuple[Mapping[str, Any], ...] = ()
-    cover_families: bool = True
+    cover_families: bool = field(default=True, metadata=INTERNAL)
     balance_families: bool = False
     stability: StabilityCheck = field(default_factory=StabilityCheck)
     warm_start: bool = False
-    early_stop_rule: str = "mo_asha"
-    early_stop_warmup: int = 2
-    early_stop_reduction: int = 3
-    early_stop_percentile: float = 50.0
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
     n_trials: int = 20
     timeout: float | None = None
     trial_timeout: float | None = None
@@ -216,7 +285,8 @@ class StudyConfig(Config):
     device: str = "auto"
     seed: int = 0
     constraints: Constraints = field(default_factory=Constraints)
-    latency_repeats: int = 10
+    latency_repeats: int = field(default_factory=lambda: latency_repeats_default(),
+                                 metadata=INTERNAL)
     threads: int | None = None
     workers: int | str = 1
     ray: Mapping[str, Any] = field(default_factory=dict)
@@ -250,13 +320,14 @@ class StudyConfig(Config):
         self.require("workers", self.workers == "auto" or (
             isinstance(self.workers, int) and not isinstance(self.workers, bool)
             and 1 <= self.workers <= MAX_WORKERS), f"an integer from 1 to {MAX_WORKERS}, or auto")
-        self.require("early_stop_percentile", 0 <= self.early_stop_percentile <= 100,
-                     "a number from 0 to 100")
-        self.require("early_stop_warmup", self.early_stop_warmup >= 0, "an integer >= 0")
-        self.require("early_stop_rule", self.early_stop_rule in EARLY_STOP_RULES,
-                     ", ".join(EARLY_STOP_RULES))
-        self.require("early_stop_reduction", 2 <= self.early_stop_reduction <= 16,
-                     "an integer from 2 to 16")
+        rule = self.early_stop.rule
+        self.require("early_stop.rule", rule != "mo_asha" or self.multi_objective,
+                     "percentile, asha, hyperband or none for accuracy alone",
+                     problem="mo_asha needs a cost objective (objectives: [val_accuracy, flops])")
+        self.require("early_stop.rule", rule != "hyperband" or not self.multi_objective,
+                     "mo_asha, asha, percentile or none with a cost objective",
+                     problem="hyperband ranks by one objective (Optuna's HyperbandPruner refuses "
+                             "multi-objective studies)")
         for k, params in enumerate(self.start_with):
             self.require(f"start_with[{k}]", isinstance(params, Mapping) and all(
                 isinstance(key, str) and (value is None or isinstance(value, (str, int, float)))
@@ -271,8 +342,9 @@ class StudyConfig(Config):
     @classmethod
     def from_dict(cls, data: Any, *, section: str | None = None,
                   path: str | None = None) -> StudyConfig:
-        """Validates a study mapping. ``sampler`` and ``pruner`` may be a name or a mapping with
-        ``name`` and the options (``sampler: {name: tpe, n_startup_trials: 5}``).
+        """Validates a study mapping. ``sampler`` may be a name or a mapping with ``name`` and the
+        sampler's options (``sampler: {name: tpe, n_startup_trials: 5}``); ``early_stop`` a
+        mapping or a rule's name (``early_stop: none``).
 
         Raises:
             ConfigError: Naming the bad key and what is allowed.
@@ -282,19 +354,34 @@ class StudyConfig(Config):
         if "name" not in data:
             raise ConfigError("name: missing; allowed: every study needs a name")
         values = dict(data)
-        for key in ("sampler", "pruner"):
-            spec = values.get(key)
-            if isinstance(spec, Mapping):
-                spec = dict(spec)
-                if "name" not in spec:
-                    raise ConfigError(f"{key}.name: missing; allowed: a {key} name")
-                values[key] = spec.pop("name")
-                options = values.get(f"{key}_options") or {}
-                if not isinstance(options, Mapping):
-                    raise ConfigError(f"{key}_options: got {options!r}; allowed: a mapping")
-                values[f"{key}_options"] = {**options, **spec}
+        options: dict[str, Any] = {}
+        spec = values.get("sampler")
+        if isinstance(spec, Mapping):
+            options = {str(k): v for k, v in spec.items()}
+            if "name" not in options:
+                raise ConfigError("sampler.name: missing; allowed: a sampler name")
+            values["sampler"] = options.pop("name")
+        if isinstance(values.get("early_stop"), str):
+            values["early_stop"] = {"rule": values["early_stop"]}
         config = super().from_dict(values, section=section)
-        return dataclasses.replace(config, path=path) if path else config
+        if options or path:
+            config = dataclasses.replace(config, sampler_options=options or config.sampler_options,
+                                         path=path or config.path)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data that ``from_dict`` reads back (the sampler's options in its mapping)."""
+        data = super().to_dict()
+        if self.sampler_options:
+            data["sampler"] = {"name": self.sampler, **_plain(self.sampler_options)}
+        return data
+
+    @classmethod
+    def from_stored(cls, data: Any, *, path: str | None = None) -> StudyConfig:
+        """The study a run folder's ``run.json`` stored, perhaps by an earlier version of pdenas
+        (keys it no longer reads are left out; see ``_config.reading_stored``)."""
+        with reading_stored():
+            return cls.from_dict(data, path=path)
 
     @classmethod
     def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> StudyConfig:

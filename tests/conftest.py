@@ -135,7 +135,7 @@ def tiny_study(tmp_path):
             "train": {"epochs": 2, "batch_size": 32, "augment": False},
             "objectives": ["val_accuracy"],
             "sampler": {"name": "random"},
-            "pruner": "none",
+            "early_stop": "none",
             "n_trials": 4,
             "device": "cpu",
             "seed": 6,

@@ -38,7 +38,7 @@ def api_study(folder: Path, **changes) -> dict:
              "space": str(folder / "tiny_space.yaml"),
              "train": {"epochs": 2, "batch_size": 64, "optimizer": "sgd", "lr": 0.05},
              "objectives": ["val_accuracy", "params"], "sampler": "random", "n_trials": 2,
-             "device": "cpu", "seed": 0, "latency_repeats": 1}
+             "device": "cpu", "seed": 0}
     return {**study, **changes}
 
 
@@ -287,7 +287,26 @@ def test_a_study_with_a_trial_timeout_or_workers_runs_in_supervised_workers(
     run = pdenas.search(study, out=tmp_path / "run", n_trials=2, progress=False,
                         train={"epochs": 1})
     records = [json.loads(p.read_text()) for p in sorted((run.path / "trials").glob("*/record.json"))]
-    assert len(records) == 2 and {r["status"] for r in records} <= {"completed", "pruned"}
+    assert len(records) == 2 and {r["status"] for r in records} <= {"completed", "stopped"}
     assert all(r["epochs_planned"] == 1 for r in records)  # the override reached the worker
     assert {r["worker"].rsplit(":", 1)[1] for r in records} != {str(os.getpid())}
     assert counts == [keys.get("workers", 1)]
+
+
+def test_a_run_refuses_a_study_that_changed_what_its_trials_are(tmp_path: Path) -> None:
+    """Resuming with another training budget (or data, space, objectives, seed...) would rank
+    trials trained under both together: refused with one line naming the key and both values,
+    before anything is written; a larger n_trials (or another timeout, device, workers) tops up."""
+    out = tmp_path / "run"
+    pdenas.search(api_study(tmp_path, n_trials=1), out=out, progress=False, train={"epochs": 1})
+    before = (out / "run.json").read_text()
+    with pytest.raises(pdenas.InputError) as refused:
+        pdenas.search(api_study(tmp_path, n_trials=2), out=out, progress=False,
+                      train={"epochs": 2})
+    assert refused.value.key == "train.epochs"
+    assert str(refused.value).startswith("train.epochs: the run in ")
+    assert "was started with 1, this search asks for 2" in str(refused.value)
+    assert (out / "run.json").read_text() == before and len(list(out.glob("trials/*"))) == 1
+    run = pdenas.search(api_study(tmp_path, n_trials=2), out=out, progress=False,
+                        train={"epochs": 1}, device="cpu", timeout=600)
+    assert len(run.trials()) == 2

@@ -1,6 +1,6 @@
-"""The Optuna adapter: samplers and pruners by name, storages by URL, the exact budget without
-placeholder trials, stale trials marked lost, and pdenas's own early-stopping rule for
-multi-objective studies."""
+"""The Optuna adapter: samplers by name, the pruner of ``early_stop``, storages by URL, the exact
+budget without placeholder trials, stale trials marked lost, the codec between records and user
+attributes, and early stopping within each family of a balanced study."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 
 from pdenas.backends._sampling import make_pruner, make_sampler
 from pdenas.backends._storage import make_storage
-from pdenas.backends.optuna import EarlyStopRule, claim_trial, fail_stale, open_study
+from pdenas.backends.optuna import claim_trial, fail_stale, open_study
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus
-from pdenas.study import StudyConfig
+from pdenas.study import EarlyStop, StudyConfig
 
 
 @pytest.mark.parametrize(
@@ -31,23 +31,51 @@ def test_samplers_by_name(name: str, cls: type) -> None:
 
 def test_bad_sampler_option_is_a_value_error() -> None:
     config = StudyConfig(name="s", sampler="tpe", sampler_options={"n_startup": 3})
-    with pytest.raises(ValueError, match="sampler_options"):
+    with pytest.raises(ValueError, match="sampler: "):
         make_sampler(config)
 
 
-@pytest.mark.parametrize(
-    ("name", "cls"),
-    [("median", optuna.pruners.MedianPruner), ("hyperband", optuna.pruners.HyperbandPruner),
-     ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
-     ("none", optuna.pruners.NopPruner)],
-)
-def test_pruners_by_name(name: str, cls: type) -> None:
-    assert isinstance(make_pruner(StudyConfig(name="p", pruner=name)), cls)
+@pytest.mark.parametrize("rule", ["none", "percentile", "asha"])
+def test_only_hyperband_is_an_optuna_pruner(rule: str) -> None:
+    """pdenas's own rules run in the trial hook: the study gets no pruner for them."""
+    config = StudyConfig(name="p", early_stop=EarlyStop(rule=rule))
+    assert isinstance(make_pruner(config, 8), optuna.pruners.NopPruner)
 
 
-def test_multi_objective_studies_get_no_optuna_pruner() -> None:
-    config = StudyConfig(name="p", pruner="median", objectives=("val_accuracy", "flops"))
-    assert isinstance(make_pruner(config), optuna.pruners.NopPruner)
+def test_hyperband_has_the_same_first_rung_and_reduction() -> None:
+    config = StudyConfig(name="p", early_stop=EarlyStop(rule="hyperband", min_epochs=2,
+                                                        reduction=3))
+    pruner = make_pruner(config, 18)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (2, 18, 3)
+
+
+def test_the_codec_round_trips_a_record_and_reads_old_words() -> None:
+    """``encode`` writes what optuna-dashboard shows (the family, each cost metric a column) and
+    ``decode`` reads the record back; "pruned", written by earlier versions, is stopped."""
+    from pdenas.backends._codec import decode, encode
+
+    study = optuna.create_study()
+    trial = study.ask({"family": optuna.distributions.CategoricalDistribution(["resnet"])})
+    record = TrialRecord(number=trial.number, status=TrialStatus.COMPLETED, val_accuracy=0.9,
+                         architecture={"family": "resnet", "widths": [8, 16]},
+                         params={"family": "resnet"}, epochs_trained=2, epochs_planned=2,
+                         history=[{"epoch": 1, "val_accuracy": 0.8},
+                                  {"epoch": 2, "val_accuracy": 0.9}],
+                         cost={"params": 100, "flops": 2000}, constraints=[-1.0], seconds=3.0,
+                         worker="host:1")
+    encode(trial, record)
+    study.tell(trial, 0.9)
+    frozen = study.trials[0]
+    assert frozen.user_attrs["family"] == "resnet" and frozen.user_attrs["flops"] == 2000
+    assert decode(frozen) == record
+    old = study.ask()
+    old.set_user_attr("status", "pruned")
+    study.tell(old, state=TrialState.PRUNED)
+    assert decode(study.trials[1]).status is TrialStatus.STOPPED
+    bare = study.ask()  # no attributes: the status from the state
+    study.tell(bare, state=TrialState.FAIL)
+    assert decode(study.trials[2]).status is TrialStatus.LOST
 
 
 def test_storage_urls(tmp_path: Path) -> None:
@@ -121,31 +149,6 @@ def test_open_study_refuses_other_objectives(tmp_path: Path) -> None:
     open_study(StudyConfig(name="o"), url)
     with pytest.raises(ValueError, match="objectives"):
         open_study(StudyConfig(name="o", objectives=("val_accuracy", "flops")), url)
-
-
-def _study_with_histories(curves: list[list[float]]) -> optuna.Study:
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    for curve in curves:
-        trial = study.ask()
-        trial.set_user_attr("history", [{"epoch": i + 1, "val_accuracy": a} for i, a in enumerate(curve)])
-        study.tell(trial, [curve[-1], 1.0])
-    return study
-
-
-def test_early_stop_rule_uses_a_percentile_after_warmup() -> None:
-    study = _study_with_histories([[0.1, 0.2, 0.3], [0.1, 0.4, 0.5], [0.1, 0.6, 0.7], [0.1, 0.8, 0.9]])
-    median = EarlyStopRule(study, warmup=1)
-    assert median(1, 0.0) is False  # warm-up: never stop
-    assert median(2, 0.49) is True  # median at epoch 2 is 0.5
-    assert median(2, 0.51) is False
-    quarter = EarlyStopRule(study, warmup=1, percentile=25)
-    assert quarter(2, 0.49) is False  # 25th percentile at epoch 2 is 0.35
-    assert quarter(2, 0.34) is True
-
-
-def test_early_stop_rule_waits_for_enough_trials() -> None:
-    study = _study_with_histories([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]])
-    assert EarlyStopRule(study, warmup=0)(1, 0.0) is False  # 3 < min_trials
 
 
 def test_a_trial_whose_worker_died_does_not_use_up_the_budget(tmp_path: Path) -> None:
@@ -245,47 +248,43 @@ def _running(study: optuna.Study, family: str, curve: list[float]) -> optuna.Tri
     return trial
 
 
-def test_balanced_pruning_measures_a_trial_against_its_own_family_only() -> None:
-    """A slow-starting family is not pruned for being behind another family at an epoch, but
-    still is for being behind its own; Hyperband (which reads its brackets from the storage)
-    is left shared."""
-    from pdenas.backends._balanced import FamilyBalancedPruner, partitions_pruner
+def test_balanced_early_stopping_measures_a_trial_against_its_own_family_only() -> None:
+    """A slow-starting family is not stopped for being behind another family at an epoch, but
+    still is for being behind its own (the trial hook's peers: the family's view)."""
+    from pdenas.backends._balanced import family_view
+    from pdenas.backends.optuna import _Hooks
 
-    median = dict(n_startup_trials=2, n_warmup_steps=0)
-    shared = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(**median))
-    balanced = optuna.create_study(direction="maximize", pruner=FamilyBalancedPruner(
-        optuna.pruners.MedianPruner(**median)))
-    for study in (shared, balanced):
-        _family_curves(study, "resnet", [[0.8, 0.9], [0.85, 0.92], [0.9, 0.95]])
-        _family_curves(study, "parabolic", [[0.3, 0.6], [0.4, 0.7]])
-    slow = {name: _running(study, "parabolic", [0.38]) for name, study in
-            (("shared", shared), ("balanced", balanced))}
-    assert slow["shared"].should_prune()  # below the median of all five (0.8)
-    assert not slow["balanced"].should_prune()  # above its own family's median (0.35)
-    behind = _running(balanced, "parabolic", [0.32])
-    assert behind.should_prune()  # below its own family's median
-    assert not partitions_pruner(optuna.pruners.HyperbandPruner())
-    assert not partitions_pruner(optuna.pruners.NopPruner())
-    with pytest.raises(ValueError, match="HyperbandPruner cannot be partitioned"):
-        FamilyBalancedPruner(optuna.pruners.HyperbandPruner())
+    config = StudyConfig(name="b", early_stop=EarlyStop(rule="percentile", min_epochs=1))
+    study = optuna.create_study(direction="maximize")
+    _family_curves(study, "resnet", [[0.8, 0.9], [0.85, 0.92], [0.9, 0.95]])
+    _family_curves(study, "parabolic", [[0.3, 0.6], [0.4, 0.7], [0.35, 0.65]])
+
+    def stops(first: float, balanced: bool) -> bool:
+        trial = _running(study, "parabolic", [])
+        peers = family_view(study, "parabolic") if balanced else study
+        record = TrialRecord(number=trial.number, epochs_trained=1, epochs_planned=4,
+                             history=[{"epoch": 1, "val_accuracy": first}])
+        return _Hooks(study, trial, config, peers).on_epoch(record, {"val_accuracy": first})
+
+    assert stops(0.38, balanced=False)  # below the median of all six (0.6)
+    assert not stops(0.38, balanced=True)  # above its own family's median (0.35)
+    assert stops(0.32, balanced=True)  # below its own family's median
 
 
-def test_a_balanced_study_prunes_and_stops_early_within_each_family(tiny_study, tmp_path: Path
-                                                                     ) -> None:
-    """The Optuna backend of a balanced study wraps its median pruner per family, and its
-    multi-objective rules see only the trial's family."""
+def test_a_balanced_study_stops_early_within_each_family(tiny_study, tmp_path: Path) -> None:
+    """The Optuna backend of a balanced study measures a trial against its family's trials (its
+    own rules need no Optuna pruner); Hyperband stays shared."""
     import torch
 
-    from pdenas.backends._balanced import FamilyBalancedPruner
     from pdenas.backends._base import DataShape
-    from pdenas.backends.optuna import MOASHARule, OptunaBackend
+    from pdenas.backends.optuna import OptunaBackend
     from pdenas.data import load_data
     from pdenas.space import SearchSpace
 
     def backend(**overrides: object) -> OptunaBackend:
         config = StudyConfig.load(tiny_study(balance_families=True, sampler={"name": "tpe"},
                                              **overrides))
-        run = RunFolder(tmp_path / f"run-{len(overrides)}")
+        run = RunFolder(tmp_path / f"run-{len(overrides)}-{len(str(overrides))}")
         run.claim(config.name)
         data = load_data(config.data)
         engine = OptunaBackend(config, SearchSpace.load(config.space_path()), run,
@@ -293,16 +292,13 @@ def test_a_balanced_study_prunes_and_stops_early_within_each_family(tiny_study, 
         engine.prepare(data)
         return engine
 
-    single = backend(pruner="median")
-    assert isinstance(single.study.pruner, FamilyBalancedPruner)
-    multi = backend(objectives=["val_accuracy", "latency_ms"], early_stop_rule="mo_asha",
-                    early_stop_warmup=0)
+    multi = backend(objectives=["val_accuracy", "latency_ms"],
+                    early_stop={"rule": "mo_asha", "min_epochs": 1})
+    assert isinstance(multi.study.pruner, optuna.pruners.NopPruner)
     _family_curves(multi.study, "resnet", [[0.9], [0.92], [0.95]])
     _family_curves(multi.study, "parabolic", [[0.3]])
-    rule = multi._early_stop_rule("parabolic")
-    assert isinstance(rule, MOASHARule)
-    assert [t.number for t in rule.study.get_trials()] == [3]  # the parabolic trial only
-    hyperband = backend(pruner="hyperband")
+    assert [t.number for t in multi._peers("parabolic").get_trials()] == [3]  # its family only
+    hyperband = backend(early_stop={"rule": "hyperband"})
     assert isinstance(hyperband.study.pruner, optuna.pruners.HyperbandPruner)  # left shared
 
 

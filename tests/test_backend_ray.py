@@ -21,8 +21,8 @@ ROWS = ("number", "state", "status", "failure_reason", "family", "step_size", "d
         "activation", "norm", "reversible", "val_accuracy", "params", "flops", "latency_ms",
         "latency_batch_ms", "memory_bytes", "epochs_trained", "epochs_planned", "seconds",
         "history")
-RAY = {"cpus_per_trial": 1, "max_concurrent": 2, "scheduler": "asha", "grace_period": 1,
-       "reduction_factor": 2}
+RAY = {"cpus_per_trial": 1, "max_concurrent": 2}
+ASHA = {"rule": "asha", "min_epochs": 1, "reduction": 2}
 
 
 def _records(run_dir: Path) -> dict[int, dict]:
@@ -30,14 +30,18 @@ def _records(run_dir: Path) -> dict[int, dict]:
             for p in (run_dir / "trials").glob("*/record.json")}
 
 
-def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, tmp_path):
+def test_ray_search_with_asha_lands_in_the_leaderboard(ray_address, tiny_study, tmp_path,
+                                                      monkeypatch):
     from pdenas.backends import run_search
     from pdenas.results import leaderboard, load_run, load_trials
     from pdenas.study import StudyConfig
 
-    # Seed 6 suggests good, good, useless, good learning rates: ASHA stops the useless one at
-    # the epoch-1 rung (its accuracy is below the median of those recorded before it).
-    config = StudyConfig.load(tiny_study(objectives=["val_accuracy", "flops"], ray=RAY))
+    # Seed 6 suggests good, good, useless, good learning rates: with two trials enough at a rung
+    # (MIN_TRIALS, 4 in a study), ASHA stops the worse of the first two, or the useless one, at
+    # the epoch-1 rung (only the best half of those that reached it go on).
+    monkeypatch.setattr("pdenas.backends.ray.MIN_TRIALS", 2)
+    config = StudyConfig.load(tiny_study(objectives=["val_accuracy", "flops"], ray=RAY,
+                                         early_stop=ASHA))
     run_dir = tmp_path / "run"
 
     def search(n_trials: int) -> int:
@@ -110,7 +114,7 @@ def _search_command(study: Path, run_dir: Path, address: str) -> list[str]:
 
 
 def test_interrupted_ray_search_resumes_without_losing_trials(ray_address, tiny_study, tmp_path):
-    study = tiny_study(ray={**RAY, "max_concurrent": 1, "scheduler": "fifo"},
+    study = tiny_study(ray={**RAY, "max_concurrent": 1},
                        train={"epochs": 3, "batch_size": 32, "augment": False})
     run_dir = tmp_path / "run"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -202,7 +206,7 @@ def test_a_restored_trial_the_run_folder_records_as_finished_is_not_trained_agai
 
 @pytest.mark.parametrize("status, weights, trains", [
     ("completed", True, False),   # the checkpoint holds the final record: restored, reported
-    ("pruned", False, False),     # stopped early, no weights needed
+    ("stopped", False, False),    # stopped early, no weights needed
     ("completed", False, True),   # weights missing from the checkpoint: trained again
     ("interrupted", True, True),  # given back by Ctrl-C: trained again, not taken as final
     ("running", True, True),      # a partial checkpoint
@@ -242,9 +246,9 @@ def test_bad_sampler_options_raise_before_anything_is_written(tiny_study, tmp_pa
     from pdenas.backends import run_search
     from pdenas.study import StudyConfig
 
-    config = StudyConfig.load(tiny_study(ray=RAY, sampler_options={"colour": "red"}))
+    config = StudyConfig.load(tiny_study(ray=RAY, sampler={"name": "random", "colour": "red"}))
     run_dir = tmp_path / "run"
-    with pytest.raises(ValueError, match="sampler_options"):
+    with pytest.raises(ValueError, match="sampler.colour: unknown option"):
         run_search(config, backend="ray", out=run_dir, quiet=True, address="127.0.0.1:1")
     assert not run_dir.exists()
 
@@ -257,9 +261,9 @@ def test_a_hung_ray_trial_is_ended_recorded_and_the_search_goes_on(tiny_study, t
     in a new actor."""
     hooks = Path(__file__).resolve().parent / "hooks"
     repo = Path(__file__).resolve().parents[1]
-    study = tiny_study(ray={"cpus_per_trial": 1, "max_concurrent": 1, "scheduler": "fifo"},
+    study = tiny_study(ray={"cpus_per_trial": 1, "max_concurrent": 1},
                        train={"epochs": 3, "batch_size": 32, "augment": False},
-                       trial_timeout=30, constraints={"skip_infeasible": False}, n_trials=2)
+                       trial_timeout=30, n_trials=2)
     # 30 s: the first trial must finish its first epoch inside the limit for the hang to begin.
     # It takes about 3 s on an idle 2-core machine (a new actor, the flop counter's first run,
     # the cost measurement, one epoch) while the Ray runtime is still starting beside it. CI ran

@@ -61,13 +61,13 @@ def test_run_candidate_trains_and_saves(tmp_path: Path) -> None:
     assert json.loads((folder / "record.json").read_text())["status"] == "completed"
 
 
-def test_run_candidate_pruned_by_report(tmp_path: Path) -> None:
+def test_run_candidate_stopped_by_report(tmp_path: Path) -> None:
     data = _tiny_data()
     arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
     train = TrainConfig.from_dict({"epochs": 4, "batch_size": 64})
     record = run_candidate(0, arch, train, StudyConfig(name="t", latency_repeats=2), data,
                            torch.device("cpu"), tmp_path, report=lambda r, m: r.epochs_trained >= 2)
-    assert record.status == "pruned"
+    assert record.status == "stopped"
     assert record.epochs_trained == 2
 
 

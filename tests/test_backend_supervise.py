@@ -74,7 +74,7 @@ def test_the_follower_reports_each_finished_trial_once(tmp_path) -> None:
                                                    val_accuracy=accuracy))
 
     write(0, "completed", 0.8)
-    write(1, "pruned", 0.5)
+    write(1, "stopped", 0.5)
     write(2, "running")
     bar = _Bar()
     follower = RecordFollower(run, bar, total=6, interval=3600)

@@ -30,8 +30,8 @@ STUDY = {
     "space": "quickstart", "train": {"epochs": 2, "batch_size": 64, "lr": 0.05,
                                      "optimizer": "sgd", "schedule": "cosine"},
     "objectives": ["val_accuracy", "flops"], "sampler": {"name": "tpe", "n_startup_trials": 5},
-    "pruner": "median", "n_trials": 4, "device": "cpu", "seed": 0, "latency_repeats": 2,
-    "threads": 1, "constraints": {"max_params": 100000}, "early_stop_warmup": 1,
+    "early_stop": {"rule": "mo_asha", "min_epochs": 2}, "n_trials": 4, "device": "cpu", "seed": 0,
+    "threads": 1, "constraints": {"max_params": 100000},
     "ray": {"cpus_per_trial": 1},
 }
 
@@ -97,7 +97,7 @@ def test_mutated_study_loads_or_names_the_key(case: tuple[dict[str, Any], str]) 
     except ValueError as error:
         text = _one_line(error)
         assert key in text.partition(": ")[0] or key in text or text.startswith(
-            ("name: missing", "sampler", "pruner", "storage", "study:")), (key, text)
+            ("name: missing", "sampler", "early_stop", "storage", "study:")), (key, text)
 
 
 @SETTINGS

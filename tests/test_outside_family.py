@@ -79,7 +79,7 @@ def test_an_outside_family_goes_through_a_search_and_an_export(thirds: str, tmp_
     (tmp_path / "study.yaml").write_text(yaml.safe_dump({
         "name": "outside", "data": {"name": "digits", "train_limit": 300}, "space": "space.yaml",
         "train": {"epochs": 2, "batch_size": 64, "augment": False}, "sampler": "random",
-        "pruner": "none", "n_trials": 3, "device": "cpu"}))
+        "early_stop": "none", "n_trials": 3, "device": "cpu"}))
     run = tmp_path / "run"
     assert main(["search", str(tmp_path / "study.yaml"), "--out", str(run), "--quiet"]) == 0
     trials = pdenas.results.load_trials(run)

@@ -21,7 +21,7 @@ import yaml
 pytestmark = [pytest.mark.postgres, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
-FINAL = {"completed", "pruned", "stopped", "infeasible", "diverged", "oom", "failed"}
+FINAL = {"completed", "stopped", "infeasible", "diverged", "oom", "failed"}
 
 
 def _worker(study: Path, run_dir: Path, url: str, **env: str) -> subprocess.Popen:

@@ -42,7 +42,7 @@ SPEC = [
     ("hamiltonian", "completed", 0.97, 3.0e5, 0.5, (2, 2), (8, 8, 8), EPOCHS),
     ("hamiltonian", "completed", 0.60, 9.0e5, 0.3, (1, 2), (16, 32, 32), EPOCHS),
     ("hamiltonian", "completed", 0.70, 6.0e5, 0.9, (2, 1), (16, 16, 16), EPOCHS),
-    ("hamiltonian", "pruned", 0.40, 2.5e5, 0.7, (1, 1), (8, 16, 16), 1),
+    ("hamiltonian", "stopped", 0.40, 2.5e5, 0.7, (1, 1), (8, 16, 16), 1),
     ("hamiltonian", "diverged", None, 7.0e5, 1.0, (2, 2), (16, 16, 16), 1),
     ("second_order", "completed", 0.50, 0.5e5, 0.25, (1, 1), (8, 8, 8), EPOCHS),
     ("second_order", "failed", None, 3.5e5, 0.5, (2, 1), (8, 16, 16), 0),
@@ -216,7 +216,7 @@ def test_histories_come_from_the_trial_records(run: Path) -> None:
     assert set(histories) == {5, 9}  # trial 99 has no record
     assert [h["epoch"] for h in histories[5]] == [1, 2, 3]
     assert histories[5][-1]["val_accuracy"] == pytest.approx(0.95)
-    assert len(histories[9]) == 1  # pruned after one epoch
+    assert len(histories[9]) == 1  # stopped after one epoch
 
 
 def test_equal_accuracies_are_ranked_by_validation_loss(tmp_path: Path) -> None:

@@ -35,19 +35,40 @@ def test_an_interrupted_write_leaves_the_previous_file_intact(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]  # no temporary file left
 
 
+def test_a_record_an_earlier_version_wrote_pruned_reads_as_stopped(tmp_path: Path) -> None:
+    """One status for a trial stopped early, whichever backend stopped it: "pruned", the Optuna
+    backend's word in earlier versions, loads, ranks and is written back as "stopped"."""
+    from pdenas.results import load_trials
+
+    run = RunFolder(tmp_path)
+    run.write_info(study_name="old", backend="optuna", config={"name": "old"})
+    folder = run.trial(3)
+    folder.path.mkdir(parents=True)
+    folder.record_path.write_text(json.dumps({
+        "number": 3, "status": "pruned", "epochs_trained": 1, "epochs_planned": 4,
+        "val_accuracy": 0.4, "history": [{"epoch": 1, "val_accuracy": 0.4}]}))
+    record = folder.read_record()
+    assert record.status is TrialStatus.STOPPED and record.status.stopped_early
+    assert record.status.state == "PRUNED" and not record.status.trained
+    assert TrialStatus.parse("pruned") is TrialStatus.STOPPED
+    assert list(load_trials(tmp_path)["status"]) == ["stopped"]
+    folder.write_record(record)
+    assert json.loads(folder.record_path.read_text())["status"] == "stopped"
+
+
 def test_records_round_trip_and_statuses_are_one_vocabulary(tmp_path: Path) -> None:
     folder = RunFolder(tmp_path).trial(7)
-    record = TrialRecord(number=7, status="pruned", params={"family": "resnet"},
+    record = TrialRecord(number=7, status="stopped", params={"family": "resnet"},
                          history=[{"epoch": 1, "val_accuracy": 0.5}])
     folder.write_record(record)
     again = folder.read_record()
-    assert again == record and again.status is TrialStatus.PRUNED
-    assert json.loads(folder.record_path.read_text())["status"] == "pruned"
+    assert again == record and again.status is TrialStatus.STOPPED
+    assert json.loads(folder.record_path.read_text())["status"] == "stopped"
     with pytest.raises(ValueError, match="status: unknown 'outofmemory'; allowed: queued, running"):
         TrialRecord(number=1, status="outofmemory")
     # What each status means for the budget and for ranking.
     assert [s.value for s in TrialStatus if s.uses_budget and s.final] == [
-        "completed", "pruned", "stopped", "timeout", "infeasible", "diverged", "oom", "failed"]
+        "completed", "stopped", "timeout", "infeasible", "diverged", "oom", "failed"]
     assert [s.value for s in TrialStatus if s.trained] == ["completed"]
     assert {s.value for s in TrialStatus if s.failure} == {"diverged", "oom", "failed"}
 

@@ -8,12 +8,11 @@ an equal share of the trials. Written here because Optuna has no partitioned sam
 that keep per-study state in system attributes (NSGA-II's generations, CMA-ES, grid) would mix
 the families' state, so balanced studies refuse them (``check_balanced``).
 
-Early stopping is partitioned the same way: ``FamilyBalancedPruner`` shows Optuna's median,
-percentile or successive-halving pruner only the trial's own family, and ``family_view`` gives
-the multi-objective rules (MO-ASHA, the percentile rule) the same view, so a family that learns
-slower in its first epochs is measured against its own trials, not stopped because another
-family is ahead at that epoch. Optuna's Hyperband pruner rebuilds its bracket studies from the
-storage, which a view cannot filter; it stays shared (``partitions_pruner``).
+Early stopping is partitioned the same way: ``family_view`` gives the study's own rules
+(percentile, ASHA, MO-ASHA: ``backends/_early_stop.py``) only the trial's own family, so a family
+that learns slower in its first epochs is measured against its own trials, not stopped because
+another family is ahead at that epoch. Optuna's Hyperband pruner rebuilds its bracket studies
+from the storage, which a view cannot filter; it stays shared.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.pruners import BasePruner, HyperbandPruner, NopPruner
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from pdenas.errors import InputError
 
-__all__ = ["BALANCED_SAMPLERS", "FamilyBalancedPruner", "FamilyBalancedSampler", "check_balanced",
-           "family_of", "family_view", "partitions_pruner"]
+__all__ = ["BALANCED_SAMPLERS", "FamilyBalancedSampler", "check_balanced", "family_of",
+           "family_view"]
 
 BALANCED_SAMPLERS = ("tpe", "random", "gp")
 """Samplers whose whole state is the trials they are shown (so a filtered view partitions it)."""
@@ -79,31 +77,6 @@ class _FamilyView:
 def family_view(study: optuna.Study, family: Any, param: str = "family") -> optuna.Study:
     """The study with only the trials of ``family`` (every other attribute the study's own)."""
     return _FamilyView(study, family, param)  # type: ignore[return-value]
-
-
-def partitions_pruner(pruner: BasePruner) -> bool:
-    """Whether ``FamilyBalancedPruner`` can give ``pruner`` one family's trials (Hyperband reads
-    its brackets from the storage past any view; ``NopPruner`` has nothing to partition)."""
-    return not isinstance(pruner, (HyperbandPruner, NopPruner))
-
-
-class FamilyBalancedPruner(BasePruner):
-    """An Optuna pruner shown only the trials of the pruned trial's family.
-
-    Args:
-        pruner: The study's pruner (median, percentile or successive halving: pruners whose
-            whole state is the trials they are shown and the trial's own attributes).
-        param: The family's param name.
-    """
-
-    def __init__(self, pruner: BasePruner, param: str = "family") -> None:
-        if not partitions_pruner(pruner):
-            raise ValueError(f"{type(pruner).__name__} cannot be partitioned by family")
-        self._pruner, self._param = pruner, param
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        view = family_view(study, family_of(trial, self._param), self._param)
-        return self._pruner.prune(view, trial)
 
 
 class FamilyBalancedSampler(BaseSampler):

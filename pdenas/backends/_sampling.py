@@ -1,5 +1,6 @@
-"""Optuna samplers and pruners by name: the search vocabulary both backends share (the Ray
-backend drives Ray's ``OptunaSearch`` with the same samplers)."""
+"""Optuna samplers by name, and the Optuna pruner of a study's ``early_stop`` section: the search
+vocabulary both backends share (the Ray backend drives Ray's ``OptunaSearch`` with the same
+samplers)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ import optuna
 from pdenas.errors import InputError
 from pdenas.study import StudyConfig
 
-__all__ = ["PRUNERS", "SAMPLERS", "check_names", "check_options", "claim_seed", "directions",
+__all__ = ["SAMPLERS", "check_names", "check_options", "claim_seed", "directions",
            "make_pruner", "make_sampler"]
 
 SAMPLERS = ("tpe", "random", "nsga2", "cmaes", "gp", "grid")
-PRUNERS = ("median", "hyperband", "successive_halving", "none")
 
 
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "nsga2", "gp", "grid")
@@ -25,8 +25,8 @@ MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "nsga2", "gp", "grid")
 
 
 def check_names(config: StudyConfig) -> None:
-    """Refuses an unknown sampler or pruner name, CMA-ES for a multi-objective study and CMA-ES
-    without its package (``section.key: problem; allowed: ...``)."""
+    """Refuses an unknown sampler name, CMA-ES for a multi-objective study and CMA-ES without its
+    package (``section.key: problem; allowed: ...``)."""
     if config.sampler not in SAMPLERS:
         raise InputError(f"sampler: unknown {config.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if config.sampler == "cmaes":
@@ -39,14 +39,10 @@ def check_names(config: StudyConfig) -> None:
         if importlib.util.find_spec("cmaes") is None:
             raise InputError("sampler: cmaes needs the cmaes package; allowed: "
                              "pip install 'pdenas[cmaes]'")
-    if config.pruner not in PRUNERS:
-        raise InputError(f"pruner: unknown {config.pruner!r}; allowed: {', '.join(PRUNERS)}")
 
 
 _SAMPLER_CLASSES = {"tpe": "TPESampler", "random": "RandomSampler", "nsga2": "NSGAIISampler",
                     "cmaes": "CmaEsSampler", "gp": "GPSampler", "grid": "GridSampler"}
-_PRUNER_CLASSES = {"median": "MedianPruner", "hyperband": "HyperbandPruner",
-                   "successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
 _SET_BY_PDENAS = {"seed", "constraints_func", "search_space"}
 """Sampler arguments pdenas fills in itself (``seed`` may still be given, as a number)."""
 
@@ -88,18 +84,15 @@ def _check_values(section: str, cls: type, options: Mapping[str, Any]) -> None:
 
 
 def check_options(config: StudyConfig) -> None:
-    """Validates ``sampler_options`` and ``pruner_options`` before anything runs: known names,
-    values of the right kind, and the pruner built once (so Optuna's own range checks run).
+    """Validates the sampler's options before anything runs: known names, values of the right
+    kind, and the sampler built once (so Optuna's own range checks run).
 
     Raises:
-        ValueError: ``sampler_options.KEY: problem; allowed: ...`` (or ``pruner_options``).
+        ValueError: ``sampler.KEY: problem; allowed: ...``.
     """
     check_names(config)
-    _check_values("sampler_options", getattr(optuna.samplers, _SAMPLER_CLASSES[config.sampler]),
+    _check_values("sampler", getattr(optuna.samplers, _SAMPLER_CLASSES[config.sampler]),
                   config.sampler_options)
-    _check_values("pruner_options", getattr(optuna.pruners, _PRUNER_CLASSES[config.pruner]),
-                  config.pruner_options)
-    make_pruner(config)
     if config.sampler != "grid":  # the grid sampler needs the space's grid: built in prepare
         make_sampler(config)
 
@@ -149,7 +142,7 @@ def make_sampler(config: StudyConfig, grid: Callable[[], dict[str, list[Any]]] |
     try:
         return makers[config.sampler]()
     except (TypeError, ValueError) as error:
-        raise InputError(f"sampler_options: {str(error).splitlines()[0]}") from None
+        raise InputError(f"sampler: {str(error).splitlines()[0]}") from None
 
 
 def _grid(grid: Callable[[], dict[str, list[Any]]] | None) -> dict[str, list[Any]]:
@@ -158,22 +151,13 @@ def _grid(grid: Callable[[], dict[str, list[Any]]] | None) -> dict[str, list[Any
     return grid()
 
 
-def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    """The study's pruner; multi-objective studies get none (pdenas's own rule applies)."""
-    check_names(config)
-    options = dict(config.pruner_options)
-    if config.multi_objective or config.pruner == "none":
+def make_pruner(config: StudyConfig, max_resource: int) -> optuna.pruners.BasePruner:
+    """The study's Optuna pruner: Optuna's HyperbandPruner for ``early_stop.rule: hyperband``
+    (its first rung at ``min_epochs``, brackets up to ``max_resource`` epochs), else none (pdenas's
+    own rules run in the trial hook, ``backends/_early_stop.py``)."""
+    early = config.early_stop
+    if early.rule != "hyperband":
         return optuna.pruners.NopPruner()
-    try:
-        if config.pruner == "median":
-            options.setdefault("n_startup_trials", 4)
-            options.setdefault("n_warmup_steps", 1)
-            return optuna.pruners.MedianPruner(**options)
-        if config.pruner == "hyperband":
-            options.setdefault("min_resource", 1)
-            options.setdefault("max_resource", config.train.epochs)
-            return optuna.pruners.HyperbandPruner(**options)
-        options.setdefault("min_resource", 1)
-        return optuna.pruners.SuccessiveHalvingPruner(**options)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"pruner_options: {str(error).splitlines()[0]}") from None
+    return optuna.pruners.HyperbandPruner(min_resource=early.min_epochs,
+                                          max_resource=max(max_resource, early.min_epochs),
+                                          reduction_factor=early.reduction)

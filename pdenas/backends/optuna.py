@@ -16,7 +16,10 @@ see the same history still suggest different candidates, and a one-worker search
 reproducible. Rerunning the same command resumes the study.
 
 Records are written by the shared ``TrialRunner``; Optuna's user attributes get a copy of them
-(the architecture, the status, the metrics) for samplers and optuna-dashboard.
+(the architecture, the status, the metrics) for samplers and optuna-dashboard, written and read
+back only through ``_codec`` (the budget count, the early-stop rules, the progress bar's start).
+Early stopping: the study's own rule (``_early_stop``) in the trial hook over the other trials'
+curves, or Optuna's HyperbandPruner (``early_stop.rule: hyperband``).
 """
 
 from __future__ import annotations
@@ -33,15 +36,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
-from pdenas.backends._balanced import (FamilyBalancedPruner, FamilyBalancedSampler, check_balanced,
-                                      family_of, family_view, partitions_pruner)
+from pdenas.backends._balanced import (FamilyBalancedSampler, check_balanced, family_of,
+                                      family_view)
 from pdenas.backends._base import Backend, Progress, TrialHooks, now as _now
-from pdenas.backends._early_stop import is_rung, mo_asha_keeps
+from pdenas.backends._codec import decode, encode
+from pdenas.backends._early_stop import Curve, checks, max_epochs, stops
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import (check_names, check_options, directions, make_pruner,
                                       make_sampler)
@@ -66,9 +69,6 @@ __all__ = ["OptunaBackend", "claim_trial", "counts_toward_budget", "fail_stale",
 
 POLL_SECONDS = 2.0
 _LOG = logging.getLogger("pdenas")
-_COPIED = ("status", "failure_reason", "train", "val_accuracy", "epochs_trained",
-           "epochs_planned", "history", "constraints", "max_stable_step", "seconds")
-"""Record fields copied into the Optuna trial's user attributes (plus the cost's keys)."""
 
 
 def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None) -> optuna.Study:
@@ -102,10 +102,10 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
                        TrialState.WAITING):
         return True
-    status = trial.user_attrs.get("status")
-    if status == TrialStatus.RUNNING.value and retries_exhausted(trial):
+    status = decode(trial).status
+    if status is TrialStatus.RUNNING and retries_exhausted(trial):
         return True
-    return status in TrialStatus._value2member_map_ and TrialStatus(status).failure
+    return status.failure
 
 
 def claim_trial(study: optuna.Study, n_trials: int,
@@ -231,62 +231,10 @@ def _heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
-class MOASHARule:
-    """Multi-objective studies: MO-ASHA (``backends/_early_stop.py``) over the study's trials
-    that reached each rung (running ones included, from their live ``history``), by best
-    validation accuracy so far against the cost objective."""
-
-    def __init__(self, study: optuna.Study, config: StudyConfig, min_trials: int = 4) -> None:
-        self.study, self.min_trials = study, min_trials
-        self.grace, self.eta = config.early_stop_warmup + 1, config.early_stop_reduction
-        self.cost = config.objectives[1]
-
-    def __call__(self, epoch: int, record: TrialRecord) -> bool:
-        if epoch >= record.epochs_planned or not is_rung(epoch, self.grace, self.eta):
-            return False
-        others = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                              TrialState.PRUNED,
-                                                              TrialState.RUNNING)):
-            history = t.user_attrs.get("history") or []
-            if t.number != record.number and len(history) >= epoch:
-                best = max(h["val_accuracy"] for h in history[:epoch])
-                others.append((best, float(t.user_attrs.get(self.cost, math.inf))))
-        me = (float(record.val_accuracy or 0.0), float(record.cost.get(self.cost, math.inf)))
-        return not mo_asha_keeps(me, others, self.eta, self.min_trials)
-
-
-class EarlyStopRule:
-    """Multi-objective studies: stop a candidate whose best validation accuracy so far is below
-    a percentile (the median by default), at the same epoch, of the trials that reached it
-    (finished and stopped ones, as Optuna's MedianPruner does; Optuna's pruners refuse
-    multi-objective studies)."""
-
-    def __init__(self, study: optuna.Study, warmup: int, percentile: float = 50.0,
-                 min_trials: int = 4) -> None:
-        self.study, self.warmup, self.min_trials = study, warmup, min_trials
-        self.percentile = percentile
-        self._histories: list[list[dict[str, float]]] | None = None
-
-    def __call__(self, epoch: int, accuracy: float) -> bool:
-        if epoch <= self.warmup:
-            return False
-        if self._histories is None:  # read once per trial: finished trials do not change
-            states = (TrialState.COMPLETE, TrialState.PRUNED)
-            self._histories = [t.user_attrs.get("history") or []
-                               for t in self.study.get_trials(deepcopy=False, states=states)]
-        at_epoch = [h[epoch - 1]["val_accuracy"] for h in self._histories if len(h) >= epoch]
-        if len(at_epoch) < self.min_trials:
-            return False
-        return accuracy < float(np.percentile(at_epoch, self.percentile))
-
-
 def tell(study: optuna.Study, trial: optuna.Trial, record: TrialRecord,
          objectives: Sequence[str]) -> None:
     """Copies the record into the trial's user attributes and tells Optuna its state."""
-    attrs = record.to_dict()
-    for key in _COPIED:
-        trial.set_user_attr(key, attrs[key])
+    encode(trial, record)
     values = record.objective_values(objectives)
     state = record.status.state
     if state == "COMPLETE" and all(math.isfinite(v) for v in values):
@@ -308,29 +256,41 @@ def _owned(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 
 class _Hooks(TrialHooks):
     """What an Optuna trial hears of its run: the cost and constraints as user attributes (the
-    samplers read the constraints), each epoch for early stopping, a hung trial told at once."""
+    samplers read the constraints), each epoch for early stopping, a hung trial told at once.
+
+    Early stopping: ``early_stop.rule: hyperband`` reports to Optuna's HyperbandPruner (single
+    objective); pdenas's own rules (``_early_stop.stops``) compare this trial's curve with the
+    curves of the trials of ``peers`` (the study, or its family's view in a balanced study) that
+    reached the epoch: finished, stopped and running ones, in whichever worker.
+    """
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig,
-                 rule: Callable[[int, TrialRecord], bool] | None) -> None:
-        self.study, self.trial, self.config, self.rule = study, trial, config, rule
+                 peers: optuna.Study | None = None) -> None:
+        self.study, self.trial, self.config = study, trial, config
+        self.peers = study if peers is None else peers
+        self.cost = config.objectives[1] if config.multi_objective else None
         self.hung: list[TrialRecord] = []
 
     def on_cost(self, record: TrialRecord) -> None:
         with _owned(self.study, self.trial):
-            for key, value in record.cost.items():
-                self.trial.set_user_attr(key, value)
-            self.trial.set_user_attr("constraints", record.constraints)
+            encode(self.trial, record, ("cost", "constraints"))
             for index, value in enumerate(record.constraints):  # read by the samplers
                 self.trial.set_constraint(str(index), value)
 
     def on_epoch(self, record: TrialRecord, metrics: Mapping[str, float]) -> bool:
-        trial = self.trial
+        trial, early = self.trial, self.config.early_stop
         with _owned(self.study, trial):
-            trial.set_user_attr("history", record.history)  # live curves in optuna-dashboard
-            if self.config.multi_objective:
-                return self.rule(record.epochs_trained, record) if self.rule is not None else False
-            trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
-            return trial.should_prune()
+            encode(trial, record, ("history",))  # live curves: the dashboard and other trials
+            if early.rule == "hyperband":
+                trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
+                return trial.should_prune()
+        if not checks(early, record.epochs_trained, record.epochs_planned):
+            return False
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        others = [Curve.of(decode(t), self.cost)
+                  for t in self.peers.get_trials(deepcopy=False, states=states)
+                  if t.number != trial.number]
+        return stops(early, Curve.of(record, self.cost), others, record.epochs_planned)
 
     def on_hung(self, record: TrialRecord) -> None:  # from the watchdog thread
         self.hung.append(record)
@@ -366,7 +326,8 @@ class OptunaBackend(Backend):
         self.data = data
         self._grid = grid
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler, pruner = make_sampler(self.config, grid), make_pruner(self.config)
+        sampler = make_sampler(self.config, grid)
+        pruner = make_pruner(self.config, max_epochs(self.config, self.space))
         self.balance: tuple[str, list[str]] | None = None
         if self.config.balance_families:
             param, families = self.runner.family_choices()
@@ -375,8 +336,6 @@ class OptunaBackend(Backend):
                                  "families; allowed: a space with a families list")
             self.balance = (param, families)
             sampler = FamilyBalancedSampler(lambda: make_sampler(self.config, grid), param)
-            if partitions_pruner(pruner):  # each family measured against its own trials
-                pruner = FamilyBalancedPruner(pruner, param)
         self.storage = self.config.storage
         if self.storage is None:
             run = self.run_folder
@@ -393,11 +352,10 @@ class OptunaBackend(Backend):
                progress: Progress | None = None) -> None:
         study = self.study
         if progress is not None:
-            finished = [t for t in study.get_trials(deepcopy=False)
+            finished = [decode(t) for t in study.get_trials(deepcopy=False)
                         if t.state.is_finished() and counts_toward_budget(t)]
-            best = max((t.user_attrs.get("val_accuracy") for t in finished
-                        if t.state == TrialState.COMPLETE
-                        and t.user_attrs.get("val_accuracy") is not None), default=None)
+            best = max((r.val_accuracy for r in finished
+                        if r.status.trained and r.val_accuracy is not None), default=None)
             progress.start(len(finished), n_trials, best)
         with catch_interrupts():  # a Ctrl-C that Python swallowed still stops the search
             self._search(n_trials, timeout, progress)
@@ -447,21 +405,12 @@ class OptunaBackend(Backend):
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return budget_lock(self.storage_url, self.config.name)
 
-    def _early_stop_rule(self, family: str) -> Callable[[int, TrialRecord], bool] | None:
-        """The multi-objective study's rule for a trial of ``family`` (None: never stop early);
-        balanced studies compare it with that family's trials only."""
-        config = self.config
-        if not config.multi_objective:
-            return None  # single objective: Optuna's pruners
-        study = self.study if self.balance is None else family_view(self.study, family,
-                                                                     self.balance[0])
-        if config.early_stop_rule == "mo_asha":
-            return MOASHARule(study, config)
-        if config.early_stop_rule == "percentile":
-            percentile = EarlyStopRule(study, config.early_stop_warmup,
-                                       config.early_stop_percentile)
-            return lambda epoch, record: percentile(epoch, float(record.val_accuracy or 0.0))
-        return None
+    def _peers(self, family: str) -> optuna.Study:
+        """The trials a trial of ``family`` is measured against for early stopping: the study's,
+        or in a balanced study its family's only."""
+        if self.balance is None:
+            return self.study
+        return family_view(self.study, family, self.balance[0])
 
     def _sampler_for(self, stored: int) -> optuna.samplers.BaseSampler:
         """The sampler of one claim, seeded for it (balanced studies: one per family)."""
@@ -489,8 +438,9 @@ class OptunaBackend(Backend):
     def _run_one(self, trial: optuna.Trial, time_left: float | None = None) -> TrialRecord:
         study, config, runner = self.study, self.config, self.runner
         with _owned(study, trial):
-            trial.set_user_attr("status", TrialStatus.RUNNING.value)
-            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            encode(trial, TrialRecord(number=trial.number, status=TrialStatus.RUNNING,
+                                      worker=f"{socket.gethostname()}:{os.getpid()}"),
+                   ("number", "status", "worker"))
         try:
             arch, train = runner.suggest(trial)
         except InputError as error:
@@ -500,10 +450,10 @@ class OptunaBackend(Backend):
                 tell(study, trial, record, config.objectives)
             return record
         with _owned(study, trial):
-            trial.set_user_attr("architecture", arch.to_dict())
-            trial.set_user_attr("family", arch.family)
+            encode(trial, TrialRecord(number=trial.number, architecture=arch.to_dict()),
+                   ("architecture",))
         family = trial.params.get(self.balance[0], arch.family) if self.balance else arch.family
-        hooks = _Hooks(study, trial, config, self._early_stop_rule(family))
+        hooks = _Hooks(study, trial, config, self._peers(family))
         record = runner.run(trial.number, arch, train, data=self.data, device=self.device,
                             params=trial.params, hooks=hooks, time_left=time_left)
         if hooks.hung:  # told already (the call hung past the limit, then returned after all)

@@ -2,8 +2,9 @@
 
 ``search`` runs a ``ray.tune.Tuner`` whose searcher is Ray's ``OptunaSearch`` driven by the study's
 define-by-run search space (``space.suggest`` on the Optuna trial it is handed) and sampler, whose
-scheduler is ASHA (or asynchronous HyperBand, or FIFO) on the validation accuracy per epoch, and
-whose trials each reserve the study's CPUs and (fractional) GPUs, at most ``max_concurrent`` at a
+scheduler applies the study's ``early_stop`` rule to the validation accuracy per epoch
+(``EarlyStopScheduler`` for pdenas's own rules, Ray's asynchronous HyperBand for ``hyperband``,
+FIFO for ``none``), and whose trials each reserve the study's CPUs and (fractional) GPUs, at most ``max_concurrent`` at a
 time. Each Ray trial gets a unique pdenas trial number, rebuilds its candidate with
 ``TrialRunner.replay`` and trains it with ``TrialRunner.run``, so the run folder looks like the Optuna
 backend's (``trials/<n>/{model.pt, architecture.json, record.json}``) and the leaderboard,
@@ -19,7 +20,7 @@ Layout of a Ray run folder::
                              epoch (status "running") and at the end
 
 Every epoch is reported with ``ray.tune.report`` together with a checkpoint of the trial folder.
-When ASHA stops a trial, its trainable is simply not resumed: a driver-side callback then turns
+When the scheduler stops a trial, its trainable is simply not resumed: a driver-side callback then turns
 the record's "running" into "stopped", so it keeps the epochs it trained and is never ranked as a
 fully trained trial (Ray's OptunaSearch would tell Optuna such a trial COMPLETED with its low,
 early values; this backend tells Optuna it was PRUNED instead, and failed candidates FAILED).
@@ -55,7 +56,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 import ray
@@ -66,28 +67,27 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pdenas._config import Config
 from pdenas.backends._base import Backend, Progress, TrialHooks, TrialRunner, finished_summary
-from pdenas.backends._early_stop import is_rung, mo_asha_keeps
+from pdenas.backends._codec import encode
+from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stops
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
 from pdenas.backends._storage import make_storage
 from pdenas.errors import InputError
 from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_record
-from pdenas.study import StudyConfig, resolve_device
+from pdenas.study import EarlyStop, StudyConfig, resolve_device
 
 if TYPE_CHECKING:
     from pdenas.data import DataSplits
     from pdenas.space import SearchSpace
 
-__all__ = ["EXPERIMENTS_DIR", "NUMBER_KEY", "RayBackend", "RayOptions", "experiment_paths",
-           "max_epochs", "picklable"]
+__all__ = ["EXPERIMENTS_DIR", "NUMBER_KEY", "EarlyStopScheduler", "RayBackend", "RayOptions",
+           "experiment_paths", "max_epochs", "picklable"]
 
 NUMBER_KEY = "pdenas_trial_number"
 """The config key (next to the search-space params) that carries a Ray trial's pdenas number."""
 
 EXPERIMENTS_DIR = "ray"
 """The folder of a run folder that holds the Tune experiments (``storage_path``)."""
-
-SCHEDULERS = ("asha", "hyperband", "mo_asha", "fifo")
 
 _EXPERIMENT = re.compile(r"^exp-(\d+)$")
 
@@ -105,32 +105,28 @@ class RayOptions(Config):
         cpus_per_trial: CPUs reserved for each trial (Ray sets its thread count to this).
         gpus_per_trial: GPUs per trial; fractions share one GPU between trials.
         max_concurrent: Most trials running at once.
-        scheduler: "asha", "hyperband", "mo_asha" (multi-objective studies: successive halving
-            by non-dominated sorting of accuracy and cost, keeping the Pareto front) or "fifo"
-            (no early stopping).
-        grace_period: Epochs every trial trains before ASHA may stop it.
-        reduction_factor: ASHA/HyperBand's reduction factor.
-        address: Ray cluster address ("auto", "HOST:PORT") or None for a local runtime.
+
+    Early stopping is the study's ``early_stop`` section, as on the Optuna backend; the cluster's
+    address is ``--address`` (``pdenas.search(address=...)``).
     """
 
     SECTION = "ray"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "scheduler": "use early_stop.rule (asha, hyperband, mo_asha, percentile; none for fifo)",
+        "grace_period": "use early_stop.min_epochs",
+        "reduction_factor": "use early_stop.reduction",
+        "address": "use --address (pdenas.search(address=...))",
+    }
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int = 2
-    scheduler: str = "asha"
-    grace_period: int = 1
-    reduction_factor: int = 2
-    address: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require("cpus_per_trial", self.cpus_per_trial > 0, "a number > 0")
         self.require("gpus_per_trial", self.gpus_per_trial >= 0, "a number >= 0")
         self.require("max_concurrent", self.max_concurrent >= 1, "an integer >= 1")
-        self.require("grace_period", self.grace_period >= 1, "an integer >= 1")
-        self.require("reduction_factor", self.reduction_factor >= 2, "an integer >= 2")
-        self.require("scheduler", self.scheduler in SCHEDULERS, ", ".join(SCHEDULERS))
 
 
 # --- driver side: the search ----------------------------------------------------------------------
@@ -149,8 +145,8 @@ class _DefineByRun:
 class _StudySearch(OptunaSearch):
     """OptunaSearch that obeys the command's timeout and tells Optuna what pdenas recorded.
 
-    The state told follows the record's status (``TrialStatus.state``): a trial that ASHA
-    stopped, or that was pruned or skipped as infeasible, is told PRUNED; a diverged or failed
+    The state told follows the record's status (``TrialStatus.state``): a trial that the
+    scheduler stopped, or that was skipped as infeasible, is told PRUNED; a diverged or failed
     candidate FAIL; only a completed one COMPLETE with its final values.
     """
 
@@ -177,15 +173,18 @@ class _StudySearch(OptunaSearch):
             if not (record.status is TrialStatus.TIMEOUT and status is TrialStatus.FAILED):
                 record.status = status  # what the driver's _Finalize writes for a stopped trial
             # else: the trial's watchdog recorded it as hung and ended its actor (an error here)
-            copy_record(trial, record)
+            encode(trial, record)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         status = (result or {}).get("status")
         # A trial Tune ended while it still said "running" was stopped by the scheduler.
-        known = status in TrialStatus._value2member_map_
-        state = TrialStatus.STOPPED if status == TrialStatus.RUNNING else (
-            TrialStatus(status) if known else TrialStatus.FAILED)
+        try:
+            state = TrialStatus(status)
+        except ValueError:
+            state = TrialStatus.FAILED
+        if state is TrialStatus.RUNNING:
+            state = TrialStatus.STOPPED
         if error:
             state = TrialStatus.FAILED
         if trial_id not in self._completed_trials:
@@ -202,27 +201,13 @@ class _StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def copy_record(trial: optuna.Trial, record: TrialRecord) -> None:
-    """Copies a record into an Optuna trial's user attributes, as the Optuna backend does (the
-    architecture, the family, the cost's keys and the record's fields)."""
-    from pdenas.backends.optuna import _COPIED
-
-    attrs = record.to_dict()
-    trial.set_user_attr("architecture", attrs["architecture"])
-    trial.set_user_attr("family", record.architecture.get("family"))
-    trial.set_user_attr("pdenas_number", record.number)
-    for key, value in record.cost.items():
-        trial.set_user_attr(key, value)
-    for key in _COPIED:
-        trial.set_user_attr(key, attrs[key])
-
-
 class _Finalize(tune.Callback):
     """Driver side: once Tune is done with a trial, a record still "running" becomes "stopped"
-    (the scheduler stopped it early) or "failed" (its trainable raised)."""
+    (the scheduler stopped it early by the study's ``rule``) or "failed" (its trainable
+    raised)."""
 
-    def __init__(self, run: RunFolder, scheduler: str) -> None:
-        self.run, self.scheduler = run, scheduler
+    def __init__(self, run: RunFolder, rule: str) -> None:
+        self.run, self.rule = run, rule
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, failed=False)
@@ -248,7 +233,7 @@ class _Finalize(tune.Callback):
             record.failure_reason = f"the Ray trial raised: see {trial.path} (error.txt)"
         else:
             record.status = TrialStatus.STOPPED
-            record.failure_reason = (f"stopped early by the {self.scheduler} scheduler after "
+            record.failure_reason = (f"stopped early by the {self.rule} rule after "
                                      f"{record.epochs_trained} of {record.epochs_planned} epochs")
         folder.write_record(record)
 
@@ -287,58 +272,76 @@ def _with_new_locks(cls: type, state: dict[str, Any], locks: dict[str, bool]) ->
     return obj
 
 
-def max_epochs(config: StudyConfig, space: SearchSpace) -> int:
-    """The most epochs any candidate trains: the scheduler's ``max_t``."""
-    most = int(config.train.epochs)
-    for family in space.families.extremes():
-        for key, dim in space.dimensions_for(family).train:
-            if key == "epochs":
-                most = max(most, *(int(v) for v in dim.extremes()))
-    return most
+class EarlyStopScheduler(FIFOScheduler):
+    """pdenas's own early-stop rules (percentile, ASHA, MO-ASHA: ``_early_stop.stops``) as a Tune
+    scheduler, asynchronous as Ray's ASHA: each result adds the epoch's validation accuracy to
+    the trial's curve, and the trial goes on or stops as the rule says against the curves of the
+    trials that reached that epoch before it (stopped ones included; a failed trial's is dropped,
+    as the Optuna backend leaves failed trials out).
 
-
-class MOASHAScheduler(FIFOScheduler):
-    """MO-ASHA as a Tune scheduler: at each rung (``grace * eta**k`` epochs) a trial goes on
-    only when ``mo_asha_keeps`` says so against the trials that reached that rung before it
-    (asynchronous, as ASHA). Accuracy is the trial's best so far; cost its reported cost metric.
+    Args:
+        config: The study's ``early_stop`` section.
+        cost: The cost objective's metric (multi-objective studies), else None.
+        min_trials: Keep every trial while fewer than this many reached the epoch.
     """
 
-    def __init__(self, cost: str, grace: int, eta: int, min_trials: int = 4) -> None:
+    def __init__(self, config: EarlyStop, cost: str | None = None,
+                 min_trials: int | None = None) -> None:
         super().__init__()
-        self.cost, self.grace, self.eta, self.min_trials = cost, grace, eta, min_trials
-        self._best: dict[str, float] = {}
-        self._rungs: dict[int, dict[str, tuple[float, float]]] = {}
+        self.config, self.cost = config, cost
+        self.min_trials = MIN_TRIALS if min_trials is None else min_trials
+        self._curves: dict[str, list[float]] = {}
+        self._costs: dict[str, float] = {}
+
+    def _curve(self, trial_id: str) -> Curve:
+        return Curve(tuple(self._curves[trial_id]), self._costs.get(trial_id, math.inf))
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         epoch = int(result.get("epoch", 0))
-        best = max(self._best.get(trial.trial_id, 0.0), float(result.get("val_accuracy", 0.0)))
-        self._best[trial.trial_id] = best
-        if not is_rung(epoch, self.grace, self.eta) or epoch >= int(result.get("epochs_planned", 0)):
-            return TrialScheduler.CONTINUE
-        rung = self._rungs.setdefault(epoch, {})
-        me = (best, float(result.get(self.cost, math.inf)))
-        others = [point for trial_id, point in rung.items() if trial_id != trial.trial_id]
-        rung[trial.trial_id] = me
-        keeps = mo_asha_keeps(me, others, self.eta, self.min_trials)
-        return TrialScheduler.CONTINUE if keeps else TrialScheduler.STOP
+        curve = self._curves.setdefault(trial.trial_id, [])
+        del curve[max(epoch - 1, 0):]  # a restored trial trains again from its first epoch
+        curve.extend([math.nan] * (epoch - 1 - len(curve)))
+        curve.append(float(result.get("val_accuracy", math.nan)))
+        if self.cost is not None:
+            self._costs[trial.trial_id] = float(result.get(self.cost, math.inf))
+        others = [self._curve(t) for t in self._curves if t != trial.trial_id]
+        planned = int(result.get("epochs_planned", 0))
+        if stops(self.config, self._curve(trial.trial_id), others, planned, self.min_trials):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        try:
+            failed = TrialStatus((result or {}).get("status")).failure
+        except ValueError:
+            failed = False
+        if failed:
+            self._forget(trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._forget(trial)
+
+    def _forget(self, trial: Any) -> None:
+        self._curves.pop(trial.trial_id, None)
+        self._costs.pop(trial.trial_id, None)
 
 
-def _scheduler(config: StudyConfig, options: RayOptions, space: SearchSpace) -> TrialScheduler:
-    if options.scheduler == "fifo":
+def _scheduler(config: StudyConfig, space: SearchSpace) -> TrialScheduler:
+    """The study's ``early_stop`` rule as a Tune scheduler."""
+    early = config.early_stop
+    if early.rule == "none":
         return FIFOScheduler()
-    if options.scheduler == "mo_asha":
-        return MOASHAScheduler(config.objectives[1], options.grace_period, options.reduction_factor)
+    if early.rule != "hyperband":
+        return EarlyStopScheduler(early, config.objectives[1] if config.multi_objective else None)
+    # Asynchronous HyperBand (ASHA over several brackets): Ray's synchronous HyperBand pauses and
+    # resumes trials, which a trainable that cannot resume mid-training does not allow.
     max_t = max_epochs(config, space)
-    grace = min(options.grace_period, max_t)
+    grace = min(early.min_epochs, max_t)
     brackets = 1
-    if options.scheduler == "hyperband":
-        # Asynchronous HyperBand (ASHA over several brackets): Ray's synchronous HyperBand pauses
-        # and resumes trials, which a trainable that cannot resume mid-training does not allow.
-        while grace * options.reduction_factor ** brackets <= max_t:
-            brackets += 1
+    while grace * early.reduction ** brackets <= max_t:
+        brackets += 1
     return ASHAScheduler(time_attr="epoch", metric="val_accuracy", mode="max", max_t=max_t,
-                         grace_period=grace, reduction_factor=options.reduction_factor,
-                         brackets=brackets)
+                         grace_period=grace, reduction_factor=early.reduction, brackets=brackets)
 
 
 def experiment_paths(run_dir: str | Path) -> list[Path]:
@@ -381,9 +384,6 @@ class RayBackend(Backend):
         if config.storage or storage:
             raise InputError("storage: is for the optuna backend; the ray backend keeps its "
                              "results in the run folder (--out)")
-        if options.scheduler == "mo_asha" and not config.multi_objective:
-            raise InputError("ray.scheduler: mo_asha needs a cost objective; allowed: asha, "
-                             "hyperband or fifo for accuracy alone")
         if config.balance_families:
             raise InputError("balance_families: is for the optuna backend (Ray's searcher keeps "
                              "one sampler state); allowed: false with --backend ray")
@@ -415,7 +415,7 @@ class RayBackend(Backend):
         # the experiment state each time: cheap here, so Tune's warning about it is noise.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         _deadline = None if timeout is None else time.time() + timeout
-        started = _init_ray(self.address or self.ray_options.address, self.quiet)
+        started = _init_ray(self.address, self.quiet)
         try:
             trainable = self._trainable()
             experiments = experiment_paths(run.path)
@@ -457,14 +457,14 @@ class RayBackend(Backend):
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=limited,
-                                        scheduler=_scheduler(config, self.ray_options, self.space),
+                                        scheduler=_scheduler(config, self.space),
                                         num_samples=n_trials, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(self.run_folder.path / EXPERIMENTS_DIR),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[_Finalize(self.run_folder, self.ray_options.scheduler)],
+                callbacks=[_Finalize(self.run_folder, config.early_stop.rule)],
                 verbose=0 if self.quiet else 1),
         )
 

@@ -33,10 +33,11 @@ class TrialStatus(str, enum.Enum):
     """A worker is building, measuring or training it."""
     COMPLETED = "completed"
     """Trained for its whole budget of epochs."""
-    PRUNED = "pruned"
-    """Stopped early by the pruner or pdenas's early-stopping rule."""
     STOPPED = "stopped"
-    """Stopped early by a Ray Tune scheduler (ASHA, HyperBand)."""
+    """Stopped early by the study's ``early_stop`` rule, on either backend. Records written
+    before the one status say "pruned" (the Optuna backend's word then): read as this."""
+    PRUNED = "stopped"
+    """An alias of ``STOPPED`` for code written before the one status (no record holds it)."""
     TIMEOUT = "timeout"
     """Stopped at the study's per-trial time limit."""
     INFEASIBLE = "infeasible"
@@ -54,6 +55,11 @@ class TrialStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> TrialStatus | None:
+        """Reads the words of earlier versions: "pruned" is ``STOPPED``."""
+        return cls.STOPPED if value == "pruned" else None
 
     @classmethod
     def parse(cls, value: object) -> TrialStatus:
@@ -90,8 +96,8 @@ class TrialStatus(str, enum.Enum):
 
     @property
     def stopped_early(self) -> bool:
-        """Trained some epochs and then stopped by a rule (pruned, stopped, timeout)."""
-        return self in (TrialStatus.PRUNED, TrialStatus.STOPPED, TrialStatus.TIMEOUT)
+        """Trained some epochs and then stopped by a rule (stopped, timeout)."""
+        return self in (TrialStatus.STOPPED, TrialStatus.TIMEOUT)
 
     @property
     def state(self) -> str:
