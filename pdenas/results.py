@@ -269,8 +269,8 @@ def leaderboard(trials: pd.DataFrame, objectives: Sequence[str] = ("val_accuracy
     """The finished, fully trained trials ranked by Pareto rank, then accuracy, then validation
     loss (so equal accuracies, common on small validation sets, are not ties).
 
-    Only trials that trained their whole budget are ranked (pruned or early-stopped trials would
-    be compared at fewer epochs). The Pareto rank uses accuracy against the run's cost objective
+    Only trials that trained their whole budget are ranked (trials stopped early would be
+    compared at fewer epochs). The Pareto rank uses accuracy against the run's cost objective
     (FLOPs when the study had a single objective).
     """
     if trials.empty:

@@ -38,11 +38,10 @@ train: {epochs: 2, batch_size: 64, optimizer: adamw, lr: 0.02, clip_weights: 1.0
         time_smoothness: 0.0, augment: false}
 objectives: [val_accuracy, flops]
 sampler: {name: random}
-pruner: none
+early_stop: {rule: none}
 n_trials: 4
 device: cpu
 seed: 0
-latency_repeats: 1
 """
 
 
@@ -80,10 +79,10 @@ def _row(table: pd.DataFrame, family: str) -> pd.Series:
 def test_family_table_counts_statuses_per_family(synthetic: Path) -> None:
     table = family_table(load_trials(synthetic), "flops")
     assert list(table["family"]) == ["parabolic", "hamiltonian", "second_order", "resnet"]
-    counts = table.set_index("family")[["trials", "finished", "pruned", "diverged", "failed"]]
+    counts = table.set_index("family")[["trials", "finished", "stopped", "diverged", "failed"]]
     assert counts.loc["parabolic"].tolist() == [6, 6, 0, 0, 0]
     assert counts.loc["hamiltonian"].tolist() == [5, 3, 1, 1, 0]
-    assert counts.loc["second_order"].tolist() == [3, 1, 1, 0, 1]  # infeasible counts as pruned
+    assert counts.loc["second_order"].tolist() == [3, 1, 1, 0, 1]  # infeasible counts as stopped
     assert counts.loc["resnet"].tolist() == [1, 0, 1, 0, 0]  # early-stopped; the running one is left out
 
 

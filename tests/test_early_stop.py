@@ -193,6 +193,8 @@ def test_a_cheaper_candidate_is_not_stopped_for_accuracy_alone() -> None:
     cheaper than every finished trial goes on under MO-ASHA; the percentile rule stops it."""
     finished = [(0.90, 4e5), (0.88, 3e5), (0.92, 6e5), (0.85, 2e5), (0.91, 5e5)]
 
+    reasons = []
+
     def stops_at_2(rule: str, flops: float) -> bool:
         feed = _OptunaFeed(_config(rule, ("val_accuracy", "flops"), min_epochs=2, reduction=2))
         for k, (accuracy, cost) in enumerate(finished):
@@ -200,11 +202,16 @@ def test_a_cheaper_candidate_is_not_stopped_for_accuracy_alone() -> None:
                 if feed.epoch(k, accuracy * e / 4, 4, cost):
                     break
         assert feed.epoch(99, 0.01, 8, flops) is False  # before min_epochs
-        return feed.epoch(99, 0.05, 8, flops)
+        stop = feed.epoch(99, 0.05, 8, flops)
+        reasons.append(feed.trials[99][1].failure_reason)
+        return stop
 
     assert stops_at_2("mo_asha", 1e4) is False
     assert stops_at_2("mo_asha", 1e6) is True
     assert stops_at_2("percentile", 1e4) is True  # accuracy alone would stop it
+    # The record says why, in the words the Ray backend's driver writes too.
+    assert reasons == [None, "stopped early by the mo_asha rule after 2 of 8 epochs",
+                       "stopped early by the percentile rule after 2 of 8 epochs"]
 
 
 def test_the_ray_scheduler_forgets_a_failed_trial_and_restarts_a_restored_one() -> None:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from pdenas.study import EarlyStop, StudyConfig
 
 __all__ = ["MIN_TRIALS", "OWN_RULES", "Curve", "asha_keeps", "checks", "is_rung", "max_epochs",
-           "mo_asha_keeps", "stops"]
+           "mo_asha_keeps", "stop_reason", "stops"]
 
 MIN_TRIALS = 4
 """pdenas's rules keep every trial while fewer than this many (itself included) reached the
@@ -124,6 +124,11 @@ def stops(config: EarlyStop, me: Curve, others: Iterable[Curve], planned: int,
         return not asha_keeps(mine, theirs, config.reduction)
     return not mo_asha_keeps((mine, me.cost), [(c.best(epoch), c.cost) for c in reached],
                              config.reduction)
+
+
+def stop_reason(rule: str, epochs: int, planned: int) -> str:
+    """The record's reason for a trial stopped early, the same words on both backends."""
+    return f"stopped early by the {rule} rule after {epochs} of {planned} epochs"
 
 
 def asha_keeps(me: float, others: Sequence[float], eta: int, min_trials: int = 1) -> bool:

@@ -44,7 +44,7 @@ from pdenas.backends._balanced import (FamilyBalancedSampler, check_balanced, fa
                                       family_view)
 from pdenas.backends._base import Backend, Progress, TrialHooks, now as _now
 from pdenas.backends._codec import decode, encode
-from pdenas.backends._early_stop import Curve, checks, max_epochs, stops
+from pdenas.backends._early_stop import Curve, checks, max_epochs, stop_reason, stops
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import (check_names, check_options, directions, make_pruner,
                                       make_sampler)
@@ -283,14 +283,19 @@ class _Hooks(TrialHooks):
             encode(trial, record, ("history",))  # live curves: the dashboard and other trials
             if early.rule == "hyperband":
                 trial.report(float(metrics["val_accuracy"]), record.epochs_trained)
-                return trial.should_prune()
-        if not checks(early, record.epochs_trained, record.epochs_planned):
-            return False
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        others = [Curve.of(decode(t), self.cost)
-                  for t in self.peers.get_trials(deepcopy=False, states=states)
-                  if t.number != trial.number]
-        return stops(early, Curve.of(record, self.cost), others, record.epochs_planned)
+                stop = trial.should_prune()
+            elif checks(early, record.epochs_trained, record.epochs_planned):
+                states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                others = [Curve.of(decode(t), self.cost)
+                          for t in self.peers.get_trials(deepcopy=False, states=states)
+                          if t.number != trial.number]
+                stop = stops(early, Curve.of(record, self.cost), others, record.epochs_planned)
+            else:
+                stop = False
+        if stop:  # the lifecycle records the status; the reason is the same words as on Ray
+            record.failure_reason = stop_reason(early.rule, record.epochs_trained,
+                                                record.epochs_planned)
+        return stop
 
     def on_hung(self, record: TrialRecord) -> None:  # from the watchdog thread
         self.hung.append(record)

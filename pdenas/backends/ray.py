@@ -68,7 +68,7 @@ from ray.tune.search.optuna import OptunaSearch
 from pdenas._config import Config
 from pdenas.backends._base import Backend, Progress, TrialHooks, TrialRunner, finished_summary
 from pdenas.backends._codec import encode
-from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stops
+from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stop_reason, stops
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_names, make_sampler
 from pdenas.backends._storage import make_storage
@@ -233,8 +233,8 @@ class _Finalize(tune.Callback):
             record.failure_reason = f"the Ray trial raised: see {trial.path} (error.txt)"
         else:
             record.status = TrialStatus.STOPPED
-            record.failure_reason = (f"stopped early by the {self.rule} rule after "
-                                     f"{record.epochs_trained} of {record.epochs_planned} epochs")
+            record.failure_reason = stop_reason(self.rule, record.epochs_trained,
+                                                record.epochs_planned)
         folder.write_record(record)
 
 

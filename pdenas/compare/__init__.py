@@ -1,6 +1,6 @@
 """``pdenas compare RUN``: the PDE families of a run side by side.
 
-Per family: trials finished, pruned and failed (diverged counted apart), best and median
+Per family: trials finished, stopped and failed (diverged counted apart), best and median
 validation accuracy, the best accuracy within an equal cost budget (the run's median cost),
 the family's share of the Pareto front and its hypervolume contribution; the importance of the
 step size h, depth and width per family (fANOVA); plots; and, with ``--retrain-top K --seeds S``,

@@ -16,7 +16,7 @@ __all__ = ["EXPECTED_MAX_TEXT", "EXPECTED_MAX_SHOWN", "estimand_text", "expected
            "format_expected_max"]
 
 BUDGET_WORDS = {"flop_epochs": "FLOP-epochs (FLOPs per image times epochs trained, summed over the "
-                               "family's trials, pruned and failed ones included)",
+                               "family's trials, stopped and failed ones included)",
                 "seconds": "device seconds (the wall time of the family's trials, summed)",
                 "trials": "trials (a count; families' trials may differ a lot in cost)"}
 

@@ -15,8 +15,8 @@ from pdenas.runs import TrialStatus
 
 __all__ = ["NOT_FINAL", "family_table", "format_family_table"]
 
-_PRUNED = tuple(s.value for s in TrialStatus if s.state == "PRUNED")
-"""Stopped early (pruned, stopped, timeout) or not trained (infeasible)."""
+_STOPPED = tuple(s.value for s in TrialStatus if s.state == "PRUNED")
+"""Stopped early (stopped, timeout) or not trained (infeasible)."""
 NOT_FINAL = tuple(s.value for s in TrialStatus if not (s.final and s.uses_budget))
 """Statuses of trials that did not use up the budget (under way, or interrupted or lost and
 queued again): left out of the tables."""
@@ -40,12 +40,12 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
         cost: The cost objective (e.g. ``flops``).
 
     Returns:
-        Columns ``family, trials, finished, pruned, diverged, failed, best_accuracy,
+        Columns ``family, trials, finished, stopped, diverged, failed, best_accuracy,
         best_val_loss`` (the lowest validation loss, which separates equal accuracies),
         ``median_accuracy, best_within_budget, front_points, front_share, hv_contribution,
         hv_share, norms, epochs, seconds, devices`` (the normalisation each family's units used,
         and the compute it got: epochs trained and wall seconds of its trials, on which devices).
-        ``finished`` counts trials completed at the full budget; ``pruned`` also counts
+        ``finished`` counts trials completed at the full budget; ``stopped`` also counts
         early-stopped and infeasible (over a cost limit, not trained) ones; ``failed`` crashes and
         out-of-memory. ``attrs`` holds ``cost``, ``budget`` (the median cost of the finished trials),
         ``front_size`` and ``hypervolume`` (of all finished trials, in accuracy × decades of cost).
@@ -72,11 +72,11 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
             "family": family,
             "trials": len(mine),
             "finished": int(full.sum()),
-            "pruned": int((mine["status"].isin(_PRUNED)
-                           | (mine["status"].eq(TrialStatus.COMPLETED.value) & ~full)).sum()),
+            "stopped": int((mine["status"].isin(_STOPPED)
+                            | (mine["status"].eq(TrialStatus.COMPLETED.value) & ~full)).sum()),
             "diverged": int(mine["status"].eq(TrialStatus.DIVERGED.value).sum()),
-            "failed": int((~mine["status"].isin((*_PRUNED, TrialStatus.COMPLETED.value,
-                                                   TrialStatus.DIVERGED.value))).sum()),
+            "failed": int((~mine["status"].isin((*_STOPPED, TrialStatus.COMPLETED.value,
+                                                    TrialStatus.DIVERGED.value))).sum()),
             "best_accuracy": float(scores.max()) if len(scores) else math.nan,
             "best_val_loss": (float(done.loc[ok, "val_loss"].min())
                               if len(scores) and "val_loss" in done else math.nan),
@@ -92,7 +92,7 @@ def family_table(trials: pd.DataFrame, cost: str) -> pd.DataFrame:
             "devices": ", ".join(sorted(str(d) for d in mine.get("device", pd.Series(dtype=object))
                                         .dropna().unique())) or "-",
         })
-    table = pd.DataFrame(rows, columns=["family", "trials", "finished", "pruned", "diverged", "failed",
+    table = pd.DataFrame(rows, columns=["family", "trials", "finished", "stopped", "diverged", "failed",
                                         "best_accuracy", "best_val_loss", "median_accuracy",
                                         "best_within_budget",
                                         "front_points", "front_share", "hv_contribution", "hv_share",
@@ -108,7 +108,7 @@ def format_family_table(table: pd.DataFrame) -> pd.DataFrame:
         "family": table["family"],
         "trials": table["trials"],
         "finished": table["finished"],
-        "pruned": table["pruned"],
+        "stopped": table["stopped"],
         "diverged": table["diverged"],
         "failed": table["failed"],
         "best acc": table["best_accuracy"].map(pct),

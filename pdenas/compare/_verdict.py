@@ -150,7 +150,7 @@ def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int
     """Each family's ``per_family`` most accurate finished trials within an equal search budget.
 
     The budget B is the smallest compute any family with a finished trial spent over all its
-    trials (pruned and failed ones count: they were paid for), in ``budget`` units; each family's
+    trials (stopped and failed ones count: they were paid for), in ``budget`` units; each family's
     trials are taken in the order they were numbered until B is spent, and its candidates are the
     best finished ones among those. A family with no finished trial within B keeps its first.
     With ``max_cost``, only trials whose cost is at most that are candidates (a family with none
