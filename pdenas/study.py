@@ -381,7 +381,7 @@ class StudyConfig(Config):
         """The study a run folder's ``run.json`` stored, perhaps by an earlier version of pdenas
         (keys it no longer reads are left out; see ``_config.reading_stored``)."""
         with reading_stored():
-            return cls.from_dict(data, path=path)
+            return cls.from_dict(_early_stop_upgraded(data), path=path)
 
     @classmethod
     def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
@@ -419,6 +419,47 @@ class StudyConfig(Config):
             if candidate.exists():
                 return str(candidate)
         return self.space
+
+
+_PRUNER_RULES = {"median": ("percentile", 2), "successive_halving": ("asha", 4),
+                 "hyperband": ("hyperband", 3), "none": ("none", 2)}
+"""An earlier version's pruner: the rule it is now, and Optuna's default reduction factor."""
+
+
+def _early_stop_upgraded(data: Any) -> Any:
+    """A stored study (``run.json``) as this version spells it: an earlier version's sampler
+    options go into the ``sampler`` mapping, and its early-stopping keys (``pruner`` and
+    ``pruner_options`` for one objective, ``early_stop_rule``/``_warmup``/``_reduction``/
+    ``_percentile`` for several) become the ``early_stop`` section they meant."""
+    if not isinstance(data, Mapping) or "early_stop" in data:
+        return data
+    values = dict(data)
+    options = values.pop("sampler_options", None)
+    if isinstance(options, Mapping) and options and isinstance(values.get("sampler"), str):
+        values["sampler"] = {"name": values["sampler"], **options}
+    objectives = values.get("objectives")
+    several = isinstance(objectives, (list, tuple)) and len(objectives) > 1
+    pruner = values.pop("pruner", "median")
+    pruner_options = values.pop("pruner_options", None) or {}
+    rule = values.pop("early_stop_rule", "mo_asha")
+    warmup = values.pop("early_stop_warmup", 2)
+    reduction = values.pop("early_stop_reduction", 3)
+    percentile = values.pop("early_stop_percentile", 50.0)
+    if not isinstance(pruner_options, Mapping):
+        pruner_options = {}
+    if several:  # (a value of the wrong kind is left for the section's checks to name)
+        early = {"rule": rule, "min_epochs": warmup + 1 if isinstance(warmup, int) else warmup,
+                 "reduction": reduction, "percentile": percentile}
+    elif isinstance(pruner, str) and pruner in _PRUNER_RULES:
+        rule, eta = _PRUNER_RULES[pruner]
+        first = pruner_options.get("n_warmup_steps", pruner_options.get("min_resource", 1))
+        eta = pruner_options.get("reduction_factor", eta)  # ("auto" and the like: defaults)
+        early = {"rule": rule, "min_epochs": first if isinstance(first, int) and first >= 1 else 1,
+                 "reduction": eta if isinstance(eta, int) and 2 <= eta <= 16 else 2}
+    else:
+        return values
+    values["early_stop"] = early
+    return values
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -108,3 +108,23 @@ def test_sampler_mapping_form() -> None:
     assert config.sampler_options == {"population_size": 6}
 
 
+
+def test_a_run_json_an_earlier_version_wrote_keeps_its_sampler_and_early_stopping() -> None:
+    """``run.json`` written before the ``early_stop`` section: the sampler's options and the
+    early stopping it ran with read as this version spells them (workers, compare, export)."""
+    from pdenas.study import EarlyStop
+
+    multi = StudyConfig.from_stored({
+        "name": "old", "objectives": ["val_accuracy", "flops"], "sampler": "nsga2",
+        "sampler_options": {"population_size": 8}, "pruner": "median", "pruner_options": {},
+        "early_stop_rule": "mo_asha", "early_stop_warmup": 3, "early_stop_reduction": 2,
+        "early_stop_percentile": 50.0})
+    assert multi.sampler_options == {"population_size": 8}
+    assert multi.early_stop == EarlyStop(rule="mo_asha", min_epochs=4, reduction=2)
+    single = StudyConfig.from_stored({
+        "name": "old", "sampler": "tpe", "sampler_options": {}, "pruner": "median",
+        "pruner_options": {"n_startup_trials": 5, "n_warmup_steps": 3}, "early_stop_rule": "mo_asha"})
+    assert single.early_stop == EarlyStop(rule="percentile", min_epochs=3)
+    assert StudyConfig.from_stored({"name": "old", "pruner": "none"}).early_stop.rule == "none"
+    with pytest.raises(ValueError, match="pruner: removed; use early_stop.rule"):
+        StudyConfig.from_dict({"name": "old", "pruner": "none"})  # a study file is refused
