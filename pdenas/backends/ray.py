@@ -70,7 +70,7 @@ from pdenas.backends._base import Backend, Progress, TrialHooks, TrialRunner, fi
 from pdenas.backends._codec import encode
 from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stop_reason, stops
 from pdenas.backends._registry import register_backend
-from pdenas.backends._sampling import check_names, make_sampler
+from pdenas.backends._sampling import check_options, make_sampler
 from pdenas.backends._storage import make_storage
 from pdenas.errors import InputError
 from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_record
@@ -380,7 +380,7 @@ class RayBackend(Backend):
     def check(cls, config: StudyConfig, *, storage: str | None = None,
               address: str | None = None) -> None:
         options = cls.options(config)
-        check_names(config)
+        check_options(config)  # the sampler and its options, as on Optuna
         if config.storage or storage:
             raise InputError("storage: is for the optuna backend; the ray backend keeps its "
                              "results in the run folder (--out)")
