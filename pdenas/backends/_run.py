@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pdenas.backends._base import DataShape, Progress
 from pdenas.backends._registry import get_backend
@@ -13,7 +13,47 @@ from pdenas.runs import RunFolder
 if TYPE_CHECKING:
     from pdenas.study import StudyConfig
 
-__all__ = ["run_search"]
+__all__ = ["RESUMABLE_KEYS", "check_same_study", "run_search"]
+
+RESUMABLE_KEYS = frozenset({"n_trials", "timeout", "trial_timeout", "workers", "threads", "device",
+                            "storage", "tracking", "description"})
+"""Study keys a rerun may change: how long and where the search runs, not what its trials are.
+Any other change (the data, the space, the training budget, the objectives, the sampler, the
+seed...) would rank trials trained under different settings together."""
+
+
+def check_same_study(run: RunFolder, config: StudyConfig) -> None:
+    """Refuses to resume a run with a study that changed what its trials are.
+
+    Raises:
+        InputError: Naming the first changed key, its stored and its new value, and what to do.
+    """
+    from pdenas.errors import InputError
+    from pdenas.study import StudyConfig
+
+    stored = StudyConfig.from_stored(run.read_info()["config"]).to_dict()
+    changed = _first_change(stored, config.to_dict())
+    if changed is not None:
+        key, before, after = changed
+        raise InputError(
+            f"{key}: the run in {run.path} was started with {before!r}, this search asks for "
+            f"{after!r}; trials trained under both would be ranked together. Search into a new "
+            "folder (--out) or keep the run's settings (only n_trials, timeout, trial_timeout, "
+            "workers, threads, device, storage and tracking may change on a rerun)", key=key,
+            detail=f"the run was started with {before!r}, this search asks for {after!r}")
+
+
+def _first_change(before: Any, after: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first key whose value differs (nested mappings walked), skipping resumable keys."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after)):
+            if not prefix and key in RESUMABLE_KEYS:
+                continue
+            found = _first_change(before.get(key), after.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if before == after else (prefix.rstrip("."), before, after)
 
 
 def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path | None = None,
@@ -54,6 +94,8 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
     check_tracking(config.tracking)
     run = RunFolder((Path(out) if out else Path("runs") / config.name).resolve())
     run.claim(config.name)
+    if not keep_info and run.info_path.is_file():
+        check_same_study(run, config)
     space = SearchSpace.load(config.space_path())
     device = resolve_device(config.device)
     if config.threads is not None and cls.trains_in_process:
