@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -258,6 +259,10 @@ def test_export_best_in_every_format_and_load_in_a_fresh_process(tiny_run: Path,
     assert f"exported trial {best['number']}" in printed and str(out) in printed
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [*FILES.values(), "config.json", "card.json", "card.md"])
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # as any new file here, none private
     card_md = (out / "card.md").read_text()
     assert "torch.jit" not in card_md and "torch.export.load" in card_md
 

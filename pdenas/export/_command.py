@@ -4,6 +4,7 @@ card into a staging folder, and move them into place only once all of it worked.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -91,10 +92,15 @@ def export_trial(
 
 
 def _move_into(staging: Path, out: Path) -> None:
-    """Moves every file of the staging folder into ``out`` (created), replacing same-named files."""
+    """Moves every file of the staging folder into ``out`` (created), replacing same-named files,
+    each with the permissions a new file gets here (0666 less the umask: some writers, as
+    safetensors', make private temporary files)."""
     out.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     for item in sorted(staging.iterdir()):
         target = out / item.name
         if target.exists():
             target.unlink()
         shutil.move(str(item), str(target))
+        target.chmod(0o666 & ~umask)
