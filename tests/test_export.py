@@ -271,6 +271,9 @@ def test_export_best_in_every_format_and_load_in_a_fresh_process(tiny_run: Path,
     assert card["model"]["family"] == best["architecture"]["family"]
     assert card["metrics"]["val_accuracy"] == best["val_accuracy"]
     assert card["data"]["name"] == "digits" and card["data"]["test"] == 359
+    # The digits run 0..16; the card and config.json say how they became pixels (0..255).
+    assert "pixel = round(value * 255 / 16)" in card["data"]["input"]
+    assert json.loads((out / "config.json").read_text())["input"] == card["data"]["input"]
     assert card["cost"]["params"] == best["cost"]["params"] and card["cost"]["flops"] == best["cost"]["flops"]
     assert card["reproduce"]["export"].startswith(f"pdenas export {tiny_run} --trial {best['number']}")
     assert set(card["checks"]) == set(FORMATS)

@@ -42,17 +42,22 @@ class DatasetInfo:
         name: The data set's name in configs.
         flip: Whether horizontal flips preserve the label (not for digits, letters and house numbers).
         needs_root: Whether the data set cannot be found without `root`.
+        pixels: What a pixel value (0..255) is, for someone feeding the exported model their
+            own copy of the data set.
     """
 
     name: str
     flip: bool
     needs_root: bool = False
+    pixels: str = "the data set's 8-bit values, 0..255"
 
 
 _INFO = {
     info.name: info
     for info in (
-        DatasetInfo("digits", flip=False),
+        DatasetInfo("digits", flip=False,
+                    pixels="scikit-learn's load_digits values (0..16) rescaled: "
+                           "pixel = round(value * 255 / 16)"),
         DatasetInfo("mnist", flip=False),
         DatasetInfo("fashion_mnist", flip=True),
         DatasetInfo("cifar10", flip=True),

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pdenas.architecture import Architecture
+from pdenas.data.config import dataset_info
 from pdenas.export._weights import EXPORT_VERSION
 
 __all__ = ["card_markdown", "model_card", "summary_lines"]
@@ -62,7 +63,8 @@ def model_card(
         "data": {"name": data.name, "image_size": list(data.image_size),
                  "in_channels": data.in_channels, "classes": list(data.classes),
                  "mean": list(data.mean), "std": list(data.std),
-                 "input": "(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32",
+                 "input": "(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32, "
+                          f"where pixel is {dataset_info(data.name).pixels}",
                  "train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "metrics": {"val_accuracy": record.get("val_accuracy"), "test_accuracy": test_accuracy,
                     "test_loss": test_loss},

@@ -133,7 +133,8 @@ def write_formats(
             with torch.no_grad():
                 out = load_pt2(path)(x)
         elif fmt == "safetensors":
-            save_safetensors(folder, net, mean=mean, std=std, classes=classes)
+            save_safetensors(folder, net, mean=mean, std=std, classes=classes,
+                             input_recipe=(info or {}).get("data", {}).get("input"))
             with torch.no_grad():
                 out = load_safetensors(folder)(x)
         else:

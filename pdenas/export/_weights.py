@@ -125,14 +125,16 @@ def _built(arch: Architecture, state: Mapping[str, torch.Tensor], where: Path) -
 
 
 def save_safetensors(folder: str | Path, model: PDENet, *, mean: Sequence[float],
-                     std: Sequence[float], classes: Sequence[str]) -> tuple[Path, Path]:
+                     std: Sequence[float], classes: Sequence[str],
+                     input_recipe: str | None = None) -> tuple[Path, Path]:
     """Writes ``model.safetensors`` (the state_dict) and ``config.json`` (what builds it) into
     ``folder``; returns both paths.
 
     ``config.json``: ``format`` (``CONFIG_FORMAT``), ``version``, ``architecture``
     (``Architecture.to_dict()``: ``pdenas.build_model(Architecture.from_dict(...))`` builds the
     network the weights fit), ``normalization`` (the input is (pixel / 255 - mean) / std per
-    channel), ``classes`` (indexed by the logits), ``weights`` (the safetensors file's name).
+    channel), ``classes`` (indexed by the logits), ``weights`` (the safetensors file's name),
+    ``input`` (the recipe in words, with what a pixel is for the data set, ``input_recipe``).
     """
     from safetensors.torch import save_file
 
@@ -144,7 +146,7 @@ def save_safetensors(folder: str | Path, model: PDENet, *, mean: Sequence[float]
         "architecture": model.arch.to_dict(),
         "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
         "classes": [str(c) for c in classes], "weights": FILES["safetensors"],
-        "input": "(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32",
+        "input": input_recipe or "(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32",
     }, indent=2))
     return weights, config
 
