@@ -8,7 +8,7 @@ raises (a ``ValueError``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdenas._resources import package_version
 from pdenas.architecture import Architecture, paper_architecture
@@ -37,9 +37,17 @@ __all__ = [
 __version__ = package_version()
 """The installed version, from the package metadata (pyproject.toml is the one source)."""
 
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (loaded on first use)
+    from pdenas.api import Run, load_study, open_run, search
+    from pdenas.export import load_model
+
 _LAZY = {"load_model": "pdenas.export", "search": "pdenas.api", "open_run": "pdenas.api",
          "Run": "pdenas.api", "load_study": "pdenas.api"}
 """Names that live in modules importing more (export, pandas, the backends): loaded on first use."""
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:

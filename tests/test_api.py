@@ -310,3 +310,8 @@ def test_a_run_refuses_a_study_that_changed_what_its_trials_are(tmp_path: Path) 
     run = pdenas.search(api_study(tmp_path, n_trials=2), out=out, progress=False,
                         train={"epochs": 1}, device="cpu", timeout=600)
     assert len(run.trials()) == 2
+
+
+def test_the_lazy_names_are_listed() -> None:
+    """``dir(pdenas)`` lists the names loaded on first use, as tab completion needs."""
+    assert {"search", "open_run", "load_model", "Run", "load_study", "InputError"} <= set(dir(pdenas))
