@@ -1,16 +1,58 @@
-"""The progress bar of a search: ``tqdm.auto`` (a widget in notebooks, text in a terminal), told
-by the backend (or, for several workers, by ``backends._supervise.RecordFollower``) when the
-search starts and after each trial."""
+"""What a search shows while it runs, told by the backend (or, for several workers, by
+``backends._supervise.RecordFollower``) when the search starts and after each trial:
+
+- on a terminal or in a notebook, a ``tqdm.auto`` bar (a widget in notebooks);
+- in a pipe or a file (``pdenas search ... 2> log``), one line per finished trial (time, number,
+  family, status, accuracy, seconds) and, every ``HEARTBEAT_SECONDS`` while trials run, one line
+  per running trial (its epoch and accuracy so far, read from its record), so that a log says
+  what happens long before the search ends.
+
+``make_progress`` chooses.
+"""
 
 from __future__ import annotations
 
+import datetime
 import sys
+import threading
 import time
+from pathlib import Path
+from typing import TextIO
 
-from pdenas.runs import TrialRecord
+from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
-__all__ = ["TqdmProgress"]
+__all__ = ["HEARTBEAT_SECONDS", "LineProgress", "TqdmProgress", "make_progress"]
+
+HEARTBEAT_SECONDS = 60.0
+"""Seconds between the lines a log gets about the trials still running."""
+
+
+def make_progress(config: StudyConfig, run: str | Path | None, quiet: bool = False,
+                  stream: TextIO | None = None) -> TqdmProgress | LineProgress:
+    """A bar where someone watches (a terminal, a notebook), lines where the output is kept (a
+    pipe, a file), nothing when ``quiet``.
+
+    Args:
+        config: The study.
+        run: The run folder (read for the heartbeat lines).
+        quiet: Show nothing.
+        stream: Where to write (default stderr).
+    """
+    stream = stream or sys.stderr
+    if quiet or _interactive(stream) or run is None:
+        return TqdmProgress(config, quiet=quiet)
+    return LineProgress(config, Path(run), stream)
+
+
+def _interactive(stream: TextIO) -> bool:
+    """A terminal, or a notebook (whose stderr is no terminal but shows a widget)."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class TqdmProgress:
@@ -58,3 +100,69 @@ class TqdmProgress:
         """Closes the bar."""
         if self.bar is not None:
             self.bar.close()
+
+
+class LineProgress:
+    """One line per finished trial, and a heartbeat line per running trial every
+    ``interval`` seconds (see the module docstring).
+
+    Args:
+        config: The study.
+        run: The run folder (the running trials' records are read from it).
+        stream: Where to write.
+        interval: Seconds between heartbeats.
+    """
+
+    def __init__(self, config: StudyConfig, run: Path, stream: TextIO,
+                 interval: float = HEARTBEAT_SECONDS) -> None:
+        self.config, self.run, self.stream, self.interval = config, run, stream, interval
+        self.best: float | None = None
+        self.done = self.total = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, done: int, total: int, best: float | None) -> None:
+        """The search starts with ``done`` of ``total`` trials finished."""
+        self.done, self.total, self.best = done, total, best
+        self._line(f"search {self.config.name}: {done} of {total} trials done"
+                   + (f", best {100 * best:.2f} %" if best is not None else ""))
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name="pdenas-progress-heartbeat")
+        self._thread.start()
+
+    def update(self, record: TrialRecord) -> None:
+        """A trial finished: one line."""
+        if record.status == "completed" and record.val_accuracy is not None:
+            self.best = max(self.best or 0.0, record.val_accuracy)
+        self.done += 1
+        accuracy = ("-" if record.val_accuracy is None else f"{100 * record.val_accuracy:.2f} %")
+        reason = f" ({record.failure_reason})" if record.failure_reason else ""
+        self._line(f"trial {record.number} {record.architecture.get('family', '?')} "
+                   f"{record.status.value}: val {accuracy}, {record.epochs_trained} of "
+                   f"{record.epochs_planned} epochs, {record.seconds or 0:.1f} s{reason} "
+                   f"[{self.done}/{self.total}]")
+
+    def close(self) -> None:
+        """Stops the heartbeat."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                records = RunFolder(self.run).records()
+            except (OSError, ValueError):  # a folder being written: the next beat reads it
+                continue
+            for record in records:
+                if record.status is TrialStatus.RUNNING:
+                    accuracy = ("-" if record.val_accuracy is None
+                                else f"{100 * record.val_accuracy:.2f} %")
+                    self._line(f"trial {record.number} {record.architecture.get('family', '?')} "
+                               f"running: epoch {record.epochs_trained} of "
+                               f"{record.epochs_planned}, val {accuracy} so far, "
+                               f"{record.seconds or 0:.0f} s")
+
+    def _line(self, text: str) -> None:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        print(f"{stamp} {text}", file=self.stream, flush=True)

@@ -8,12 +8,12 @@ off) exits with status 2 and one line naming the problem, before anything is wri
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pdenas._log import configure as configure_logging
 from pdenas.errors import InputError
 
 __all__ = ["main"]
@@ -338,7 +338,7 @@ COMMANDS = {"search": _search, "worker": _worker, "studies": _studies, "leaderbo
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdenas`` console script; returns the exit status."""
     try:
-        logging.basicConfig(level=_log_level())
+        configure_logging(_log_level())
         parser = _build_parser()
         args = parser.parse_args(argv)
         if args.command is None:  # `pdenas` alone: what it can do, and where to read more

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pdenas._log import TRIAL
 from pdenas.architecture import Architecture
 from pdenas.backends._stability import estimate, stabilise
 from pdenas.backends._warm_start import warm_start
@@ -104,6 +105,13 @@ class TrialLife:
     # --- the phases ----------------------------------------------------------------------------
     def run(self) -> TrialRecord:
         """Runs the phases; never raises for the candidate's own outcomes."""
+        token = TRIAL.set(self.record.number)  # log lines name the trial
+        try:
+            return self._run()
+        finally:
+            TRIAL.reset(token)
+
+    def _run(self) -> TrialRecord:
         from pdenas.tracking import notify
         from pdenas.train import TrainingFailed
 

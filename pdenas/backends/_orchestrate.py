@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pdenas._progress import TqdmProgress
-from pdenas.backends._run import run_search
+from pdenas._progress import make_progress
+from pdenas.backends._run import run_path, run_search
 from pdenas.backends._supervise import (RecordFollower, follow_supervisor, needs_supervision,
                                         run_workers, worker_command, worker_count)
 from pdenas.backends._watchdog import restarted_by_supervisor
@@ -65,7 +65,7 @@ def run_study(config: StudyConfig, *, backend: str = "optuna", out: str | Path |
                          "itself (ray.max_concurrent, fractional gpus_per_trial)")
     workers = worker_count(config.workers, config.device, config.threads, backend)
     if workers == 1 and not needs_supervision(config.trial_timeout, backend):
-        bar = TqdmProgress(config, quiet=not progress)
+        bar = make_progress(config, run_path(config, out), quiet=not progress)
         try:
             return run_search(config, backend=backend, out=out, address=address,
                               quiet=not progress, progress=bar)
@@ -75,7 +75,7 @@ def run_study(config: StudyConfig, *, backend: str = "optuna", out: str | Path |
     # One worker shows its own bar (on the shared stderr); several would garble each other's,
     # so they run quiet and one bar here follows them all through the run folder.
     command = worker_command(run.path, quiet=not progress or workers > 1, storage=config.storage)
-    bar = TqdmProgress(config, quiet=not progress)
+    bar = make_progress(config, run.path, quiet=not progress)
     follower = RecordFollower(run, bar, config.n_trials) if progress and workers > 1 else None
     try:  # each worker (one restarted too) gets the time the study has left
         codes = run_workers(command, workers, config.timeout, poll=follower)
@@ -109,7 +109,7 @@ def run_worker(run_path: str | Path, *, supervisor: int | None = None,
     info = folder.read_info()
     config = StudyConfig.from_stored(info["config"], path=info.get("study_file"))
     config = config.replace(timeout=timeout, storage=storage or config.storage)
-    bar = TqdmProgress(config, quiet=not progress)
+    bar = make_progress(config, folder.path, quiet=not progress)
     try:
         return run_search(config, backend=info["backend"], out=folder.path, quiet=not progress,
                           progress=bar, keep_info=True)

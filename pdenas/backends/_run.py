@@ -13,7 +13,13 @@ from pdenas.runs import RunFolder
 if TYPE_CHECKING:
     from pdenas.study import StudyConfig
 
-__all__ = ["RESUMABLE_KEYS", "check_same_study", "run_search"]
+__all__ = ["RESUMABLE_KEYS", "check_same_study", "run_path", "run_search"]
+
+
+def run_path(config: StudyConfig, out: str | Path | None) -> Path:
+    """The run folder of a search: ``out``, or ``runs/<study name>`` (absolute)."""
+    return (Path(out) if out else Path("runs") / config.name).resolve()
+
 
 RESUMABLE_KEYS = frozenset({"n_trials", "timeout", "trial_timeout", "workers", "threads", "device",
                             "storage", "tracking", "description"})
@@ -92,7 +98,7 @@ def run_search(config: StudyConfig, *, backend: str = "optuna", out: str | Path 
     cls = get_backend(backend)
     cls.check(config, address=address)
     check_tracking(config.tracking)
-    run = RunFolder((Path(out) if out else Path("runs") / config.name).resolve())
+    run = RunFolder(run_path(config, out))
     run.claim(config.name)
     if not keep_info and run.info_path.is_file():
         check_same_study(run, config)
