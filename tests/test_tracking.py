@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,25 @@ def test_a_tracker_without_its_package_is_bad_input(tmp_path: Path, monkeypatch,
         pdenas.load_study("quickstart", {"tracking": {"tensorboard": {"logdir": "x"}}})
     with pytest.raises(ValueError, match=r"tracking\.tensorboard\.log_dir: removed; the event files go to RUN/tensorboard"):
         pdenas.load_study("quickstart", {"tracking": {"tensorboard": {"log_dir": "x"}}})
+
+
+def test_a_tracking_server_that_is_down_costs_seconds_and_one_warning(tmp_path: Path, caplog) -> None:
+    """MLflow's client retries each call for minutes: a server that does not answer is checked
+    once (a few seconds), warned about once, and the trials run without it."""
+    import socket
+
+    from pdenas import tracking
+
+    with socket.socket() as sock:  # a port on this machine where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    tracking._answers.pop(uri, None)
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="pdenas"):
+        run = pdenas.search(api_study(tmp_path), out=tmp_path / "run", n_trials=2, progress=False,
+                            tracking={"mlflow": {"tracking_uri": uri}})
+    assert set(run.trials()["status"]) == {"completed"}
+    assert time.monotonic() - start < 120  # not minutes per call
+    warnings = [r for r in caplog.records if "does not answer" in r.getMessage()]
+    assert len(warnings) == 1 and uri in warnings[0].getMessage()
