@@ -350,8 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`pdenas studies | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (InputError, FileNotFoundError) as error:  # anything else is a bug: its traceback
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except (InputError, OSError) as error:  # anything else is a bug: its traceback
+        # OSError: a file-system or storage fault (a missing file, permission, a full disk, a
+        # read-only folder): the user's to fix, named with its path; nothing was lost.
+        if isinstance(error, OSError) and error.filename is not None and error.strerror:
+            message = f"{error.filename}: {error.strerror}"
+        else:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not message.startswith("pdenas"):
             message = f"pdenas: error: {message}"
         print(message, file=sys.stderr)

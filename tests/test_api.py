@@ -225,7 +225,10 @@ def test_cmaes_is_refused_for_several_objectives() -> None:
     config = pdenas.load_study("quickstart", {"sampler": "cmaes"})
     with pytest.raises(ValueError, match=r"^sampler: cmaes optimises one objective.*allowed"):
         check_names(config)
-    check_names(config.replace(objectives=("val_accuracy",)))  # one objective: fine
+    from pdenas.study import EarlyStop
+
+    one = config.replace(objectives=("val_accuracy",), early_stop=EarlyStop(rule="asha"))
+    check_names(one)  # one objective: fine (MO-ASHA, the quickstart's rule, needs a cost)
 
 
 # --- package data ------------------------------------------------------------------------------
@@ -315,3 +318,35 @@ def test_a_run_refuses_a_study_that_changed_what_its_trials_are(tmp_path: Path) 
 def test_the_lazy_names_are_listed() -> None:
     """``dir(pdenas)`` lists the names loaded on first use, as tab completion needs."""
     assert {"search", "open_run", "load_model", "Run", "load_study", "InputError"} <= set(dir(pdenas))
+
+
+def test_a_trial_that_could_not_be_saved_goes_back_to_the_queue(tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """A full disk while a trial's weights are written is not the candidate's failure: the
+    command exits 2 with one line naming the path and the cause, the trial is recorded as
+    interrupted (it does not use the budget), and the next run trains it again."""
+    import errno
+
+    from pdenas.cli import main
+    from pdenas.runs import _folder
+
+    real = _folder.TrialFolder.write_weights
+
+    def full(self, state):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.weights_path))
+
+    study = tmp_path / "study.yaml"
+    import yaml
+
+    study.write_text(yaml.safe_dump(api_study(tmp_path, n_trials=2)))
+    out = tmp_path / "run"
+    monkeypatch.setattr(_folder.TrialFolder, "write_weights", full)
+    assert main(["search", str(study), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pdenas: error: {out / 'trials' / '0' / 'model.pt'}: No space left on device"]
+    record = json.loads((out / "trials" / "0" / "record.json").read_text())
+    assert record["status"] == "interrupted" and "OSError" in record["failure_reason"]
+    monkeypatch.setattr(_folder.TrialFolder, "write_weights", real)  # space freed
+    assert main(["search", str(study), "--out", str(out), "--quiet"]) == 0
+    statuses = [json.loads(p.read_text())["status"] for p in sorted(out.glob("trials/*/record.json"))]
+    assert statuses.count("completed") == 2  # trial 0's candidate trained again

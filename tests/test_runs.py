@@ -136,3 +136,21 @@ def test_a_newer_run_format_is_refused(finished_run: Path, tmp_path: Path,
     assert main(["leaderboard", str(run)]) == 2
     err = capsys.readouterr().err
     assert "written by a newer pdenas" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_write_that_fails_is_an_os_error_naming_the_file_and_leaves_the_old_one(tmp_path) -> None:
+    """torch.save's writer reports a failed write (a full disk) as a RuntimeError: it becomes
+    the file-system fault it is (an OSError naming the file), and the previous file stays."""
+    from pdenas.runs._folder import atomic_write
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+
+    def failing(handle) -> None:
+        handle.write(b"partial")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    with pytest.raises(OSError) as error:
+        atomic_write(path, failing, binary=True)
+    assert error.value.filename == str(path) and "file write failed" in error.value.strerror
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

@@ -17,8 +17,18 @@ __all__ = ["RESUMABLE_KEYS", "check_same_study", "run_path", "run_search"]
 
 
 def run_path(config: StudyConfig, out: str | Path | None) -> Path:
-    """The run folder of a search: ``out``, or ``runs/<study name>`` (absolute)."""
-    return (Path(out) if out else Path("runs") / config.name).resolve()
+    """The run folder of a search: ``out``, or ``runs/<study name>`` (absolute).
+
+    Raises:
+        InputError: A path that cannot be resolved (a symbolic link loop).
+    """
+    from pdenas.errors import InputError
+
+    path = Path(out) if out else Path("runs") / config.name
+    try:
+        return path.resolve()
+    except RuntimeError as error:  # Python 3.11's Path.resolve on a symbolic link loop
+        raise InputError(f"--out {path}: {error}", key="out") from None
 
 
 RESUMABLE_KEYS = frozenset({"n_trials", "timeout", "trial_timeout", "workers", "threads", "device",

@@ -19,6 +19,7 @@ the folder (``storage: null`` in ``run.json``), so a copied or moved run folder 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -56,7 +57,10 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb" if binary else "w") as handle:
-            write(handle)
+            try:
+                write(handle)
+            except RuntimeError as error:  # torch.save's writer reports a failed write so
+                raise OSError(errno.EIO, f"could not be written ({error})", str(path)) from error
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
