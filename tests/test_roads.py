@@ -46,7 +46,6 @@ early_stop: {rule: mo_asha, min_epochs: 1}
 n_trials: 2
 device: cpu
 seed: 0
-latency_repeats: 1
 threads: 1
 ray: {cpus_per_trial: 1, max_concurrent: 2}
 """
