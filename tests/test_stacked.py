@@ -152,6 +152,22 @@ def test_a_diverging_seed_fails_alone(digits: Any) -> None:
         assert d["weights"] < 1e-5 and d["accuracy"] == 0, d
 
 
+def test_a_non_finite_regulariser_fails_as_in_fit(digits: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The regulariser is summed over the seeds; when it is non-finite and no weight is, every
+    seed fails at that step, as fit fails when its total loss is non-finite."""
+    import pdenas.families
+
+    monkeypatch.setattr(pdenas.families, "time_smoothness",
+                        lambda *args, **kwargs: torch.tensor(math.inf))
+    arch, cfg = small("parabolic"), config(epochs=1)
+    with pytest.raises(Diverged) as raised:
+        separate(arch, digits, cfg, 0)
+    runs = fit_seeds(arch, digits, cfg, "cpu", (0, 1))
+    assert [r.failure.reason for r in runs] == [raised.value.reason] * 2
+    assert raised.value.reason == "diverged: non-finite loss at epoch 1 step 1"
+
+
 def test_callback_sees_every_seed_and_stops_them(digits: Any) -> None:
     seen: list[tuple[int, list[Any]]] = []
 
