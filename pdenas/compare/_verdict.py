@@ -160,6 +160,7 @@ def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int
         The candidates, and one row per family: ``family, spent, budget, trials_within,
         finished_within, candidates`` (the trial numbers).
     """
+    from pdenas._config import reading_stored
     from pdenas.architecture import Architecture
     from pdenas.compare._families import NOT_FINAL
     from pdenas.results import load_record
@@ -190,9 +191,9 @@ def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int
         best = best[~key.duplicated()].head(per_family)
         for _, trial in best.iterrows():
             record = load_record(run_dir, int(trial["number"]))
-            picked.append(Candidate(family=family, trial=int(trial["number"]),
-                                    architecture=Architecture.from_dict(record["architecture"]),
-                                    train=TrainConfig.from_dict(record["train"]),
+            with reading_stored():  # written by this or an earlier version of pdenas
+                arch, train = Architecture.from_dict(record["architecture"]), TrainConfig.from_dict(record["train"])
+            picked.append(Candidate(family=family, trial=int(trial["number"]), architecture=arch, train=train,
                                     search_val=float(trial["val_accuracy"]),
                                     cost=float(trial.get(cost, math.nan))))
         rows.append({"family": family, "spent": totals[family], "budget": limit,
