@@ -11,12 +11,10 @@ import types
 
 import optuna
 import pytest
-from ray.tune.schedulers import TrialScheduler
 
 from pdenas.backends._early_stop import Curve, asha_keeps, is_rung, mo_asha_keeps, stops
 from pdenas.backends._sampling import directions
 from pdenas.backends.optuna import _Hooks, tell
-from pdenas.backends.ray import EarlyStopScheduler, RayOptions
 from pdenas.runs import TrialRecord, TrialStatus
 from pdenas.study import EarlyStop, StudyConfig
 
@@ -80,6 +78,14 @@ def test_percentile_compares_with_the_others_at_the_same_epoch() -> None:
 
 
 # --- the backends' adapters ------------------------------------------------------------------------
+def _ray() -> types.ModuleType:
+    """The Ray backend's module (its scheduler needs no Ray runtime, only the library)."""
+    pytest.importorskip("ray.tune")
+    import pdenas.backends.ray
+
+    return pdenas.backends.ray
+
+
 def _config(rule: str, objectives: tuple[str, ...] = ("val_accuracy",), **early: int
             ) -> StudyConfig:
     return StudyConfig(name="es", objectives=objectives,
@@ -117,6 +123,7 @@ class _RayFeed:
     """Feeds the same curves to the Ray backend's scheduler as Tune results (no Ray runtime)."""
 
     def __init__(self, config: StudyConfig) -> None:
+        EarlyStopScheduler = _ray().EarlyStopScheduler
         self.scheduler = EarlyStopScheduler(
             config.early_stop, config.objectives[1] if config.multi_objective else None)
         self.epochs: dict[int, int] = {}
@@ -126,7 +133,7 @@ class _RayFeed:
         epoch = self.epochs[key] = self.epochs.get(key, 0) + 1
         result = {"epoch": epoch, "val_accuracy": accuracy, "epochs_planned": planned,
                   "flops": cost, "status": "running"}
-        stop = self.scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP
+        stop = self.scheduler.on_trial_result(None, trial, result) == self.scheduler.STOP
         if not stop and epoch == planned:
             self.scheduler.on_trial_complete(None, trial, {**result, "status": "completed"})
         return stop
@@ -215,19 +222,19 @@ def test_a_cheaper_candidate_is_not_stopped_for_accuracy_alone() -> None:
 
 
 def test_the_ray_scheduler_forgets_a_failed_trial_and_restarts_a_restored_one() -> None:
-    scheduler = EarlyStopScheduler(EarlyStop(rule="asha", min_epochs=1), min_trials=2)
+    scheduler = _ray().EarlyStopScheduler(EarlyStop(rule="asha", min_epochs=1), min_trials=2)
 
     def result(key: str, accuracy: float, epoch: int = 1) -> str:
         return scheduler.on_trial_result(None, types.SimpleNamespace(trial_id=key),
                                          {"epoch": epoch, "val_accuracy": accuracy,
                                           "epochs_planned": 4})
 
-    assert result("a", 0.9) == TrialScheduler.CONTINUE
+    assert result("a", 0.9) == scheduler.CONTINUE
     scheduler.on_trial_complete(None, types.SimpleNamespace(trial_id="a"),
                                 {"status": "diverged"})
-    assert result("b", 0.1) == TrialScheduler.CONTINUE  # alone at the rung again
-    assert result("c", 0.2) == TrialScheduler.CONTINUE  # best of two
-    assert result("b", 0.1) == TrialScheduler.STOP  # b restored from scratch: epoch 1 again
+    assert result("b", 0.1) == scheduler.CONTINUE  # alone at the rung again
+    assert result("c", 0.2) == scheduler.CONTINUE  # best of two
+    assert result("b", 0.1) == scheduler.STOP  # b restored from scratch: epoch 1 again
     assert scheduler._curves["b"] == [0.1]
 
 
@@ -272,7 +279,7 @@ def test_a_removed_key_names_its_replacement(data: dict, line: str) -> None:
 ])
 def test_a_removed_ray_key_names_its_replacement(key: str, line: str) -> None:
     with pytest.raises(ValueError, match=line):
-        RayOptions.from_dict({key: 1})
+        _ray().RayOptions.from_dict({key: 1})
 
 
 def test_the_section_has_one_spelling_and_a_short_form() -> None:
