@@ -48,6 +48,7 @@ def test_a_clearly_worse_family_is_named_with_its_interval() -> None:
     families, pairs, settled, level = _decide(correct, names)
     assert families.set_index("family")["p_best"].idxmax() == "hamiltonian"
     assert families["p_best"].sum() == pytest.approx(1.0)
+    assert families["low"].between(0, 1).all() and families["high"].between(0, 1).all()
     worse = pairs.set_index(["a", "against"]).loc[("second_order", "best")]
     assert worse["different"] and worse["high"] < 0 and worse["p_holm"] < 0.05
     assert worse["effect"] < -2  # d_z: the same 3 points at every seed

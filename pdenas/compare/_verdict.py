@@ -362,7 +362,7 @@ def verdict_sentence(families: pd.DataFrame, pairs: pd.DataFrame, level: float, 
     worse = versus[versus["different"]].sort_values("diff")
     same = [a for a in versus.loc[~versus["different"], "a"]]
     if worse.empty:
-        at = f"{_cost_phrase(cost, limit)}, n" if limit is not None else "N"
+        at = f"{_cost_phrase(cost, limit)}{f' on {data}' if data else ''}, n" if limit is not None else "N"
         return (f"{at}o family can be told apart from the others ({int(best.seeds)} seeds; the "
                 f"highest mean test accuracy, {pct(best['mean'])}, is {best.family}'s).")
     head = _cost_phrase(cost, float(families["max_cost"].max()) if limit is None else limit)
@@ -400,6 +400,7 @@ def decide(correct: np.ndarray, groups: Sequence[Sequence[int]], names: Sequence
     boot = bootstrap_selection(correct, groups, n_boot=n_boot, seed=seed)
     level = 1 - alpha / looks
     low, high = boot.interval(0.95)
+    low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)  # stretched seed weights can overshoot
     families = pd.DataFrame({"family": list(names), "mean": boot.estimate, "low": low, "high": high,
                              "p_best": boot.p_best(), "seeds": correct.shape[1],
                              "candidates": [len(g) for g in groups],
