@@ -192,8 +192,9 @@ class TrainConfig(Config):
             AVX512-BF16, as oneDNN reports it; 1.4-3 times the images per second of fp32 on
             one thread, ``benchmarks/cpu_bf16.md``) and is off elsewhere, where it would be
             emulated and slower; "fp16" is CUDA only (``amp_mode``).
-        channels_last: Channels-last memory format for the model and batches; None means on
-            CUDA only.
+        channels_last: Channels-last memory format for the model and batches (None: on, on
+            every device). Not a study key: it was as fast or faster on every net measured, on
+            the CPU as well (``benchmarks/channels_last.md``: 0.71-1.01 of the time).
         grad_clip: Clip the global gradient norm to this value, or None.
         compile: Train through ``torch.compile(model)`` (validation stays eager). The first
             training step includes the compilation; its seconds are recorded as the first
@@ -229,7 +230,7 @@ class TrainConfig(Config):
     time_smoothness_form: str = "total_variation"
     augment: bool = True
     amp: str = "off"
-    channels_last: bool | None = None
+    channels_last: bool | None = field(default=None, metadata=INTERNAL)
     grad_clip: float | None = None
     compile: bool = field(default_factory=lambda: compile_default(), metadata=INTERNAL)
     keep: str = "best"
@@ -238,7 +239,9 @@ class TrainConfig(Config):
     SECTION = "train"
     REMOVED: ClassVar[Mapping[str, str]] = {
         "compile": f"set the environment variable {COMPILE_ENV}=1 on the machines where "
-                   "compiling pays (long GPU runs)"}
+                   "compiling pays (long GPU runs)",
+        "channels_last": "always on: as fast or faster on every net measured "
+                         "(benchmarks/channels_last.md)"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -462,7 +465,7 @@ def _fit(
     if len(data.val.y) == 0:
         raise InputError("fit needs a non-empty validation split")
     cuda = device.type == "cuda"
-    channels_last = cuda if config.channels_last is None else config.channels_last
+    channels_last = True if config.channels_last is None else config.channels_last
     amp = amp_mode(config.amp, device)
     model.to(device)
     if channels_last:
@@ -566,7 +569,7 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    channels_last = cuda if config.channels_last is None else config.channels_last
+    channels_last = True if config.channels_last is None else config.channels_last
     amp = amp_mode(config.amp, device)
     probe = copy.deepcopy(model).to(device)
     if channels_last:
