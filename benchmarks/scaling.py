@@ -110,7 +110,7 @@ def main() -> int:
         ("Optuna, 1 worker (SQLite), 2 threads", "optuna2", {"threads": 2}, (), 1),
         ("Optuna, 1 worker (SQLite), 1 thread", "optuna1", {"threads": 1}, (), 1),
         ("Ray Tune, local runtime (ASHA, 2 trials x 1 CPU)", "ray",
-         {"ray": {"cpus_per_trial": 1, "max_concurrent": 2}}, ("--backend", "ray"), 1),
+         {"ray": {"cpus_per_trial": 1}}, ("--backend", "ray"), 1),
         ("Optuna, 2 workers on PostgreSQL, 1 thread each", "postgres", {"threads": 1},
          ("--storage", "URL"), 2),
     ]

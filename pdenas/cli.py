@@ -97,10 +97,8 @@ def _epilog() -> str:
 
 def _backend_sections() -> dict[str, type]:
     """Study sections that a backend checks (``ray``), where its options load without it."""
-    try:
-        from pdenas.backends._ray_options import RayOptions
-    except ImportError:
-        return {}
+    from pdenas.backends._ray_options import RayOptions
+
     return {"ray": RayOptions}
 
 

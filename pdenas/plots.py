@@ -134,7 +134,7 @@ def plot_accuracy_vs(trials: pd.DataFrame, column: str, label: str, path: str | 
     """Validation accuracy against one architecture variable, one panel per family.
 
     Args:
-        trials: The run's trials; finished ones are drawn as filled dots, pruned or early-stopped
+        trials: The run's trials; finished ones are drawn as filled dots, early-stopped
             ones (accuracy at fewer epochs) as hollow ones.
         column: The variable, e.g. ``step_size`` or ``total_depth``.
         label: Its axis label, also used in the title.
@@ -160,7 +160,7 @@ def plot_accuracy_vs(trials: pd.DataFrame, column: str, label: str, path: str | 
                        label="finished")
         if len(partial):
             ax.scatter(partial[column], 100 * partial["val_accuracy"], facecolors="none",
-                       edgecolors=colors[family], s=34, label="pruned (fewer epochs)")
+                       edgecolors=colors[family], s=34, label="stopped early (fewer epochs)")
         ax.set_title(f"{family} ({len(full)} finished)", fontsize=10)
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -237,7 +237,7 @@ def plot_optimisation_history(trials: pd.DataFrame, path: str | Path) -> Path:
         xs = [*done["number"], trials["number"].max()]
         ax.step(xs, [*best, best.iloc[-1]], where="post", color="black", lw=1.2, label="best so far")
     if (~full & scored).any():
-        ax.scatter([], [], facecolors="none", edgecolors="0.3", s=30, label="pruned (fewer epochs)")
+        ax.scatter([], [], facecolors="none", edgecolors="0.3", s=30, label="stopped early (fewer epochs)")
     failed = trials[trials["status"].isin([s.value for s in TrialStatus if s.failure])]
     if len(failed):
         bottom = 100 * trials["val_accuracy"].min() if scored.any() else 0.0

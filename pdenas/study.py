@@ -242,7 +242,7 @@ class StudyConfig(Config):
             (Optuna backend; ``--workers`` overrides it): an integer, or "auto", which is one
             worker per ``threads`` CPU cores on a CPU study with ``threads`` set, else 1
             (``backends._supervise.worker_count``). Ray runs trials side by side itself
-            (``ray.max_concurrent``).
+            (as many as the cluster's CPUs and GPUs hold).
         ray: The Ray Tune backend's settings (validated by that backend).
         tracking: Experiment trackers (MLflow, TensorBoard) the trials report to
             (``pdenas.tracking``).

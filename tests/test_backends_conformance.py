@@ -29,7 +29,7 @@ def searched(request, tiny_study, tmp_path) -> tuple[str, Path, StudyConfig]:
     if backend == "ray":
         request.getfixturevalue("ray_address")  # a local Ray runtime for the session
     config = StudyConfig.load(tiny_study(
-        n_trials=3, ray={"cpus_per_trial": 1, "max_concurrent": 2},
+        n_trials=3, ray={"cpus_per_trial": 1},
         start_with=[{"family": "resnet", "step_size": 0.5}]))
     run = run_search(config, backend=backend, out=tmp_path / "run", quiet=True)
     return backend, run.path, config

@@ -47,7 +47,7 @@ n_trials: 2
 device: cpu
 seed: 0
 threads: 1
-ray: {cpus_per_trial: 1, max_concurrent: 2}
+ray: {cpus_per_trial: 1}
 """
 
 

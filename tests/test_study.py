@@ -128,3 +128,16 @@ def test_a_run_json_an_earlier_version_wrote_keeps_its_sampler_and_early_stoppin
     assert StudyConfig.from_stored({"name": "old", "pruner": "none"}).early_stop.rule == "none"
     with pytest.raises(ValueError, match="pruner: removed; use early_stop.rule"):
         StudyConfig.from_dict({"name": "old", "pruner": "none"})  # a study file is refused
+
+
+def test_ray_runs_as_many_trials_at_once_as_the_cluster_holds() -> None:
+    """``ray.max_concurrent`` left the study: the cluster's CPUs over cpus_per_trial, and its
+    GPUs over gpus_per_trial when trials use them, at least one."""
+    from pdenas.backends._ray_options import RayOptions
+
+    assert RayOptions().concurrent({"CPU": 2.0}) == 2
+    assert RayOptions(cpus_per_trial=2, gpus_per_trial=0.25).concurrent({"CPU": 32.0, "GPU": 4.0}) == 16
+    assert RayOptions(cpus_per_trial=1, gpus_per_trial=0.5).concurrent({"CPU": 16.0, "GPU": 1.0}) == 2
+    assert RayOptions(cpus_per_trial=4).concurrent({"CPU": 2.0}) == 1
+    with pytest.raises(ValueError, match=r"^ray\.max_concurrent: removed; as many trials"):
+        RayOptions.from_dict({"max_concurrent": 4})

@@ -7,7 +7,7 @@ Lifecycle of a search (``pdenas.backends.run_search`` drives it; the CLI and the
 that, never a backend directly):
 
 1. ``get_backend(name)`` finds the backend class in the registry; ``cls.check(config)``
-   validates the backend's own options (samplers, pruners, Ray settings). Bad input is a
+   validates the backend's own options (samplers, early stopping, Ray settings). Bad input is a
    ``ValueError`` before anything is written.
 2. The run folder is claimed (``RunFolder.claim``: a folder holding another study is refused),
    the data is loaded (on the trial device when ``cls.trains_in_process``, else only for its

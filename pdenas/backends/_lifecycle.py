@@ -205,7 +205,7 @@ class TrialLife:
         record.epochs_trained = result.epochs_trained
         record.val_accuracy = float(result.best_val_accuracy) if result.history else None
         self.folder.write_weights(result.best_state)
-        record.status = TrialStatus.PRUNED if result.stopped else TrialStatus.COMPLETED
+        record.status = TrialStatus.STOPPED if result.stopped else TrialStatus.COMPLETED
         if record.status is TrialStatus.COMPLETED:
             self.runner.completed_in(self.elapsed())
 

@@ -4,8 +4,8 @@
 define-by-run search space (``space.suggest`` on the Optuna trial it is handed) and sampler, whose
 scheduler applies the study's ``early_stop`` rule to the validation accuracy per epoch
 (``EarlyStopScheduler`` for pdenas's own rules, Ray's asynchronous HyperBand for ``hyperband``,
-FIFO for ``none``), and whose trials each reserve the study's CPUs and (fractional) GPUs, at most ``max_concurrent`` at a
-time. Each Ray trial gets a unique pdenas trial number, rebuilds its candidate with
+FIFO for ``none``), and whose trials each reserve the study's CPUs and (fractional) GPUs, as many
+at a time as the cluster holds. Each Ray trial gets a unique pdenas trial number, rebuilds its candidate with
 ``TrialRunner.replay`` and trains it with ``TrialRunner.run``, so the run folder looks like the Optuna
 backend's (``trials/<n>/{model.pt, architecture.json, record.json}``) and the leaderboard,
 comparison and export read it the same way.
@@ -54,9 +54,8 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray
@@ -65,10 +64,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from pdenas._config import Config
 from pdenas.backends._base import Backend, Progress, TrialHooks, TrialRunner, finished_summary
 from pdenas.backends._codec import encode
 from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stop_reason, stops
+from pdenas.backends._ray_options import RayOptions
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_options, make_sampler
 from pdenas.backends._storage import make_storage
@@ -95,38 +94,6 @@ _EXPERIMENT = re.compile(r"^exp-(\d+)$")
 # variable, not searcher state, so a restored searcher obeys the timeout of the command that
 # restored it rather than the one that created it.
 _deadline: float | None = None
-
-
-@dataclass(frozen=True)
-class RayOptions(Config):
-    """The study's ``ray:`` section: how the Ray Tune backend runs the study.
-
-    Attributes:
-        cpus_per_trial: CPUs reserved for each trial (Ray sets its thread count to this).
-        gpus_per_trial: GPUs per trial; fractions share one GPU between trials.
-        max_concurrent: Most trials running at once.
-
-    Early stopping is the study's ``early_stop`` section, as on the Optuna backend; the cluster's
-    address is ``--address`` (``pdenas.search(address=...)``).
-    """
-
-    SECTION = "ray"
-    REMOVED: ClassVar[Mapping[str, str]] = {
-        "scheduler": "use early_stop.rule (asha, hyperband, mo_asha, percentile; none for fifo)",
-        "grace_period": "use early_stop.min_epochs",
-        "reduction_factor": "use early_stop.reduction",
-        "address": "use --address (pdenas.search(address=...))",
-    }
-
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.require("cpus_per_trial", self.cpus_per_trial > 0, "a number > 0")
-        self.require("gpus_per_trial", self.gpus_per_trial >= 0, "a number >= 0")
-        self.require("max_concurrent", self.max_concurrent >= 1, "an integer >= 1")
 
 
 # --- driver side: the search ----------------------------------------------------------------------
@@ -453,7 +420,8 @@ class RayBackend(Backend):
                                 points_to_evaluate=first or None, study_name=config.name,
                                 storage=storage)
         searcher.run_folder = self.run_folder
-        limited = ConcurrencyLimiter(searcher, max_concurrent=self.ray_options.max_concurrent)
+        limited = ConcurrencyLimiter(
+            searcher, max_concurrent=self.ray_options.concurrent(ray.cluster_resources()))
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=limited,

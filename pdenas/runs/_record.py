@@ -40,7 +40,7 @@ class TrialRecord:
         train: The candidate's training settings (``TrainConfig.to_dict()``).
         params: The parameters the sampler suggested (what ``SearchSpace.replay`` rebuilds from).
         val_accuracy: Best validation accuracy over the epochs trained.
-        epochs_trained: Epochs actually trained (a pruned trial trains fewer).
+        epochs_trained: Epochs actually trained (a trial stopped early trains fewer).
         epochs_planned: The full budget.
         history: Per-epoch metrics (``epoch`` from 1, ``val_accuracy``, ``train_loss``, ...).
         cost: Parameters, FLOPs, latency and memory (``Cost.to_dict()``).

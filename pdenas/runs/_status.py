@@ -36,8 +36,6 @@ class TrialStatus(str, enum.Enum):
     STOPPED = "stopped"
     """Stopped early by the study's ``early_stop`` rule, on either backend. Records written
     before the one status say "pruned" (the Optuna backend's word then): read as this."""
-    PRUNED = "stopped"
-    """An alias of ``STOPPED`` for code written before the one status (no record holds it)."""
     TIMEOUT = "timeout"
     """Stopped at the study's per-trial time limit."""
     INFEASIBLE = "infeasible"
