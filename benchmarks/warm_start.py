@@ -50,7 +50,7 @@ def _study(name: str, warm: bool) -> dict:
     return {"name": name, "data": {"name": "fashion_mnist", "train_limit": 6000, "val_fraction": 0.2},
             "space": "space.yaml", "train": {"epochs": 4, "batch_size": 128, "augment": False},
             "objectives": ["val_accuracy"], "sampler": {"name": "tpe", "n_startup_trials": 6},
-            "early_stop": {"rule": "percentile", "min_epochs": 1},
+            "early_stop": {"rule": "median", "min_epochs": 1},
             "warm_start": warm, "n_trials": 200, "device": "cpu", "seed": 0, "threads": 1}
 
 

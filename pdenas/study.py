@@ -114,7 +114,7 @@ class Constraints(Config):
 
 
 STABILITY_MODES = ("off", "record", "refuse", "shorten")
-EARLY_STOP_RULES = ("none", "percentile", "asha", "mo_asha", "hyperband")
+EARLY_STOP_RULES = ("none", "median", "asha", "mo_asha", "hyperband")
 
 
 @dataclass(frozen=True)
@@ -127,25 +127,28 @@ class EarlyStop(Config):
     ``min_epochs * reduction**k`` epochs (k = 0, 1, ...).
 
     Attributes:
-        rule: "percentile" (at every epoch from ``min_epochs`` on, stop a trial whose best
-            validation accuracy so far is below ``percentile`` of the other trials' at that
-            epoch; 50: the median), "asha" (at each rung, only the best ``1/reduction`` of the
+        rule: "median" (at every epoch from ``min_epochs`` on, stop a trial whose best
+            validation accuracy so far is below the median of the other trials' at that
+            epoch, as Optuna's MedianPruner), "asha" (at each rung, only the best ``1/reduction`` of the
             trials that reached it go on, by accuracy), "mo_asha" (the same by Pareto rank of
             accuracy and the cost objective, so the accuracy-cost front goes on; needs a cost
             objective), "hyperband" (Optuna's HyperbandPruner, Ray's asynchronous HyperBand;
-            accuracy alone, one objective) or "none". pdenas's own rules (percentile, asha,
+            accuracy alone, one objective) or "none". pdenas's own rules (median, asha,
             mo_asha) keep every trial while fewer than ``MIN_TRIALS`` (4) reached the epoch.
         min_epochs: Epochs every trial trains before it may be stopped: the first rung.
         reduction: The rungs' growth and ASHA's reduction factor (the best ``1/reduction`` go on).
-        percentile: The percentile rule's threshold, 0 to 100.
+        percentile: The median rule's threshold, 0 to 100 (50: the median; not a study key,
+            for code that wants another percentile).
     """
 
     SECTION = "early_stop"
+    REMOVED: ClassVar[Mapping[str, str]] = {
+        "percentile": "the rule is median (the 50th percentile of the other trials)"}
 
-    rule: str = "percentile"
+    rule: str = "median"
     min_epochs: int = 1
     reduction: int = 2
-    percentile: float = 50.0
+    percentile: float = field(default=50.0, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -254,13 +257,13 @@ class StudyConfig(Config):
         "cover_families": "every family gets one trial first whenever the space chooses "
                           "between families",
         "latency_repeats": f"set the environment variable {LATENCY_REPEATS_ENV} instead",
-        "pruner": "use early_stop.rule (percentile for median, hyperband, asha, mo_asha or none)",
-        "pruner_options": "use early_stop (min_epochs, reduction, percentile)",
+        "pruner": "use early_stop.rule (median, hyperband, asha, mo_asha or none)",
+        "pruner_options": "use early_stop (min_epochs, reduction)",
         "early_stop_rule": "use early_stop.rule",
         "early_stop_warmup": "use early_stop.min_epochs (warmup + 1: the first epoch a trial "
                              "may stop at)",
         "early_stop_reduction": "use early_stop.reduction",
-        "early_stop_percentile": "use early_stop.percentile",
+        "early_stop_percentile": "use early_stop.rule: median",
         "sampler_options": "write the options in the sampler mapping (sampler: {name: tpe, "
                            "n_startup_trials: 10})",
     }
@@ -322,10 +325,10 @@ class StudyConfig(Config):
             and 1 <= self.workers <= MAX_WORKERS), f"an integer from 1 to {MAX_WORKERS}, or auto")
         rule = self.early_stop.rule
         self.require("early_stop.rule", rule != "mo_asha" or self.multi_objective,
-                     "percentile, asha, hyperband or none for accuracy alone",
+                     "median, asha, hyperband or none for accuracy alone",
                      problem="mo_asha needs a cost objective (objectives: [val_accuracy, flops])")
         self.require("early_stop.rule", rule != "hyperband" or not self.multi_objective,
-                     "mo_asha, asha, percentile or none with a cost objective",
+                     "mo_asha, asha, median or none with a cost objective",
                      problem="hyperband ranks by one objective (Optuna's HyperbandPruner refuses "
                              "multi-objective studies)")
         for k, params in enumerate(self.start_with):
@@ -421,7 +424,7 @@ class StudyConfig(Config):
         return self.space
 
 
-_PRUNER_RULES = {"median": ("percentile", 2), "successive_halving": ("asha", 4),
+_PRUNER_RULES = {"median": ("median", 2), "successive_halving": ("asha", 4),
                  "hyperband": ("hyperband", 3), "none": ("none", 2)}
 """An earlier version's pruner: the rule it is now, and Optuna's default reduction factor."""
 
@@ -431,7 +434,12 @@ def _early_stop_upgraded(data: Any) -> Any:
     options go into the ``sampler`` mapping, and its early-stopping keys (``pruner`` and
     ``pruner_options`` for one objective, ``early_stop_rule``/``_warmup``/``_reduction``/
     ``_percentile`` for several) become the ``early_stop`` section they meant."""
-    if not isinstance(data, Mapping) or "early_stop" in data:
+    if not isinstance(data, Mapping):
+        return data
+    early = data.get("early_stop")
+    if isinstance(early, Mapping) and early.get("rule") == "percentile":  # the median rule's
+        return {**data, "early_stop": {**early, "rule": "median"}}       # first name
+    if "early_stop" in data:
         return data
     values = dict(data)
     options = values.pop("sampler_options", None)
@@ -448,7 +456,8 @@ def _early_stop_upgraded(data: Any) -> Any:
     if not isinstance(pruner_options, Mapping):
         pruner_options = {}
     if several:  # (a value of the wrong kind is left for the section's checks to name)
-        early = {"rule": rule, "min_epochs": warmup + 1 if isinstance(warmup, int) else warmup,
+        early = {"rule": "median" if rule == "percentile" else rule,
+                 "min_epochs": warmup + 1 if isinstance(warmup, int) else warmup,
                  "reduction": reduction, "percentile": percentile}
     elif isinstance(pruner, str) and pruner in _PRUNER_RULES:
         rule, eta = _PRUNER_RULES[pruner]

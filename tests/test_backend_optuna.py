@@ -35,7 +35,7 @@ def test_bad_sampler_option_is_a_value_error() -> None:
         make_sampler(config)
 
 
-@pytest.mark.parametrize("rule", ["none", "percentile", "asha"])
+@pytest.mark.parametrize("rule", ["none", "median", "asha"])
 def test_only_hyperband_is_an_optuna_pruner(rule: str) -> None:
     """pdenas's own rules run in the trial hook: the study gets no pruner for them."""
     config = StudyConfig(name="p", early_stop=EarlyStop(rule=rule))
@@ -254,7 +254,7 @@ def test_balanced_early_stopping_measures_a_trial_against_its_own_family_only() 
     from pdenas.backends._balanced import family_view
     from pdenas.backends.optuna import _Hooks
 
-    config = StudyConfig(name="b", early_stop=EarlyStop(rule="percentile", min_epochs=1))
+    config = StudyConfig(name="b", early_stop=EarlyStop(rule="median", min_epochs=1))
     study = optuna.create_study(direction="maximize")
     _family_curves(study, "resnet", [[0.8, 0.9], [0.85, 0.92], [0.9, 0.95]])
     _family_curves(study, "parabolic", [[0.3, 0.6], [0.4, 0.7], [0.35, 0.65]])

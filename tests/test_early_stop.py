@@ -54,7 +54,7 @@ def _curve(accuracies: list[float], cost: float = math.inf) -> Curve:
 def test_the_rules_look_only_from_min_epochs_on_and_never_at_the_last_epoch() -> None:
     others = [_curve([0.5 + 0.1 * k] * 8, 1e5 * (k + 1)) for k in range(4)]
     low = [0.1] * 8
-    percentile = EarlyStop(rule="percentile", min_epochs=2)
+    percentile = EarlyStop(rule="median", min_epochs=2)
     asha = EarlyStop(rule="asha", min_epochs=2, reduction=2)  # rungs at 2, 4, 8
     assert [e for e in range(1, 9) if stops(percentile, _curve(low[:e]), others, 8)] == list(
         range(2, 8))
@@ -67,8 +67,8 @@ def test_the_rules_look_only_from_min_epochs_on_and_never_at_the_last_epoch() ->
 
 def test_percentile_compares_with_the_others_at_the_same_epoch() -> None:
     others = [_curve([0.1, a]) for a in (0.2, 0.4, 0.6, 0.8)]  # median 0.5, quarter 0.35
-    median = EarlyStop(rule="percentile", min_epochs=1)
-    quarter = EarlyStop(rule="percentile", min_epochs=1, percentile=25)
+    median = EarlyStop(rule="median", min_epochs=1)
+    quarter = EarlyStop(rule="median", min_epochs=1, percentile=25)
     assert stops(median, _curve([0.1, 0.49]), others, 8)
     assert not stops(median, _curve([0.1, 0.51]), others, 8)
     assert not stops(quarter, _curve([0.1, 0.49]), others, 8)
@@ -175,7 +175,7 @@ def _feed(feed: _OptunaFeed | _RayFeed, curves: list[tuple[list[float], float]],
 
 @pytest.mark.parametrize("order", ["sequential", "interleaved"])
 @pytest.mark.parametrize(("rule", "objectives"), [
-    ("percentile", ("val_accuracy",)), ("asha", ("val_accuracy",)),
+    ("median", ("val_accuracy",)), ("asha", ("val_accuracy",)),
     ("mo_asha", ("val_accuracy", "flops")), ("asha", ("val_accuracy", "flops"))])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_both_backends_stop_the_same_trials(rule: str, objectives: tuple[str, ...], order: str,
@@ -191,7 +191,7 @@ def test_both_backends_stop_the_same_trials(rule: str, objectives: tuple[str, ..
     assert on_optuna == on_ray
     stopped = {e for e in on_optuna.values() if e is not None}
     assert stopped and None in on_optuna.values()  # some stop, some train to the end
-    if rule != "percentile":
+    if rule != "median":
         assert stopped <= {1, 2, 4}  # rungs at min_epochs * reduction**k only
 
 
@@ -215,10 +215,10 @@ def test_a_cheaper_candidate_is_not_stopped_for_accuracy_alone() -> None:
 
     assert stops_at_2("mo_asha", 1e4) is False
     assert stops_at_2("mo_asha", 1e6) is True
-    assert stops_at_2("percentile", 1e4) is True  # accuracy alone would stop it
+    assert stops_at_2("median", 1e4) is True  # accuracy alone would stop it
     # The record says why, in the words the Ray backend's driver writes too.
     assert reasons == [None, "stopped early by the mo_asha rule after 2 of 8 epochs",
-                       "stopped early by the percentile rule after 2 of 8 epochs"]
+                       "stopped early by the median rule after 2 of 8 epochs"]
 
 
 def test_the_ray_scheduler_forgets_a_failed_trial_and_restarts_a_restored_one() -> None:
@@ -240,11 +240,11 @@ def test_the_ray_scheduler_forgets_a_failed_trial_and_restarts_a_restored_one() 
 
 # --- the early_stop section ------------------------------------------------------------------------
 @pytest.mark.parametrize(("data", "needle"), [
-    ({"early_stop": {"rule": "median"}},
-     "early_stop.rule: got 'median'; allowed: none, percentile, asha, mo_asha, hyperband"),
+    ({"early_stop": {"rule": "successive_halving"}},
+     "early_stop.rule: got 'successive_halving'; allowed: none, median, asha, mo_asha, hyperband"),
     ({"early_stop": {"reduction": 1}}, "early_stop.reduction: got 1; allowed: an integer from 2"),
     ({"early_stop": {"min_epochs": 0}}, "early_stop.min_epochs: got 0; allowed: an integer >= 1"),
-    ({"early_stop": {"percentile": 101}}, "early_stop.percentile: got 101.0; allowed: a number"),
+    ({"early_stop": {"percentile": 25}}, "early_stop.percentile: removed; the rule is median"),
     ({"early_stop": {"grace": 2}}, "early_stop.grace: unknown key; allowed: rule, min_epochs"),
     ({"early_stop": "mo_asha"}, "early_stop.rule: mo_asha needs a cost objective"),
     ({"early_stop": "hyperband", "objectives": ["val_accuracy", "flops"]},
@@ -261,7 +261,7 @@ def test_bad_early_stop_options_name_the_key(data: dict, needle: str) -> None:
     ({"early_stop_rule": "mo_asha"}, "early_stop_rule: removed; use early_stop.rule"),
     ({"early_stop_warmup": 2}, "early_stop_warmup: removed; use early_stop.min_epochs"),
     ({"early_stop_reduction": 2}, "early_stop_reduction: removed; use early_stop.reduction"),
-    ({"early_stop_percentile": 50}, "early_stop_percentile: removed; use early_stop.percentile"),
+    ({"early_stop_percentile": 50}, "early_stop_percentile: removed; use early_stop.rule: median"),
     ({"sampler_options": {"n_startup_trials": 3}}, "sampler_options: removed; write the options "
                                                    "in the sampler mapping"),
 ])
@@ -288,5 +288,5 @@ def test_the_section_has_one_spelling_and_a_short_form() -> None:
     assert config.early_stop == EarlyStop(rule="none")
     assert config.sampler == "tpe" and config.sampler_options == {"n_startup_trials": 3}
     assert StudyConfig.from_dict(config.to_dict()) == config  # run.json round-trips
-    assert StudyConfig(name="x").early_stop == EarlyStop(rule="percentile", min_epochs=1,
+    assert StudyConfig(name="x").early_stop == EarlyStop(rule="median", min_epochs=1,
                                                          reduction=2, percentile=50)

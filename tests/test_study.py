@@ -124,7 +124,7 @@ def test_a_run_json_an_earlier_version_wrote_keeps_its_sampler_and_early_stoppin
     single = StudyConfig.from_stored({
         "name": "old", "sampler": "tpe", "sampler_options": {}, "pruner": "median",
         "pruner_options": {"n_startup_trials": 5, "n_warmup_steps": 3}, "early_stop_rule": "mo_asha"})
-    assert single.early_stop == EarlyStop(rule="percentile", min_epochs=3)
+    assert single.early_stop == EarlyStop(rule="median", min_epochs=3)
     assert StudyConfig.from_stored({"name": "old", "pruner": "none"}).early_stop.rule == "none"
     with pytest.raises(ValueError, match="pruner: removed; use early_stop.rule"):
         StudyConfig.from_dict({"name": "old", "pruner": "none"})  # a study file is refused
@@ -141,3 +141,10 @@ def test_ray_runs_as_many_trials_at_once_as_the_cluster_holds() -> None:
     assert RayOptions(cpus_per_trial=4).concurrent({"CPU": 2.0}) == 1
     with pytest.raises(ValueError, match=r"^ray\.max_concurrent: removed; as many trials"):
         RayOptions.from_dict({"max_concurrent": 4})
+
+
+def test_a_stored_percentile_rule_reads_as_the_median_rule() -> None:
+    """run.json written while the median rule was called ``percentile`` still reads."""
+    stored = {"name": "x", "early_stop": {"rule": "percentile", "min_epochs": 2, "percentile": 50}}
+    config = StudyConfig.from_stored(stored)
+    assert (config.early_stop.rule, config.early_stop.min_epochs) == ("median", 2)

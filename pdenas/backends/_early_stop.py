@@ -12,8 +12,8 @@ The rules (``EarlyStop.rule``); a trial is never stopped before ``min_epochs`` e
 last epoch, and every trial goes on while fewer than ``MIN_TRIALS`` (itself included) reached
 the epoch. A trial's accuracy at epoch e is its best validation accuracy over epochs 1..e:
 
-- ``percentile``: at every epoch from ``min_epochs`` on, stop below the ``percentile``-th
-  percentile (numpy's linear interpolation) of the others' accuracy at that epoch (as Optuna's
+- ``median``: at every epoch from ``min_epochs`` on, stop below the median (the ``percentile``-th
+  percentile, 50) (numpy's linear interpolation) of the others' accuracy at that epoch (as Optuna's
   MedianPruner/PercentilePruner compare).
 - ``asha``: successive halving at rungs ``min_epochs * reduction**k``: of the ``n`` trials that
   reached a rung, the best ``ceil(n / reduction)`` go on (ties with the last kept one go on).
@@ -53,7 +53,7 @@ MIN_TRIALS = 4
 """pdenas's rules keep every trial while fewer than this many (itself included) reached the
 epoch: with fewer, a percentile or a share of the trials says little."""
 
-OWN_RULES = ("percentile", "asha", "mo_asha")
+OWN_RULES = ("median", "asha", "mo_asha")
 """The rules this module decides; ``hyperband`` and ``none`` are the backends' own."""
 
 
@@ -96,7 +96,7 @@ def checks(config: EarlyStop, epoch: int, planned: int) -> bool:
     """Whether the study's own rule looks at a trial after ``epoch`` of its ``planned`` epochs."""
     if config.rule not in OWN_RULES or epoch < config.min_epochs or epoch >= planned:
         return False
-    return config.rule == "percentile" or is_rung(epoch, config.min_epochs, config.reduction)
+    return config.rule == "median" or is_rung(epoch, config.min_epochs, config.reduction)
 
 
 def stops(config: EarlyStop, me: Curve, others: Iterable[Curve], planned: int,
@@ -118,7 +118,7 @@ def stops(config: EarlyStop, me: Curve, others: Iterable[Curve], planned: int,
     if len(reached) + 1 < min_trials:
         return False
     mine, theirs = me.best(epoch), [c.best(epoch) for c in reached]
-    if config.rule == "percentile":
+    if config.rule == "median":
         return mine < float(np.percentile(theirs, config.percentile))
     if config.rule == "asha":
         return not asha_keeps(mine, theirs, config.reduction)
