@@ -80,9 +80,8 @@ def differences(model: torch.nn.Module, result: FitResult, run: Any) -> dict[str
     # Batch norm (per-seed running statistics), AdamW, keep last, last weights.
     ("resnet", {"optimizer": "adamw", "lr": 0.01, "keep": "last"}, False),
     # Meganet's momentum under a stepped rate with warm-up, Nesterov off, label smoothing.
-    ("hamiltonian", {"momentum_form": "meganet", "schedule": "step", "milestones": [0.5],
-                     "warmup_epochs": 0.5, "label_smoothing": 0.1,
-                     "time_smoothness_form": "meganet"}, True),
+    ("hamiltonian", {"meganet": True, "schedule": "step", "milestones": [0.5],
+                     "warmup_epochs": 0.5, "label_smoothing": 0.1}, True),
 ])
 def test_float64_seeds_match_separate_fits(digits: Any, family: str, overrides: dict[str, Any],
                                            restore_best: bool) -> None:
@@ -129,9 +128,9 @@ def test_float32_batch_norm_seeds_match_separate_fits(digits: Any) -> None:
 
 
 def test_float32_tv_seeds_match_separate_fits(digits: Any) -> None:
-    """float32 under TV norm: rounding, amplified where a ReLU gate sits at the rounding
-    boundary (digits' flat background gives many equal pre-activations; seed 4 here), to at
-    most about 1e-3 in the weights after two epochs (the module docstring)."""
+    """float32 under TV norm: rounding, amplified for seeds 4 and 5 to 7e-4 and 1e-4 in the
+    weights after two epochs (digits' flat background gives many equal pre-activations, which
+    round to one side of a ReLU or the other; with 1 % noise in the images they agree to 2e-7)."""
     arch, cfg = small("parabolic"), config()
     runs = fit_seeds(arch, digits, cfg, "cpu", SEEDS)
     for seed, run in zip(SEEDS, runs):
