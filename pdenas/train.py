@@ -155,12 +155,13 @@ class TrainConfig(Config):
         optimizer: "sgd" (momentum, optionally Nesterov) or "adamw".
         lr: The peak learning rate.
         momentum: SGD momentum (ignored by AdamW).
-        momentum_form: Where the learning rate enters SGD's momentum: "torch" (the default,
+        momentum_form: Where the learning rate enters SGD's momentum: "torch" (
             ``v = μ v + g``, ``θ -= lr v``: a change of the rate acts at once) or "meganet"
             (Meganet.m's ``sgd``: ``v = lr g + μ v``, ``θ -= v``: the velocity keeps the old rate's
             steps and forgets them at the rate μ). The two are the same while the rate is
-            constant; "meganet" needs optimizer "sgd" without Nesterov.
-        nesterov: Nesterov momentum for SGD (needs momentum > 0).
+            constant; "meganet" needs optimizer "sgd" without Nesterov. Not a study key: None
+            takes it from ``meganet``.
+        nesterov: Nesterov momentum for SGD (needs momentum > 0; not a study key).
         weight_decay: L2 penalty for SGD, decoupled weight decay for AdamW; on the convolution
             kernels and the classifier only, not on the normalisations' scales and shifts
             (``weight_decay_groups``, as Meganet.m's ``cnnDriver``).
@@ -185,7 +186,12 @@ class TrainConfig(Config):
             network (multilevel training, ``deepen``) or varying h in a search leaves its
             meaning unchanged; or "meganet": Meganet.m's ``l1Reg`` of ``opTimeDer``,
             ``α Σ φ((θ_{j+1} - θ_j) / h)``, for reproducing the authors' runs (equal at
-            h = 1). ``φ(d) = sqrt(d² + eps) - sqrt(eps)``.
+            h = 1). ``φ(d) = sqrt(d² + eps) - sqrt(eps)``. Not a study key: None takes it from
+            ``meganet``.
+        meganet: Meganet.m's forms where pdenas's differ, together, for reproducing the
+            authors' runs: its SGD momentum update (``momentum_form: meganet``) and its
+            time-smoothness regulariser (``time_smoothness_form: meganet``); false (the default):
+            torch's momentum and the total variation in time, the same at every h.
         augment: Random flips (where the data allows) and padded crops of training batches.
         amp: Mixed precision: "off", "bf16", or "fp16" (with a gradient scaler). On CUDA as
             asked; on the CPU "bf16" autocasts where the processor computes bf16 natively (AMX or
@@ -216,8 +222,8 @@ class TrainConfig(Config):
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
-    momentum_form: str = "torch"
-    nesterov: bool = False
+    momentum_form: str | None = field(default=None, metadata=INTERNAL)
+    nesterov: bool = field(default=False, metadata=INTERNAL)
     weight_decay: float = 2e-4
     schedule: str = "cosine"
     schedule_interval: str = "epoch"
@@ -227,7 +233,8 @@ class TrainConfig(Config):
     label_smoothing: float = 0.0
     clip_weights: float | None = 1.0
     time_smoothness: float = 2e-4
-    time_smoothness_form: str = "total_variation"
+    time_smoothness_form: str | None = field(default=None, metadata=INTERNAL)
+    meganet: bool = False
     augment: bool = True
     amp: str = "off"
     channels_last: bool | None = field(default=None, metadata=INTERNAL)
@@ -241,10 +248,19 @@ class TrainConfig(Config):
         "compile": f"set the environment variable {COMPILE_ENV}=1 on the machines where "
                    "compiling pays (long GPU runs)",
         "channels_last": "always on: as fast or faster on every net measured "
-                         "(benchmarks/channels_last.md)"}
+                         "(benchmarks/channels_last.md)",
+        **{key: "use train.meganet: true for Meganet.m's momentum update and time-smoothness "
+                "regulariser together (false: torch's and the total variation in time)"
+           for key in ("momentum_form", "time_smoothness_form")},
+        "nesterov": "pdenas's SGD is plain momentum, as the paper's and Meganet.m's (the Python "
+                    "API's TrainConfig(nesterov=True) still has it)"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        forms = ("meganet", "meganet") if self.meganet else ("torch", "total_variation")
+        for name, form in zip(("momentum_form", "time_smoothness_form"), forms):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, form)
         req = self.require
         req("epochs", 1 <= self.epochs <= MAX_EPOCHS, f"an integer >= 1 and <= {MAX_EPOCHS}")
         req("batch_size", 1 <= self.batch_size <= 65_536, "an integer >= 1 and <= 65536")

@@ -42,7 +42,8 @@ def small(family: str, **options: Any) -> Architecture:
 
 
 def config(**overrides: Any) -> TrainConfig:
-    return TrainConfig.from_dict({"epochs": 2, "batch_size": 32, "lr": 0.1, **overrides})
+    # The constructor, not from_dict: some settings tested here are Python-API-only keys.
+    return TrainConfig(**{"epochs": 2, "batch_size": 32, "lr": 0.1, **overrides})
 
 
 def separate(arch: Architecture, data: Any, cfg: TrainConfig, seed: int,
@@ -80,7 +81,8 @@ def differences(model: torch.nn.Module, result: FitResult, run: Any) -> dict[str
     # Batch norm (per-seed running statistics), AdamW, keep last, last weights.
     ("resnet", {"optimizer": "adamw", "lr": 0.01, "keep": "last"}, False),
     # Meganet's momentum under a stepped rate with warm-up, Nesterov off, label smoothing.
-    ("hamiltonian", {"meganet": True, "schedule": "step", "milestones": [0.5],
+    ("hamiltonian", {"momentum_form": "meganet", "time_smoothness_form": "meganet",
+                     "schedule": "step", "milestones": (0.5,),
                      "warmup_epochs": 0.5, "label_smoothing": 0.1}, True),
 ])
 def test_float64_seeds_match_separate_fits(digits: Any, family: str, overrides: dict[str, Any],

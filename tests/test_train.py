@@ -69,7 +69,9 @@ def config(**overrides: object) -> TrainConfig:
         "time_smoothness": 0.0,
         "augment": False,
     }
-    return TrainConfig.from_dict({**base, **overrides})
+    internal = {k: overrides.pop(k) for k in ("momentum_form", "time_smoothness_form", "nesterov")
+                if k in overrides}  # not study keys: the Python API sets them
+    return dataclasses.replace(TrainConfig.from_dict({**base, **overrides}), **internal)
 
 
 # --- TrainConfig -------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def test_bad_values_name_key_and_allowed(key: str, value: object, allowed: str) 
 
 def test_nesterov_needs_momentum_and_amp_accepts_bools() -> None:
     with pytest.raises(ValueError, match="nesterov"):
-        TrainConfig.from_dict({"nesterov": True, "momentum": 0.0})
+        TrainConfig(nesterov=True, momentum=0.0)
     assert TrainConfig.from_dict({"amp": True}).amp == "bf16"
     assert TrainConfig.from_dict({"amp": False}).amp == "off"
     assert TrainConfig.from_dict({"clip_weights": None}).clip_weights is None
@@ -616,3 +618,16 @@ def test_compiled_training_matches_eager_and_reports_its_compile_time() -> None:
 def test_keys_that_left_the_study_name_what_replaces_them(key: str, replacement: str) -> None:
     with pytest.raises(ValueError, match=rf"^train\.{key}: removed; .*{replacement}"):
         TrainConfig.from_dict({key: True})
+
+
+def test_meganet_sets_both_of_the_authors_forms() -> None:
+    """One switch for reproducing the authors' runs: Meganet.m's momentum update and its
+    time-smoothness regulariser; the default is torch's and the total variation in time."""
+    authors = TrainConfig.from_dict({"meganet": True})
+    assert (authors.momentum_form, authors.time_smoothness_form) == ("meganet", "meganet")
+    plain = TrainConfig.from_dict({})
+    assert (plain.momentum_form, plain.time_smoothness_form) == ("torch", "total_variation")
+    assert TrainConfig.from_dict(authors.to_dict()) == authors  # a record's train reads back
+    for key in ("momentum_form", "time_smoothness_form"):
+        with pytest.raises(ValueError, match=rf"^train\.{key}: removed; use train\.meganet: true"):
+            TrainConfig.from_dict({key: "meganet"})
