@@ -148,3 +148,15 @@ def test_a_stored_percentile_rule_reads_as_the_median_rule() -> None:
     stored = {"name": "x", "early_stop": {"rule": "percentile", "min_epochs": 2, "percentile": 50}}
     config = StudyConfig.from_stored(stored)
     assert (config.early_stop.rule, config.early_stop.min_epochs) == ("median", 2)
+
+
+def test_a_study_file_has_at_most_55_keys() -> None:
+    """A key earns its place by a user who needs it: the leaf keys a study file may set, the
+    ray section's included, stay at 55 or fewer (78 before the cut)."""
+    from pdenas._config import leaf_keys
+    from pdenas.backends._ray_options import RayOptions
+
+    keys = [k for k in leaf_keys(StudyConfig) if k != "ray"]
+    keys += [f"ray.{k}" for k in leaf_keys(RayOptions)]
+    assert len(keys) <= 55, len(keys)
+    assert len(set(keys)) == len(keys)
