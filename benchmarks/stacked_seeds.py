@@ -14,6 +14,7 @@ float32 rounding floor of the same runs.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/stacked_seeds.py [--seeds 1 4 8 16] [--epochs 1] [--repeats 3]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from pdenas.network import build_model
 from pdenas.stacked import fit_seeds
 from pdenas.train import TrainConfig, fit
 
+DEVICE = "cpu"
+"""Where every run trains (``--device``)."""
+
 CANDIDATES = {
     # The quickstart space's kind of candidates (digits, AdamW, clipping, augmentation): its
     # smallest width, then a middle one.
@@ -54,7 +58,7 @@ def separate(arch: Architecture, data: Any, config: TrainConfig, seeds: list[int
     accuracies = []
     for seed in seeds:
         torch.manual_seed(seed)
-        result = fit(build_model(arch), data, config, "cpu", seed=seed)
+        result = fit(build_model(arch), data, config, DEVICE, seed=seed)
         accuracies.append(result.history[-1]["val_accuracy"])
     return time.perf_counter() - start, accuracies
 
@@ -62,7 +66,7 @@ def separate(arch: Architecture, data: Any, config: TrainConfig, seeds: list[int
 def fit_memory_format(arch: Architecture, data: Any, config: TrainConfig) -> str:
     """The memory format ``fit`` trains in with this config (it converts the model)."""
     model = build_model(arch)
-    fit(model, data, dataclasses.replace(config, epochs=1), "cpu")
+    fit(model, data, dataclasses.replace(config, epochs=1), DEVICE)
     kernel = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
     return "contiguous" if kernel.is_contiguous() else "channels-last"
 
@@ -70,7 +74,7 @@ def fit_memory_format(arch: Architecture, data: Any, config: TrainConfig) -> str
 def stacked(arch: Architecture, data: Any, config: TrainConfig, seeds: list[int]
             ) -> tuple[float, list[float]]:
     start = time.perf_counter()
-    runs = fit_seeds(arch, data, config, "cpu", seeds)
+    runs = fit_seeds(arch, data, config, DEVICE, seeds)
     seconds = time.perf_counter() - start
     return seconds, [r.result.history[-1]["val_accuracy"] for r in runs]
 
@@ -86,10 +90,10 @@ def agreement(arch: Architecture, data: Any, config: TrainConfig, seeds: list[in
             torch.manual_seed(seed)
             model = build_model(arch)
             result = fit(model, data, dataclasses.replace(config, channels_last=channels_last),
-                         "cpu", seed=seed)
+                         DEVICE, seed=seed)
             runs.append((model.state_dict(), result.history[-1]["val_accuracy"]))
     stacked_runs = [(r.model.state_dict(), r.result.history[-1]["val_accuracy"])
-                    for r in fit_seeds(arch, data, config, "cpu", seeds)]
+                    for r in fit_seeds(arch, data, config, DEVICE, seeds)]
 
     def gaps(runs: list[Any]) -> tuple[float, float]:
         weights = max((a[k] - b[0][k]).abs().max().item()
@@ -107,19 +111,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the data stays there)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     data = load_data(DataConfig(name="digits", val_fraction=0.25, train_limit=args.train_limit),
-                     "cpu")
+                     DEVICE)
     config = TrainConfig(epochs=args.epochs, batch_size=64, optimizer="adamw", lr=5e-3,
                          weight_decay=1e-4, clip_weights=1.0, time_smoothness=2e-4, augment=True)
     images = len(data.train.y) * args.epochs
     memory_format = fit_memory_format(CANDIDATES["parabolic (tv)"], data, config)
     load_start, began = os.getloadavg()[0], time.perf_counter()
-    print(f"# Stacked seeds against separate runs, CPU\n\n"
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else platform.machine()
+    print(f"# Stacked seeds against separate runs, {DEVICE.upper()}\n\n"
           f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python "
           f"benchmarks/stacked_seeds.py --seeds {' '.join(map(str, args.seeds))} "
-          f"--epochs {args.epochs} --repeats {args.repeats}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"--epochs {args.epochs} --repeats {args.repeats} --device {DEVICE}`, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"{where}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s). Digits 8x8: {len(data.train.y)} training and "
           f"{len(data.val.y)} validation images, {args.epochs} epoch(s), batch 64, AdamW, weight "
           f"clipping, time smoothness, augmentation; 2 units of 2 steps. The separate runs are "
