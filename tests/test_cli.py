@@ -404,3 +404,19 @@ def pdenas_cli_line(argv: list[str]) -> str:
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1, lines
     return lines[0]
+
+
+def test_a_damaged_storage_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A study.db damaged in its middle: resuming is one line naming the storage and SQLite's
+    cause (not SQLAlchemy's hundred-line chain), exit 2; the read commands still read the run."""
+    study = write_study(tmp_path, n_trials=2, epochs=1)
+    run = tmp_path / "run"
+    assert main(["search", str(study), "--out", str(run), "--quiet"]) == 0
+    db = run / "study.db"
+    data = bytearray(db.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = b"\xff" * 4096
+    db.write_bytes(bytes(data))
+    line = pdenas_cli_line(["search", str(study), "--out", str(run), "--quiet", "--n-trials", "3"])
+    assert line.startswith(f"pdenas: error: storage sqlite:///{db}: ")
+    assert "malformed" in line or "not a database" in line
+    assert main(["leaderboard", str(run)]) == 0

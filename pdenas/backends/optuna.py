@@ -80,6 +80,8 @@ def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None)
                                     load_if_exists=True)
     except ValueError as error:
         raise InputError(f"storage: {redact_url(str(error))}") from None
+    except optuna.exceptions.StorageInternalError as error:
+        raise storage_fault(storage_url, error) from None
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(config):
         raise InputError(
@@ -87,6 +89,17 @@ def open_study(config: StudyConfig, storage_url: str, sampler=None, pruner=None)
             f"asks for {directions(config)}; use another name or storage")
     study.set_metric_names(list(config.objectives))
     return study
+
+
+def storage_fault(url: str, error: Exception) -> InputError:
+    """A storage that cannot be read or written (a damaged SQLite file, a full disk, a database
+    gone) as one line naming the storage and the cause (the driver's first line, not the
+    hundred-line chain of SQLAlchemy's): the user's to fix, not a bug in pdenas."""
+    cause: BaseException = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return InputError(f"storage {redact_url(url)}: {redact_url(text)}", key="storage")
 
 
 def retries_exhausted(trial: FrozenTrial) -> bool:
@@ -355,15 +368,21 @@ class OptunaBackend(Backend):
 
     def search(self, n_trials: int, timeout: float | None = None,
                progress: Progress | None = None) -> None:
-        study = self.study
+        try:
+            self._start(n_trials, progress)
+            with catch_interrupts():  # a Ctrl-C that Python swallowed still stops the search
+                self._search(n_trials, timeout, progress)
+        except optuna.exceptions.StorageInternalError as error:
+            raise storage_fault(self.storage_url, error) from None
+
+    def _start(self, n_trials: int, progress: Progress | None) -> None:
+        """Tells the progress bar what the study holds already."""
         if progress is not None:
-            finished = [decode(t) for t in study.get_trials(deepcopy=False)
+            finished = [decode(t) for t in self.study.get_trials(deepcopy=False)
                         if t.state.is_finished() and counts_toward_budget(t)]
             best = max((r.val_accuracy for r in finished
                         if r.status.trained and r.val_accuracy is not None), default=None)
             progress.start(len(finished), n_trials, best)
-        with catch_interrupts():  # a Ctrl-C that Python swallowed still stops the search
-            self._search(n_trials, timeout, progress)
 
     def _search(self, n_trials: int, timeout: float | None, progress: Progress | None) -> None:
         """Claims and runs trials until the budget or the time is used."""
