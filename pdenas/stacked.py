@@ -11,7 +11,7 @@ stacked tensors. Each seed keeps what its separate run would have had:
 - its data order and augmentation (a ``torch.Generator`` seeded with ``seed``, drawn through
   ``fit``'s own batching: ``pdenas.train._training_batches``);
 - its optimiser step: the summed loss ``Σ_s (CE_s + α R_s)`` has gradient ``∂(CE_s + α R_s)/∂θ_s``
-  in seed s's slice; SGD (momentum, Nesterov, both momentum forms) and AdamW, their weight decay
+  in seed s's slice; SGD (momentum, Nesterov, both momentum forms: ``train.meganet``) and AdamW, their weight decay
   groups, the schedule and warm-up, and the box clipping of the weights are elementwise, so one
   optimiser over the stacked tensors steps each seed as its own would; ``grad_clip`` clips each
   seed's global gradient norm separately;
@@ -29,9 +29,10 @@ the losses to 6e-7 (``fit`` computes the loss of a float64 network in float32) a
 accuracies exactly. In float32 they agree to about 1e-7, except where training amplifies
 rounding: to 1e-3 in the weights under TV norm with SGD on digits, for 2 of 8 seeds (the flat
 background gives many equal pre-activations, which round to one side of a ReLU or the other;
-with 1 % noise added to the images all 8 agree to 2e-7) and 1e-2 with AdamW (it normalises every gradient entry, so one that is rounding noise takes a
-full step): as far as ``fit`` is from itself with channels-last memory format
-(``benchmarks/stacked_seeds.md``). Speed against separate runs: the same file.
+with 1 % noise added to the images all 8 agree to 2e-7) and 1e-2 with AdamW (it normalises
+every gradient entry, so one that is rounding noise takes a full step): as far as ``fit`` is
+from itself with channels-last memory format (``benchmarks/stacked_seeds.md``). Speed against
+separate runs: the same file.
 
 Limits (``stacking_problems`` names them; ``fit_seeds`` refuses them with ``InputError``):
 ``multilevel`` training (the shapes change between levels), ``amp: fp16`` (one gradient scaler
