@@ -1,6 +1,6 @@
 """pdenas: neural architecture search over PDE-motivated residual networks.
 
-The public API (see DESIGN.md): ``Architecture``, ``list_families``, ``build_unit``,
+The public API (the README's "From Python" section shows it at work): ``Architecture``, ``list_families``, ``build_unit``,
 ``build_model``, ``paper_architecture``, ``load_model``, ``deepen``, and the search API of
 ``pdenas.api``: ``search``, ``open_run``, ``Run``, ``load_study``; ``InputError``, what bad input
 raises (a ``ValueError``).

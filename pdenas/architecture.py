@@ -134,7 +134,7 @@ PAPER_LAYOUTS: dict[str, dict[str, Any]] = {
     "cifar10": {"widths": (32, 64, 112, 112), "depths": (3, 3, 3), "num_classes": 10},
     "cifar100": {"widths": (32, 64, 128, 256), "depths": (3, 3, 3), "num_classes": 100},
 }
-"""The paper's layouts (PAPER.md): n_t = 3 per unit, h = 1, ReLU, and each family's own
+"""The paper's layouts (Ruthotto & Haber 2018, section 4): n_t = 3 per unit, h = 1, ReLU, and each family's own
 normalisation (TV for the PDE families, batch norm for the resnet baseline)."""
 
 

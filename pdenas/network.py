@@ -1,6 +1,6 @@
 """The whole network: opening layer -> units and connectors -> global pooling -> classifier.
 
-Layout of the paper (PAPER.md): a 3x3 opening convolution with batch norm and ReLU (stride 1 as
+Layout of the paper (Ruthotto & Haber 2018): a 3x3 opening convolution with batch norm and ReLU (stride 1 as
 in the paper; ``Architecture.opening_stride`` 2 halves the resolution there); after every
 unit a 1x1 connector (batch norm, ReLU) that changes the width and halves the resolution with 2x2
 average pooling, except after the last unit, where global average pooling follows; then a

@@ -7,7 +7,7 @@ amplify a perturbation; and each unit's one-step ``spectral_radius``, a diagnost
 and shorten modes still test the radius against ``stability.radius``: no benchmark has yet shown
 a threshold on the gain that predicts divergence (``benchmarks/stability.md``), and the radius
 screen is off unless a study asks for it. The ``||K||`` bound ignores the normalisation's
-Jacobian and bounds nothing under TV (PAPER.md); it is not part of the estimate.
+Jacobian and bounds nothing under TV (``benchmarks/stability.md``); it is not part of the estimate.
 """
 
 from __future__ import annotations

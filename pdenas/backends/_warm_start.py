@@ -1,7 +1,7 @@
 """Warm starts in the search (study option ``warm_start``): a candidate that matches a finished
 trial at a smaller depth starts from that trial's weights, resampled in time.
 
-Depth is a discretisation (PAPER.md; ``pdenas.multilevel``): a unit of n steps and one of 2n
+Depth is a discretisation (Ruthotto & Haber 2018; ``pdenas.multilevel``): a unit of n steps and one of 2n
 steps approximate the same dynamics, so a shallow trial's trained weights, each step repeated
 over the finer steps (``resample_model``), are a good start for a deeper candidate of the same
 family, widths, normalisation and activation. The candidate keeps its own step size h.
