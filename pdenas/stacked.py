@@ -11,9 +11,10 @@ stacked tensors. Each seed keeps what its separate run would have had:
 - its data order and augmentation (a ``torch.Generator`` seeded with ``seed``, drawn through
   ``fit``'s own batching: ``pdenas.train._training_batches``);
 - its optimiser step: the summed loss ``Σ_s (CE_s + α R_s)`` has gradient ``∂(CE_s + α R_s)/∂θ_s``
-  in seed s's slice; SGD (momentum, Nesterov, both momentum forms: ``train.meganet``) and AdamW, their weight decay
-  groups, the schedule and warm-up, and the box clipping of the weights are elementwise, so one
-  optimiser over the stacked tensors steps each seed as its own would; ``grad_clip`` clips each
+  in seed s's slice; SGD (momentum, Nesterov, both momentum forms: ``train.meganet``) and
+  AdamW, their weight decay groups, the schedule and warm-up, and the box clipping of the
+  weights are elementwise, so one optimiser over the stacked tensors steps each seed as its own
+  would; ``grad_clip`` clips each
   seed's global gradient norm separately;
 - its batch norm: the running statistics are stacked buffers that ``vmap`` updates per seed
   in place (torch.func's "functional_call with batched buffers"; measured equal to the separate
@@ -301,7 +302,8 @@ class _Stacked:
                         f"diverged: non-finite loss at epoch {epoch} step {first_bad[i]}"))
                     continue
                 if not math.isfinite(val_loss[i]):
-                    self._fail(i, Diverged(f"diverged: non-finite validation loss at epoch {epoch}"))
+                    self._fail(i, Diverged(
+                        f"diverged: non-finite validation loss at epoch {epoch}"))
                     continue
                 metrics[i] = self._record(i, epoch, {
                     "epoch": epoch, "lr": lr, "train_loss": train_loss[i],
