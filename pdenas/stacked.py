@@ -14,8 +14,7 @@ stacked tensors. Each seed keeps what its separate run would have had:
   in seed s's slice; SGD (momentum, Nesterov, both momentum forms: ``train.meganet``) and
   AdamW, their weight decay groups, the schedule and warm-up, and the box clipping of the
   weights are elementwise, so one optimiser over the stacked tensors steps each seed as its own
-  would; ``grad_clip`` clips each
-  seed's global gradient norm separately;
+  would; ``grad_clip`` clips each seed's global gradient norm separately;
 - its batch norm: the running statistics are stacked buffers that ``vmap`` updates per seed
   in place (torch.func's "functional_call with batched buffers"; measured equal to the separate
   modules' statistics), so evaluation uses each seed's own running statistics, as ``fit`` does;
