@@ -15,8 +15,8 @@ Python cannot interrupt a call blocked in C++ or CUDA. The watchdog handles that
    in supervised worker processes (``pdenas.backends._supervise``) and start a new worker, which
    claims the next trial; Ray Tune records the trial actor's death and starts the next trial.
 
-A hung process is only ended where something restarts it (``PDENAS_SUPERVISED`` is set, or the
-trial runs in a Ray actor). Elsewhere the watchdog records the trial, logs an error and leaves
+A hung process is only ended where something restarts it (a ``pdenas worker`` started with
+``--supervisor``, which calls ``restarted_by_supervisor``, or a Ray actor). Elsewhere the watchdog records the trial, logs an error and leaves
 the process alone, so a user's interpreter is never killed under them.
 """
 
