@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any, ClassVar
 
+from pdenas._bounded import short_repr
 from pdenas.errors import InputError
 
 __all__ = ["INTERNAL", "Config", "ConfigError", "FieldKind", "field_kinds", "file_keys", "key_of",
@@ -166,30 +167,30 @@ def coerce(key: str, value: Any, kind: FieldKind) -> Any:
         if kind.optional or kind.base == "any":
             return None
         raise ConfigError(f"{key}: got null; allowed: {kind.describe()}")
-    bad = ConfigError(f"{key}: got {value!r}; allowed: {kind.describe()}")
+    def bad() -> ConfigError:  # (built on failure only: a valid value is never rendered)
+        return ConfigError(f"{key}: got {short_repr(value)}; allowed: {kind.describe()}")
+
     if kind.base == "bool":
         if not isinstance(value, bool):
-            raise bad
+            raise bad()
     elif kind.base == "int":
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-            return int(value)  # 1e6 in YAML is a float; a whole one is the integer it names
         if not isinstance(value, int) or isinstance(value, bool):
-            raise bad
+            raise bad()
     elif kind.base == "float":
         if not _is_number(value) or not math.isfinite(value):
-            raise bad
+            raise bad()
         return float(value)
     elif kind.base == "str":
         if not isinstance(value, str):
-            raise bad
+            raise bad()
     elif kind.base == "tuple":
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-            raise bad
+            raise bad()
         item = FieldKind(kind.item or "any")
         return tuple(coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     elif kind.base == "mapping":
         if not isinstance(value, Mapping):
-            raise bad
+            raise bad()
         return dict(value)
     elif kind.base == "config":
         assert kind.config is not None
@@ -234,7 +235,7 @@ class Config:
         if ok:
             return
         if problem is None:
-            problem = f"got {getattr(self, name.split('.')[0], None)!r}"
+            problem = f"got {short_repr(getattr(self, name.split('.')[0], None))}"
         raise ConfigError(f"{key_of(self._section(), name)}: {problem}; allowed: {allowed}")
 
     @classmethod
