@@ -167,18 +167,7 @@ class TrialRunner:
 
         A diverging, out-of-memory, timed-out or failing candidate becomes a record with its
         status and reason; Ctrl-C and errors in pdenas itself write the record as interrupted
-        and propagate.
-
-        Args:
-            number: The trial number (also offsets the seed of the initial weights).
-            arch: The candidate.
-            train: Its training settings.
-            data: Data splits on ``device``.
-            device: Where to train.
-            params: The suggested params (stored so the trial can be rebuilt).
-            hooks: What the backend hears of the trial (cost, epochs, a hung trial).
-            time_left: Seconds the search has left (``--timeout``): a candidate predicted to
-                need more is infeasible.
+        and propagate. The arguments are ``TrialLife``'s.
         """
         return TrialLife(self, number, arch, train, data=data, device=device, params=params,
                          hooks=hooks, time_left=time_left).run()
