@@ -621,7 +621,7 @@ def test_the_two_forms_agree_at_h_1_and_the_default_is_total_variation():
     from pdenas.train import TrainConfig
 
     assert TrainConfig().time_smoothness_form == "total_variation"
-    with pytest.raises(ValueError, match=r"time_smoothness_form: unknown 'l1'; allowed: "
+    with pytest.raises(ValueError, match=r"^form: unknown 'l1'; allowed: "
                                          r"total_variation, meganet"):
         time_smoothness(unit, form="l1")
 

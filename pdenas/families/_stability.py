@@ -136,7 +136,8 @@ def time_smoothness(
     constant ``sqrt(eps)`` per entry makes equal weights in time give exactly 0 (the gradient is
     unchanged); the term is computed as ``d² / (sqrt(d² + eps) + sqrt(eps))``, which loses no
     precision for small d. The trainer multiplies R by ``TrainConfig.time_smoothness`` (Meganet's
-    ``alpha(3)``) and picks the form with ``TrainConfig.time_smoothness_form``.
+    ``alpha(3)``) and picks the form with ``TrainConfig.time_smoothness_form`` (in a study:
+"meganet" with ``train.meganet: true``, else "total_variation").
 
     Args:
         model: The network.
@@ -151,7 +152,7 @@ def time_smoothness(
         InputError: An unknown form.
     """
     if form not in TIME_SMOOTHNESS_FORMS:
-        raise InputError(f"train.time_smoothness_form: unknown {form!r}; allowed: "
+        raise InputError(f"form: unknown {form!r}; allowed: "
                          f"{', '.join(TIME_SMOOTHNESS_FORMS)}")
     if pairs is None:
         pairs = consecutive_step_parameters(model)
