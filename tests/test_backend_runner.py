@@ -50,9 +50,13 @@ def test_run_candidate_trains_and_saves(tmp_path: Path) -> None:
     assert seen == [1, 2]
     assert record.epochs_trained == 2 and len(record.history) == 2
     assert 0.0 <= record.val_accuracy <= 1.0
-    torch.manual_seed(3)  # run_candidate seeds the initial weights with seed * 100_003 + number
-    expected = min(u.max_stable_step() for u in __import__("pdenas").build_model(arch).units)
-    assert record.max_stable_step == pytest.approx(expected, rel=1e-9)
+    assert arch.norm == "tv" and record.max_stable_step is None  # the bound bounds nothing there
+    plain = Architecture("hamiltonian", (8, 8, 8), (1, 1), 0.5, in_channels=1, norm="none")
+    unnormed = run_candidate(4, plain, TrainConfig.from_dict({"epochs": 1, "batch_size": 64}),
+                             config, data, torch.device("cpu"), tmp_path)
+    torch.manual_seed(4)  # run_candidate seeds the initial weights with seed * 100_003 + number
+    expected = min(u.max_stable_step() for u in __import__("pdenas").build_model(plain).units)
+    assert unnormed.max_stable_step == pytest.approx(expected, rel=1e-9)
     assert record.cost["params"] == sum(p.numel() for p in __import__("pdenas").build_model(arch).parameters())
     folder = tmp_path / "trials" / "3"
     state = torch.load(folder / "model.pt", weights_only=True)

@@ -170,7 +170,8 @@ class TrialLife:
         record.constraints = config.constraints.violations(record.cost)
         if config.trial_timeout is not None:  # the same number of values for every trial
             record.constraints.append(record.cost["predicted_seconds"] - config.trial_timeout)
-        record.max_stable_step = min(unit.max_stable_step() for unit in self.model.units)
+        if self.arch.norm == "none":  # the ||K|| bound bounds nothing under TV or batch norm
+            record.max_stable_step = min(unit.max_stable_step() for unit in self.model.units)
         self.hooks.on_cost(record)
 
     def gate(self) -> str | None:

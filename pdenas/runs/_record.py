@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdenas._bounded import short_repr
 from pdenas.errors import InputError
 from pdenas.runs._status import TrialStatus
 
@@ -45,7 +47,8 @@ class TrialRecord:
         history: Per-epoch metrics (``epoch`` from 1, ``val_accuracy``, ``train_loss``, ...).
         cost: Parameters, FLOPs, latency and memory (``Cost.to_dict()``).
         constraints: Constraint values (feasible when all ``<= 0``).
-        max_stable_step: The linearised ||K|| bound on h of the initial weights.
+        max_stable_step: The linearised ||K|| bound on h of the initial weights, for norm
+            "none" only (under TV or batch normalisation it bounds nothing: None).
         stability: The spectral-radius estimate (study option ``stability``): ``init`` and
             ``final`` (each ``spectral_radius``, the largest over the units, and ``units``, one
             per unit), and ``shortened_from`` when h was shortened before training.
@@ -84,15 +87,25 @@ class TrialRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
-        """A record from its JSON form; keys this version does not know are ignored.
+        """A record from its JSON form, every field checked against its type (``FIELD_CHECKS``);
+        keys this version does not know are ignored.
 
         Raises:
-            ValueError: No ``number``, or an unknown status.
+            InputError: Not a mapping, no ``number``, an unknown status, or a field of the
+                wrong type (``record.cost: got 'x'; allowed: a mapping of numbers``).
         """
         if not isinstance(data, Mapping) or "number" not in data:
             raise InputError("record: not a trial record (no number)")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {}
+        for name, (check, allowed) in FIELD_CHECKS.items():
+            if name not in data:
+                continue
+            value = data[name]
+            if not check(value):
+                raise InputError(f"record.{name}: got {short_repr(value)}; allowed: {allowed}",
+                                 key=f"record.{name}")
+            values[name] = value
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that ``from_dict`` reads back."""
@@ -105,3 +118,68 @@ class TrialRecord:
             value = self.val_accuracy if name == "val_accuracy" else self.cost.get(name)
             values.append(float("nan") if value is None else float(value))
         return values
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _optional(check: Any) -> Any:
+    return lambda value: value is None or check(value)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _mapping(value: Any) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _numbers_mapping(value: Any) -> bool:  # (NaN allowed: a diverged loss, an unknown cost)
+    return isinstance(value, Mapping) and all(v is None or _number(v) for v in value.values())
+
+
+def _numbers_list(value: Any) -> bool:
+    return isinstance(value, list) and all(v is None or _number(v) for v in value)
+
+
+def _history(value: Any) -> bool:
+    return isinstance(value, list) and all(_numbers_mapping(h) for h in value)
+
+
+def _status(value: Any) -> bool:
+    return isinstance(value, (str, TrialStatus))
+
+
+FIELD_CHECKS: dict[str, tuple[Any, str]] = {
+    "number": (_count, "a trial number (an integer >= 0)"),
+    "status": (_status, "a status word"),
+    "failure_reason": (_optional(_text), "text or null"),
+    "architecture": (_mapping, "a mapping (the candidate's architecture)"),
+    "train": (_mapping, "a mapping (the training settings)"),
+    "params": (_mapping, "a mapping of parameter names to values"),
+    "val_accuracy": (_optional(_finite), "a finite number or null"),
+    "epochs_trained": (_count, "an integer >= 0"),
+    "epochs_planned": (_count, "an integer >= 0"),
+    "history": (_history, "a list of mappings of metric names to numbers"),
+    "cost": (_numbers_mapping, "a mapping of cost names to numbers"),
+    "constraints": (_numbers_list, "a list of numbers"),
+    "max_stable_step": (_optional(_number), "a number or null"),
+    "stability": (_mapping, "a mapping"),
+    "warm_start": (_mapping, "a mapping"),
+    "seconds": (_finite, "a finite number of seconds"),
+    "worker": (_optional(_text), "text or null"),
+    "device": (_optional(_text), "text or null"),
+    "started_at": (_optional(_text), "text or null"),
+    "finished_at": (_optional(_text), "text or null"),
+}
+"""What each field of a stored record may hold: a check and the words for what it allows."""
