@@ -20,7 +20,7 @@ Prints one line per run and a summary (rates with Wilson 95 % intervals); the ou
 ``verdict.md``. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/verdict.py --runs 40 [--power-runs 20] [--kind null|power|both]
-        [--candidates K]
+        [--candidates K] [--search-trials N]
 """
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ def draw(rng: np.random.Generator, family: str, half: bool) -> Architecture:
                         in_channels=1, num_classes=10)
 
 
-def search(family: str, run: int, stream: int, data, keep: int, half: bool = False) -> list[Candidate]:
-    """The family's search: ``SEARCH_TRIALS`` architectures, each trained once; its ``keep``
-    best on validation are its candidates."""
+def search(family: str, run: int, stream: int, data, keep: int, half: bool = False,
+           trials: int = SEARCH_TRIALS) -> list[Candidate]:
+    """The family's search: ``trials`` architectures, each trained once; its ``keep`` best on
+    validation are its candidates."""
     rng = np.random.default_rng([run, stream])
     found = []
-    for t in range(SEARCH_TRIALS):
+    for t in range(trials):
         arch = draw(rng, family, half)
         seed = 1000 * run + 10 * stream + t
         torch.manual_seed(seed)
@@ -84,10 +85,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40, help="runs of the null")
     parser.add_argument("--power-runs", type=int, help="runs of the power (default: --runs)")
     parser.add_argument("--kind", choices=("null", "power", "both"), default="both")
-    parser.add_argument("--candidates", type=int, default=SEARCH_TRIALS,
+    parser.add_argument("--search-trials", type=int, default=SEARCH_TRIALS,
+                        help="architectures each family's search trains")
+    parser.add_argument("--candidates", type=int,
                         help="candidates per family (default: every search trial, so the "
                              "verdict redraws the whole search; 1: only the selected network)")
     args = parser.parse_args()
+    args.candidates = args.candidates or args.search_trials
     torch.set_num_threads(1)
     register_family("parabolic_twin")(type("TwinUnit", (ParabolicUnit,), {}))
     register_family("parabolic_half")(type("HalfUnit", (ParabolicUnit,), {}))
@@ -95,7 +99,7 @@ def main() -> None:
                              max_seeds=OPTIONS.max_seeds, n_boot=OPTIONS.n_boot)
     data = load_data(DataConfig(name="digits", val_fraction=0.2), device="cpu")
     print(f"digits: {len(data.train.y)} train, {len(data.val.y)} validation, {len(data.test.y)} test; "
-          f"{SEARCH_TRIALS} search trials per family, {TRAIN.epochs} epochs; {args.candidates} "
+          f"{args.search_trials} search trials per family, {TRAIN.epochs} epochs; {args.candidates} "
           f"candidate(s) per family; verdict seeds "
           f"{OPTIONS.min_seeds}..{OPTIONS.max_seeds}, alpha {OPTIONS.alpha}, margin "
           f"{100 * OPTIONS.margin:g} points", flush=True)
@@ -107,8 +111,9 @@ def main() -> None:
         runs = args.runs if kind == "null" else args.power_runs or args.runs
         for run in range(runs):
             start = time.perf_counter()
-            candidates = (search("parabolic", run, 0, data, args.candidates)
-                          + search(other, run, 1, data, args.candidates, half=kind == "power"))
+            candidates = (search("parabolic", run, 0, data, args.candidates, trials=args.search_trials)
+                          + search(other, run, 1, data, args.candidates, half=kind == "power",
+                                   trials=args.search_trials))
             verdict = run_verdict(candidates, data, "cpu", options)
             pair = verdict.pairs.iloc[0]
             different = bool(verdict.pairs["different"].any())
