@@ -273,6 +273,14 @@ class Config:
                            if kind.base == "config" else value)
         return cls(**values)
 
+    @classmethod
+    def from_stored(cls, data: Any):
+        """A config that pdenas itself stored (a record's ``train``, ``run.json``), perhaps
+        written by an earlier version: its removed keys are left out and internal fields taken
+        as stored (``reading_stored``)."""
+        with reading_stored():
+            return cls.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data that ``from_dict`` reads back."""
         return _plain({name: getattr(self, name) for name in file_keys(type(self))})

@@ -631,3 +631,14 @@ def test_meganet_sets_both_of_the_authors_forms() -> None:
     for key in ("momentum_form", "time_smoothness_form"):
         with pytest.raises(ValueError, match=rf"^train\.{key}: removed; use train\.meganet: true"):
             TrainConfig.from_dict({key: "meganet"})
+
+
+def test_a_stored_train_section_of_an_earlier_version_reads() -> None:
+    """A record written before keys left the study (channels_last, compile, the two forms,
+    nesterov) still reads for retraining and export, with what it stored."""
+    old = {"epochs": 3, "channels_last": True, "compile": False, "nesterov": False,
+           "momentum_form": "meganet", "time_smoothness_form": "meganet"}
+    train = TrainConfig.from_stored(old)
+    assert train.epochs == 3 and train.momentum_form == "meganet" and train.channels_last is True
+    with pytest.raises(ValueError, match="removed"):
+        TrainConfig.from_dict(old)

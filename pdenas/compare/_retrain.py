@@ -66,7 +66,7 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
     for _, trial in _top_trials(trials, top_k).iterrows():
         record = load_record(run_dir, int(trial["number"]))
         arch = Architecture.from_dict(record["architecture"])
-        train = TrainConfig.from_dict(record["train"])
+        train = TrainConfig.from_stored(record["train"])
         for s in range(seeds):
             row: dict[str, Any] = {"family": arch.family, "trial": int(trial["number"]), "seed": s,
                                    "status": TrialStatus.COMPLETED.value, "val_accuracy": math.nan,

@@ -192,7 +192,7 @@ def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int
         for _, trial in best.iterrows():
             record = load_record(run_dir, int(trial["number"]))
             with reading_stored():  # written by this or an earlier version of pdenas
-                arch, train = Architecture.from_dict(record["architecture"]), TrainConfig.from_dict(record["train"])
+                arch, train = Architecture.from_dict(record["architecture"]), TrainConfig.from_stored(record["train"])
             picked.append(Candidate(family=family, trial=int(trial["number"]), architecture=arch, train=train,
                                     search_val=float(trial["val_accuracy"]),
                                     cost=float(trial.get(cost, math.nan))))

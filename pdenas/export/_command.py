@@ -63,7 +63,7 @@ def export_trial(
     config = StudyConfig.from_stored(info["config"])
     dev = resolve_device(device)
     data = load_data(config.data, device=dev)
-    train = TrainConfig.from_dict(record.get("train") or {})
+    train = TrainConfig.from_stored(record.get("train") or {})
     if retrain_epochs is None:
         model = saved_model(run_dir, number, arch).to(dev)
     else:
