@@ -113,7 +113,7 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         from pdenas.data import load_data
         from pdenas.study import StudyConfig
 
-        data = load_data(StudyConfig.from_dict(info["config"]).data, device=dev)  # fail early
+        data = load_data(StudyConfig.from_stored(info["config"]).data, device=dev)  # fail early
     out = Path(out) if out else run_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
 
