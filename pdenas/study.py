@@ -17,8 +17,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import yaml
 
+from pdenas._bounded import (
+    MAX_YAML_BYTES,
+    BoundedLoader,
+    load_yaml,
+    read_text,
+    short_repr,
+)
 from pdenas._config import INTERNAL, Config, ConfigError, _plain, reading_stored
 from pdenas.data import DataConfig
 from pdenas.errors import InputError
@@ -399,11 +405,11 @@ class StudyConfig(Config):
         if not path.is_file():
             raise InputError(f"{path}: study file not found")
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise InputError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not a text file") from None
+            text = read_text(path, MAX_YAML_BYTES, "study file")
+        except OSError as error:
+            raise InputError(f"{path}: cannot read the study file: "
+                             f"{error.strerror or error}") from None
+        data = load_yaml(text, _Loader, str(path))
         if data is not None and not isinstance(data, Mapping):
             raise InputError(f"{path}: study: expected a mapping, got {type(data).__name__}")
         try:
@@ -496,13 +502,16 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise InputError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY "
+            raise InputError(f"--set {short_repr(item)}: expected KEY=VALUE with a dotted KEY "
                              "(e.g. train.epochs=3)")
+        if len(text) > MAX_YAML_BYTES:
+            raise InputError(f"--set {short_repr(item)}: the value is longer than the limit of "
+                             f"{MAX_YAML_BYTES:,} characters")
         try:
-            value = yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
-        except yaml.YAMLError as error:
-            raise InputError(f"--set {item!r}: the value is not YAML: "
-                             f"{str(error).splitlines()[0]}") from None
+            value = load_yaml(text, _Loader, f"--set {short_repr(item)}")
+        except InputError as error:
+            raise InputError(str(error).replace(": not valid YAML: ", ": the value is not YAML: ",
+                                                1), key="--set") from None
         nested: Any = value
         for part in reversed(parts):
             nested = {part: nested}
@@ -510,8 +519,8 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-class _Loader(yaml.SafeLoader):
-    """The safe loader, reading ``1e-3`` as a number (YAML 1.2) rather than as text."""
+class _Loader(BoundedLoader):
+    """The safe loader (aliases refused, depth capped), reading ``1e-3`` as a number (YAML 1.2) rather than as text."""
 
 
 _Loader.add_implicit_resolver(

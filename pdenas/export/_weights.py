@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from pdenas._bounded import load_json, short_repr
 from pdenas.architecture import Architecture
 from pdenas.errors import InputError
 from pdenas.network import PDENet, build_model
@@ -163,13 +164,17 @@ def load_safetensors(folder: str | Path) -> PDENet:
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     try:
-        config = json.loads(config_path.read_text())
+        config = load_json(config_path, what="model config")
+    except OSError as error:
+        raise InputError(f"{config_path}: cannot read the model config: "
+                         f"{error.strerror or error}") from None
+    try:
         arch = Architecture.from_dict(config["architecture"])
         state = load_file(str(folder / str(config.get("weights", FILES["safetensors"]))))
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise InputError(f"{config_path}: cannot load the safetensors export: {error}") from None
     if config.get("format") != CONFIG_FORMAT:
-        raise InputError(f"{config_path}: not a pdenas model config (format {config.get('format')!r})")
+        raise InputError(f"{config_path}: not a pdenas model config (format {short_repr(config.get('format'))})")
     return _built(arch, state, folder)
 
 
@@ -201,7 +206,7 @@ def load_export(path: str | Path) -> ExportedModel:
                          "plain state_dict or checkpoint has no architecture to build)")
     version = payload.get("version")
     if type(version) is not int or not 1 <= version <= EXPORT_VERSION:
-        raise InputError(f"{file}: pdenas export version {version!r}; this pdenas reads "
+        raise InputError(f"{file}: pdenas export version {short_repr(version)}; this pdenas reads "
                          f"version {EXPORT_VERSION} (update pdenas)")
     try:
         arch = Architecture.from_dict(payload.get("architecture"))

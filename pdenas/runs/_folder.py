@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pdenas._bounded import load_json, short_repr
 from pdenas.errors import InputError
 from pdenas.runs._record import TrialRecord
 
@@ -76,14 +77,9 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Reads a JSON file; a damaged one is a ``ValueError`` naming the file."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
-                         "the file is damaged") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not valid JSON (not UTF-8 text); the file is damaged") from None
+    """Reads a JSON file of a run folder, bounded in size and depth (``pdenas._bounded``); a
+    damaged one is an ``InputError`` naming the file."""
+    return load_json(Path(path), what="JSON file")
 
 
 def read_record(path: Path) -> TrialRecord:
@@ -95,7 +91,19 @@ def read_record(path: Path) -> TrialRecord:
         message = str(error)
         if message.startswith(str(path)):
             raise
-        raise InputError(f"{path}: {message}") from None
+        raise InputError(f"{path}: {message}", key=getattr(error, "key", None) or str(path),
+                         detail=message) from None
+
+
+def _kind_of(path: Path) -> str:
+    """What stands at ``path``, in words, for messages about a damaged layout."""
+    if path.is_symlink() and not path.exists():
+        return "a link to nothing"
+    if path.is_dir():
+        return "a folder"
+    if path.is_file():
+        return "a file"
+    return "not a regular file" if path.exists() else "missing"
 
 
 class RunInfo(dict):
@@ -137,7 +145,9 @@ class TrialFolder:
         return self.path / "architecture.json"
 
     def has_record(self) -> bool:
-        return self.record_path.is_file()
+        """Whether anything stands at the record's path (a folder or a dangling link there is
+        damage that ``read_record`` names, never a trial without a record)."""
+        return os.path.lexists(self.record_path)
 
     def has_weights(self) -> bool:
         return self.weights_path.is_file()
@@ -148,9 +158,18 @@ class TrialFolder:
         Raises:
             ValueError: No record, or a damaged one (naming the file).
         """
-        if not self.record_path.is_file():
-            raise InputError(f"{self.record_path}: no record of trial {self.number} in the run folder")
-        return read_record(self.record_path)
+        path = self.record_path
+        if not os.path.lexists(path):
+            raise InputError(f"{path}: no record of trial {self.number} in the run folder")
+        if not path.is_file():
+            raise InputError(f"{path}: not a file ({_kind_of(path)}); the trial's record is "
+                             "damaged")
+        record = read_record(path)
+        if record.number != self.number:
+            raise InputError(f"{path}: record.number: got {record.number} in the folder of trial "
+                             f"{self.number}; the record is damaged or misplaced",
+                             key="record.number")
+        return record
 
     def write_record(self, record: TrialRecord) -> None:
         write_json(self.record_path, record.to_dict())
@@ -172,6 +191,9 @@ class TrialFolder:
         """
         import torch
 
+        if os.path.lexists(self.weights_path) and not self.weights_path.is_file():
+            raise InputError(f"{self.weights_path}: not a file ({_kind_of(self.weights_path)}); "
+                             "the trial's weights are damaged")
         if not self.weights_path.is_file():
             raise InputError(f"{self.weights_path}: trial {self.number} saved no weights")
         try:
@@ -219,6 +241,9 @@ class RunFolder:
         Raises:
             ValueError: Not a run folder, a damaged file, or a newer format version.
         """
+        if os.path.lexists(self.info_path) and not self.info_path.is_file():
+            raise InputError(f"{self.info_path}: not a file ({_kind_of(self.info_path)}); the run "
+                             "folder is damaged")
         if not self.info_path.is_file():
             raise InputError(f"{self.path}: not a pdenas run folder (no run.json); "
                              "run `pdenas search` first")
@@ -226,16 +251,26 @@ class RunFolder:
         if not isinstance(data, dict):
             raise InputError(f"{self.info_path}: not a pdenas run file")
         if "format" in data and data["format"] != RUN_FORMAT:
-            raise InputError(f"{self.info_path}: not a pdenas run file (format {data['format']!r})")
+            raise InputError(f"{self.info_path}: not a pdenas run file "
+                             f"(format {short_repr(data['format'])})")
         version = data.get("version", 1)
-        if not isinstance(version, int) or version > RUN_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InputError(f"{self.info_path}: version: got {short_repr(version)}; allowed: a "
+                             f"run format version from 1 to {RUN_VERSION}", key="version")
+        if version > RUN_VERSION:
             raise InputError(f"{self.info_path}: written by a newer pdenas (run format version "
-                             f"{version!r}; this one reads up to {RUN_VERSION}); upgrade pdenas")
+                             f"{version}; this one reads up to {RUN_VERSION}); upgrade pdenas")
         if not isinstance(data.get("config"), dict) or not isinstance(data.get("study_name"), str):
             raise InputError(f"{self.info_path}: not a pdenas run file (no study_name or config)")
         if version >= 2 and "storage" not in data:
             raise InputError(f"{self.info_path}: damaged run file (no storage entry; null means "
                              "the folder's own study.db)")
+        for key, allowed in (("backend", (str,)), ("storage", (str, type(None))),
+                             ("study_file", (str, type(None)))):
+            if key in data and not isinstance(data[key], allowed):
+                words = "text" if len(allowed) == 1 else "text or null"
+                raise InputError(f"{self.info_path}: {key}: got {short_repr(data[key])}; "
+                                 f"allowed: {words}", key=key)
         return RunInfo(data)
 
     def claim(self, study_name: str) -> None:
@@ -250,8 +285,8 @@ class RunFolder:
             return
         held = self.read_info()["study_name"]
         if held != study_name:
-            raise InputError(f"{self.path}: holds the study {held!r}; refusing to write the study "
-                             f"{study_name!r} into it; use another --out")
+            raise InputError(f"{self.path}: holds the study {short_repr(held)}; refusing to write the "
+                             f"study {short_repr(study_name)} into it; use another --out")
 
     def write_info(self, *, study_name: str, backend: str, config: Mapping[str, Any],
                    storage: str | None = None, study_file: str | None = None) -> None:
@@ -297,9 +332,24 @@ class RunFolder:
     def trial_numbers(self) -> list[int]:
         """Numbers of the trial folders present (with or without a record), ascending."""
         folder = self.path / "trials"
-        if not folder.is_dir():
+        if not os.path.lexists(folder):
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+        if not folder.is_dir():
+            raise InputError(f"{folder}: not a folder ({_kind_of(folder)}); a run folder's "
+                             "trials/ holds one folder per trial; the run folder is damaged")
+        numbers = []
+        for entry in folder.iterdir():
+            name = entry.name
+            if not (name.isascii() and name.isdigit()):
+                continue  # (not a trial's: left alone)
+            if name != str(int(name)):
+                raise InputError(f"{entry}: not a trial folder's name (trial {int(name)}'s is "
+                                 f"trials/{int(name)}); the run folder is damaged: move it away")
+            if not entry.is_dir():
+                raise InputError(f"{entry}: not a folder ({_kind_of(entry)}); each trial is a "
+                                 "folder trials/<number>; the run folder is damaged")
+            numbers.append(int(name))
+        return sorted(numbers)
 
     def next_number(self) -> int:
         """The first trial number no trial folder uses."""

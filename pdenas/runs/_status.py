@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from pdenas._bounded import short_repr
 from pdenas.errors import InputError
 
 __all__ = ["TrialStatus"]
@@ -70,7 +71,7 @@ class TrialStatus(str, enum.Enum):
             return cls(value)
         except ValueError:
             allowed = ", ".join(s.value for s in cls)
-            raise InputError(f"status: unknown {value!r}; allowed: {allowed}") from None
+            raise InputError(f"status: unknown {short_repr(value)}; allowed: {allowed}") from None
 
     @property
     def final(self) -> bool:

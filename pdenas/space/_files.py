@@ -9,8 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pdenas._bounded import (
+    MAX_YAML_BYTES,
+    BoundedLoader,
+    load_yaml,
+    read_text,
+    short_repr,
+)
 from pdenas._resources import shipped_file, shipped_names
 from pdenas.errors import InputError
 
@@ -35,10 +40,10 @@ def read_space_file(name_or_path: str | Path) -> tuple[Path, Any]:
     """
     path = _resolve(name_or_path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (safe)
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read the search space: {exc}") from None
-    return path, data
+        text = read_text(path, MAX_YAML_BYTES, "search space file")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the search space: {exc.strerror or exc}") from None
+    return path, load_yaml(text, _Loader, f"{path}: search space")
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -51,11 +56,11 @@ def _resolve(name_or_path: str | Path) -> Path:
     path = shipped_space(text)
     if path is not None:
         return path
-    raise InputError(f"search space: unknown name {text!r}; available: {', '.join(available_spaces())}")
+    raise InputError(f"search space: unknown name {short_repr(text)}; available: {', '.join(available_spaces())}")
 
 
-class _Loader(yaml.SafeLoader):
-    """The safe loader, reading ``1e-3`` as a number (YAML 1.2) rather than as text."""
+class _Loader(BoundedLoader):
+    """The safe loader (aliases refused, depth capped), reading ``1e-3`` as a number (YAML 1.2) rather than as text."""
 
 
 _Loader.add_implicit_resolver(
