@@ -166,6 +166,21 @@ def test_a_model_config_that_grows_is_refused(tmp_path: Path) -> None:
         load_safetensors(tmp_path)
 
 
+def test_a_damaged_safetensors_file_is_one_input_error(tmp_path: Path) -> None:
+    from pdenas import Architecture
+    from pdenas.export import load_safetensors
+    from pdenas.export._weights import CONFIG_FORMAT
+
+    arch = Architecture.from_dict({"family": "resnet", "widths": [4, 4], "depths": [1],
+                                   "step_size": 1.0, "in_channels": 1, "num_classes": 2})
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"format": CONFIG_FORMAT, "architecture": arch.to_dict()}))
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 64)  # a header length of 2**64 - 1
+    with pytest.raises(InputError, match="cannot load the safetensors export") as caught:
+        load_safetensors(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
 # -- a real run folder for the readers ------------------------------------------------------
 
 

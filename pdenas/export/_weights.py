@@ -159,6 +159,7 @@ def load_safetensors(folder: str | Path) -> PDENet:
     Raises:
         ValueError: A missing or damaged file, or weights that do not fit the architecture.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -171,8 +172,9 @@ def load_safetensors(folder: str | Path) -> PDENet:
     try:
         arch = Architecture.from_dict(config["architecture"])
         state = load_file(str(folder / str(config.get("weights", FILES["safetensors"]))))
-    except (OSError, KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{config_path}: cannot load the safetensors export: {error}") from None
+    except (OSError, KeyError, TypeError, ValueError, SafetensorError) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise InputError(f"{config_path}: cannot load the safetensors export: {reason}") from None
     if config.get("format") != CONFIG_FORMAT:
         raise InputError(f"{config_path}: not a pdenas model config (format {short_repr(config.get('format'))})")
     return _built(arch, state, folder)
