@@ -520,14 +520,25 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
 
 
 class _Loader(BoundedLoader):
-    """The safe loader (aliases refused, depth capped), reading ``1e-3`` as a number (YAML 1.2) rather than as text."""
+    """The safe loader (aliases refused, depth capped), reading ``1e-3`` as a number (YAML 1.2)
+    rather than as text, and ``1e6``, a whole number in exponent form, as the integer it names
+    (so ``--set constraints.max_params=1e6`` sets an integer key; ``2.0`` stays a float)."""
+
+
+_EXPONENT_TAG = "tag:pdenas,2026:exponent"
+
+
+def _exponent_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float:
+    value = float(str(loader.construct_scalar(node)).replace("_", ""))
+    return int(value) if value.is_integer() and abs(value) < 2**63 else value
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
+    _EXPONENT_TAG,
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+_Loader.add_constructor(_EXPONENT_TAG, _exponent_number)
 
 
 def find_study(name_or_path: str | Path) -> Path:
