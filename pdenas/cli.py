@@ -202,15 +202,19 @@ def _search(args: argparse.Namespace) -> int:
     from pdenas.study import deep_merge, parse_assignments
     from pdenas.tracking import parse_trackers
 
-    overrides = parse_assignments(args.assignments)
-    if args.track:
-        overrides = deep_merge(overrides, {"tracking": parse_trackers(args.track)})
+    sets = parse_assignments(args.assignments)
+    tracks = parse_trackers(args.track) if args.track else {}
+    overrides = deep_merge(sets, {"tracking": tracks}) if tracks else sets
     flags = {key: getattr(args, key) for key in _FLAGS if getattr(args, key) is not None}
     try:
         run = search(args.study, out=args.out, backend=args.backend, address=args.address,
                      progress=not args.quiet, **deep_merge(overrides, flags))
     except InputError as error:
-        raise _as_typed(error, flags, overrides) from None
+        tracker = (error.key or "").removeprefix("tracking.")
+        if tracker in tracks and tracker not in (sets.get("tracking") or {}):
+            raise InputError(f"--track {tracker}: {error.detail}", key=error.key,
+                             detail=error.detail) from None
+        raise _as_typed(error, flags, sets) from None
     except KeyboardInterrupt as stop:  # Ctrl-C, kill (SIGTERM), a closed terminal (SIGHUP)
         print(_INTERRUPTED, file=sys.stderr)  # after the bar, not on its line
         return exit_status(stop)  # 130, 143, 129: as a shell reports a process that signal ended
