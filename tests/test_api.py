@@ -350,3 +350,21 @@ def test_a_trial_that_could_not_be_saved_goes_back_to_the_queue(tmp_path: Path, 
     assert main(["search", str(study), "--out", str(out), "--quiet"]) == 0
     statuses = [json.loads(p.read_text())["status"] for p in sorted(out.glob("trials/*/record.json"))]
     assert statuses.count("completed") == 2  # trial 0's candidate trained again
+
+
+def test_a_study_given_as_a_mapping_runs_in_workers_too(tmp_path: Path, monkeypatch) -> None:
+    """One road whatever the study was given as: a mapping with ``workers: 2`` runs in two
+    ``pdenas worker`` processes, which read it from run.json (it has no file to reread)."""
+    from pdenas.backends import _orchestrate
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    counts: list[int] = []
+    real = _orchestrate.run_workers
+    monkeypatch.setattr(_orchestrate, "run_workers", lambda command, workers, *rest, **kw: (
+        counts.append(workers) or real(command, workers, *rest, **kw)))
+    run = pdenas.search(api_study(tmp_path, n_trials=2, workers=2), out=tmp_path / "run",
+                        progress=False, train={"epochs": 1})
+    records = [json.loads(p.read_text()) for p in sorted((run.path / "trials").glob("*/record.json"))]
+    assert counts == [2] and len(records) == 2
+    assert all(r["epochs_planned"] == 1 for r in records)  # the override reached the workers
+    assert {r["worker"].rsplit(":", 1)[1] for r in records}.isdisjoint({str(os.getpid())})
