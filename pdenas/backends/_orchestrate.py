@@ -62,7 +62,8 @@ def run_study(config: StudyConfig, *, backend: str = "optuna", out: str | Path |
     """
     if backend != "optuna" and config.workers not in (1, "auto"):
         raise InputError("workers: is for the optuna backend; Ray runs trials side by side "
-                         "itself (as many as ray.cpus_per_trial and gpus_per_trial let the cluster hold)")
+                         "itself (as many as ray.cpus_per_trial and gpus_per_trial let the "
+                         "cluster hold)")
     workers = worker_count(config.workers, config.device, config.threads, backend)
     if workers == 1 and not needs_supervision(config.trial_timeout, backend):
         bar = make_progress(config, run_path(config, out), quiet=not progress)
