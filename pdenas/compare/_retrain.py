@@ -35,7 +35,8 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
 
     Each run trains the trial's stored architecture with its stored training settings (all
     epochs) on the study's data split, keeps the best-validation weights and measures them on
-    the test split.
+    the test split. An architecture's seeds train together as one stacked model where it
+    allows (``_train_seeds``): the same networks as separate runs up to rounding.
 
     Args:
         run_dir: The run folder.
@@ -51,14 +52,11 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
         One row per run: ``family, trial, seed, status, val_accuracy, test_accuracy,
         search_val_accuracy, epochs, seconds``.
     """
-    import torch
-
     from pdenas.architecture import Architecture
     from pdenas.data import load_data
-    from pdenas.network import build_model
     from pdenas.results import load_record
     from pdenas.study import StudyConfig
-    from pdenas.train import TrainConfig, TrainingFailed, evaluate, fit
+    from pdenas.train import TrainConfig, evaluate
 
     if data is None:
         data = load_data(StudyConfig.from_stored(info["config"]).data, device=device)
@@ -67,28 +65,55 @@ def retrain_top(run_dir: str | Path, info: RunInfo, trials: pd.DataFrame, top_k:
         record = load_record(run_dir, int(trial["number"]))
         arch = Architecture.from_dict(record["architecture"])
         train = TrainConfig.from_stored(record["train"])
-        for s in range(seeds):
+        trained = _train_seeds(arch, data, train, device, seeds)
+        for s, (model, result, failure) in enumerate(trained):
             row: dict[str, Any] = {"family": arch.family, "trial": int(trial["number"]), "seed": s,
                                    "status": TrialStatus.COMPLETED.value, "val_accuracy": math.nan,
                                    "test_accuracy": math.nan,
                                    "search_val_accuracy": float(trial["val_accuracy"]),
                                    "epochs": 0, "seconds": math.nan}
-            torch.manual_seed(RETRAIN_SEED + s)
-            model = build_model(arch).to(device)
-            try:
-                result = fit(model, data, train, device, seed=RETRAIN_SEED + s)
+            if failure is not None:
+                row.update(status=failure.status.value, epochs=len(failure.history))
+            else:
                 row.update(val_accuracy=float(result.best_val_accuracy), epochs=result.epochs_trained,
                            seconds=float(result.seconds))
                 if len(data.test):
                     row["test_accuracy"] = float(evaluate(model, data.test, device)[1])
-            except TrainingFailed as failure:
-                row.update(status=failure.status.value, epochs=len(failure.history))
             rows.append(row)
             if log is not None:
                 log(f"retrain #{row['trial']} {row['family']} seed {s + 1}/{seeds}: {row['status']}, "
                     f"val {pct(row['val_accuracy'])}, test {pct(row['test_accuracy'])}")
     return pd.DataFrame(rows, columns=["family", "trial", "seed", "status", "val_accuracy", "test_accuracy",
                                        "search_val_accuracy", "epochs", "seconds"])
+
+
+def _train_seeds(arch: Any, data: Any, train: Any, device: Any, seeds: int
+                 ) -> list[tuple[Any, Any, Any]]:
+    """(model, FitResult, failure or None) of seeds ``RETRAIN_SEED + 0 .. seeds - 1``, each with
+    its best-validation weights: the seeds as one stacked model (``pdenas.stacked.fit_seeds``)
+    where the architecture and settings allow it, else one ``fit`` per seed. A stacked row's
+    seconds are its share of the stacked run's wall time."""
+    import torch
+
+    from pdenas.network import build_model
+    from pdenas.stacked import fit_seeds, stacking_problems
+    from pdenas.train import OutOfMemory, TrainingFailed, fit
+
+    if seeds >= 2 and not stacking_problems(train, arch):
+        runs = fit_seeds(arch, data, train, device, [RETRAIN_SEED + s for s in range(seeds)])
+        if not all(isinstance(run.failure, OutOfMemory) for run in runs):
+            for run in runs:
+                run.result.seconds /= seeds
+            return [(run.model, run.result, run.failure) for run in runs]
+    out = []
+    for s in range(seeds):
+        torch.manual_seed(RETRAIN_SEED + s)
+        model = build_model(arch).to(device)
+        try:
+            out.append((model, fit(model, data, train, device, seed=RETRAIN_SEED + s), None))
+        except TrainingFailed as failure:
+            out.append((model, None, failure))
+    return out
 
 
 def retrain_summary(runs: pd.DataFrame, by: tuple[str, ...] = ("family",)) -> pd.DataFrame:

@@ -33,8 +33,8 @@ from pdenas.errors import InputError
 from pdenas.results import family_order, fully_trained
 
 __all__ = ["BUDGETS", "BASELINE", "Candidate", "CostVerdict", "Verdict", "VerdictOptions", "decide",
-           "format_verdict_tables", "look_schedule", "retrain_network", "run_verdict",
-           "select_candidates", "verdict_sentence"]
+           "format_verdict_tables", "look_schedule", "retrain_network", "retrain_seeds",
+           "run_verdict", "select_candidates", "verdict_sentence"]
 
 BASELINE = "resnet"
 """The family every other is also compared with."""
@@ -216,23 +216,38 @@ def _correct(model: Any, split: Any, device: Any, batch: int = 1024) -> np.ndarr
     return torch.cat(hits).numpy().astype(np.float64)
 
 
+def _row(candidate: Candidate, seed: int) -> dict[str, Any]:
+    return {"family": candidate.family, "trial": candidate.trial, "seed": seed,
+            "status": "completed", "val_accuracy": math.nan, "val_loss": math.nan,
+            "test_accuracy": 0.0, "cost": candidate.cost, "epochs": 0, "seconds": math.nan,
+            "stacked": 1}
+
+
+def _measured(row: dict[str, Any], model: Any, result: Any, data: Any, device: Any
+              ) -> tuple[dict[str, Any], np.ndarray]:
+    """A trained network's row completed: its last epoch's validation, its test split once."""
+    last = result.history[-1]
+    correct = _correct(model, data.test, device)
+    row.update(val_accuracy=float(last["val_accuracy"]), val_loss=float(last["val_loss"]),
+               test_accuracy=float(correct.mean()), epochs=result.epochs_trained)
+    return row, correct
+
+
 def retrain_network(candidate: Candidate, data: Any, seed: int, device: Any) -> tuple[dict[str, Any], np.ndarray]:
     """Trains one candidate at the full budget with seed ``VERDICT_SEED + seed`` (initialisation,
     data order and augmentation) and measures its final weights once on the test split.
 
     Returns:
         The run's row (``family, trial, seed, status, val_accuracy, val_loss, test_accuracy,
-        cost, epochs, seconds``) and its per-image correctness on the test split (zeros when
-        training failed: a network that did not train classifies nothing).
+        cost, epochs, seconds, stacked``) and its per-image correctness on the test split (zeros
+        when training failed: a network that did not train classifies nothing).
     """
     import torch
 
     from pdenas.network import build_model
     from pdenas.train import TrainingFailed, fit
 
-    row: dict[str, Any] = {"family": candidate.family, "trial": candidate.trial, "seed": seed,
-                           "status": "completed", "val_accuracy": math.nan, "val_loss": math.nan,
-                           "test_accuracy": 0.0, "cost": candidate.cost, "epochs": 0, "seconds": math.nan}
+    row = _row(candidate, seed)
     torch.manual_seed(VERDICT_SEED + seed)
     model = build_model(candidate.architecture).to(device)
     start = time.perf_counter()
@@ -242,12 +257,46 @@ def retrain_network(candidate: Candidate, data: Any, seed: int, device: Any) -> 
         row.update(status=failure.status.value, epochs=len(failure.history),
                    seconds=time.perf_counter() - start)
         return row, np.zeros(len(data.test.y))
-    last = result.history[-1]
-    correct = _correct(model, data.test, device)
-    row.update(val_accuracy=float(last["val_accuracy"]), val_loss=float(last["val_loss"]),
-               test_accuracy=float(correct.mean()), epochs=result.epochs_trained,
-               seconds=float(result.seconds))
-    return row, correct
+    row["seconds"] = float(result.seconds)
+    return _measured(row, model, result, data, device)
+
+
+def retrain_seeds(candidate: Candidate, data: Any, seeds: Sequence[int], device: Any
+                  ) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """``retrain_network`` at each of ``seeds``, the seeds trained together as one stacked model
+    (``pdenas.stacked.fit_seeds``) where the candidate allows it.
+
+    Seed s's network is the one ``retrain_network`` trains at seed s (the same initialisation,
+    data order and augmentation; equal up to floating-point rounding, ``pdenas.stacked``), its
+    final weights kept and measured once on the test split. One seed, or a candidate that cannot
+    be stacked (multilevel training, ``amp: fp16``, reversible units: ``stacking_problems``),
+    trains with ``fit`` seed by seed; so do the seeds of a stacked run that ran out of memory
+    as a whole. A stacked row's ``seconds`` is its share of the stacked run's wall time, and its
+    ``stacked`` the number of seeds trained together.
+
+    Returns:
+        One (row, correctness) per seed, in the order of ``seeds``.
+    """
+    from pdenas.stacked import fit_seeds, stacking_problems
+    from pdenas.train import OutOfMemory
+
+    seeds = list(seeds)
+    if len(seeds) < 2 or stacking_problems(candidate.train, candidate.architecture):
+        return [retrain_network(candidate, data, s, device) for s in seeds]
+    runs = fit_seeds(candidate.architecture, data, candidate.train, device,
+                     [VERDICT_SEED + s for s in seeds], restore_best=False)
+    if all(isinstance(run.failure, OutOfMemory) for run in runs):
+        return [retrain_network(candidate, data, s, device) for s in seeds]
+    out = []
+    for seed, run in zip(seeds, runs):
+        row = _row(candidate, seed)
+        row.update(seconds=float(run.result.seconds) / len(seeds), stacked=len(seeds))
+        if run.failure is not None:
+            row.update(status=run.failure.status.value, epochs=len(run.failure.history))
+            out.append((row, np.zeros(len(data.test.y))))
+        else:
+            out.append(_measured(row, run.model, run.result, data, device))
+    return out
 
 
 @dataclass(frozen=True)
@@ -284,8 +333,8 @@ class Verdict:
         seconds: Wall time of the retraining.
         level: The level of the pairs' intervals (1 - alpha / looks planned).
         looks: The seed counts looked at.
-        runs: One row per retrained network (``retrain_network``'s rows, with ``weight``: how
-            often the redrawn search selects that candidate).
+        runs: One row per retrained network (``retrain_seeds``' rows, with ``weight``: how
+            often the redrawn search selects that candidate), seed by seed.
         correct: (candidates, seeds, test images) every retrained network's correctness, the
             candidates in the order of ``runs``.
         cost: The cost objective's name.
@@ -454,8 +503,9 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
     the budget in seeds or seconds is spent, and gives the verdict.
 
     At each seed every candidate of every family is trained once and measured once on the test
-    split. The looks come at ``look_schedule``'s seed counts. ``at_cost`` adds verdicts among
-    other candidates (each family's best at most ``level`` costly): their networks are trained at
+    split; a look's new seeds of one candidate are trained together as one stacked model
+    (``retrain_seeds``). The looks come at ``look_schedule``'s seed counts. ``at_cost`` adds
+    verdicts among other candidates (each family's best at most ``level`` costly): their networks are trained at
     the same seeds, and the rule stops only when every verdict is settled.
     """
     pool: list[Candidate] = []
@@ -480,17 +530,22 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
                 and time.perf_counter() - start + per_seed_time * (target - seed) > options.max_seconds):
             stopped = "seconds"
             break
-        while seed < target:
+        if seed < target:  # the look's seeds, each candidate's trained together
+            trained = []
             for c, candidate in enumerate(pool):
-                row, correct = retrain_network(candidate, data, seed, device)
-                row["weight"] = float(weights[c])
-                rows_out.append(row)
-                hits[c].append(correct)
-                if log is not None:
-                    log(f"verdict seed {seed + 1}: {candidate.family} #{candidate.trial} {row['status']}, "
-                        f"val {pct(row['val_accuracy'])}, test {pct(row['test_accuracy'])}, "
-                        f"{row['seconds']:.1f} s")
-            seed += 1
+                trained.append(retrain_seeds(candidate, data, range(seed, target), device))
+                for row, _ in trained[-1]:
+                    row["weight"] = float(weights[c])
+                    if log is not None:
+                        log(f"verdict seed {row['seed'] + 1}: {candidate.family} "
+                            f"#{candidate.trial} {row['status']}, val {pct(row['val_accuracy'])}, test "
+                            f"{pct(row['test_accuracy'])}, {row['seconds']:.1f} s")
+            for s in range(target - seed):  # rows seed by seed, the candidates in pool order
+                for c in range(len(pool)):
+                    row, correct = trained[c][s]
+                    rows_out.append(row)
+                    hits[c].append(correct)
+            seed = target
         done.append(seed)
         correct = np.stack([np.stack(h) for h in hits])
         status = np.array([[r["status"] != "completed" for r in rows_out[s * len(pool):(s + 1) * len(pool)]]

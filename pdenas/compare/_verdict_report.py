@@ -29,6 +29,15 @@ def _budget_table(budgets: pd.DataFrame, options: VerdictOptions, cost: str) -> 
                                         for c, n in zip(budgets["candidates"], budgets["finished_within"])]})
 
 
+def _stacked_text(runs: pd.DataFrame) -> str:
+    """How many of the networks were trained as seeds of one stacked model."""
+    if "stacked" not in runs or not (runs["stacked"] > 1).any():
+        return ""
+    together = int((runs["stacked"] > 1).sum())
+    return (f"; {together} of them trained with the other seeds of their look as one stacked "
+            "model, the same networks as separate runs up to rounding")
+
+
 def _amount(value: float, budget: str) -> str:
     """A search budget in its unit."""
     if budget == "flop_epochs":
@@ -66,7 +75,7 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
             f"{options.alpha:g} split over the planned looks (Bonferroni), Holm over the pairs "
             f"within a look; margin ± {100 * options.margin:g} points. It stopped because "
             f"{STOP_TEXT[verdict.stopped]}, after {verdict.seconds:,.0f} s of retraining "
-            f"({len(verdict.runs)} networks).")
+            f"({len(verdict.runs)} networks{_stacked_text(verdict.runs)}).")
     method = ("Intervals: a bootstrap over seeds and test images together (both resampled in each "
               "replicate, the same draw for every family, so differences are paired; the seed "
               "level stretched to Student-t width for few seeds, the seed-by-image noise counted "
