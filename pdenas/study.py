@@ -31,8 +31,8 @@ from pdenas.errors import InputError
 from pdenas.tracking import TrackingConfig
 from pdenas.train import TrainConfig
 
-__all__ = ["COST_OBJECTIVES", "DEVICES", "EARLY_STOP_RULES", "STABILITY_MODES", "Constraints",
-           "EarlyStop", "StabilityCheck", "StudyConfig", "deep_merge", "find_study",
+__all__ = ["BALANCE_BY", "COST_OBJECTIVES", "DEVICES", "EARLY_STOP_RULES", "STABILITY_MODES",
+           "Constraints", "EarlyStop", "StabilityCheck", "StudyConfig", "deep_merge", "find_study",
            "parse_assignments", "resolve_device"]
 
 COST_OBJECTIVES = ("params", "flops", "latency_ms", "latency_batch_ms", "memory_bytes")
@@ -121,6 +121,9 @@ class Constraints(Config):
 
 STABILITY_MODES = ("off", "record", "refuse", "shorten")
 EARLY_STOP_RULES = ("none", "median", "asha", "mo_asha", "hyperband")
+BALANCE_BY = ("trials", "flop_epochs", "seconds")
+"""What ``balance_families`` makes equal across families: trial counts, FLOP-epochs (FLOPs per
+image times epochs trained) or trial seconds."""
 
 
 @dataclass(frozen=True)
@@ -222,10 +225,14 @@ class StudyConfig(Config):
             cheap, known-good candidate here gives a result within a minute or two.
         cover_families: Start a new study with one trial per family (after ``start_with``), so
             every family is tried before the sampler narrows down (always, for a study file).
-        balance_families: Give every family an equal share of the trials (in turn), its own
+        balance_families: Give every family an equal share of the budget, its own
             sampler state (the sampler sees only that family's trials) and its own early
             stopping (every ``early_stop`` rule but hyperband compares a trial with its
-            family's trials), so the family table compares equals. Optuna backend.
+            family's trials), so the family table compares equals. Optuna backend. The value
+            says what is shared equally (``BALANCE_BY``): ``trials`` (each new trial goes to
+            the family with the fewest; ``true`` reads as this), ``flop_epochs`` (to the family
+            that has spent the fewest FLOPs per image times epochs: equal compute) or
+            ``seconds`` (the fewest trial seconds); ``false``: no balancing.
         stability: The stability estimate and what to do with unstable candidates.
         warm_start: Start a candidate from the weights of the best finished trial with the same
             family, widths, norm and activation at smaller depths, resampled in time
@@ -283,7 +290,7 @@ class StudyConfig(Config):
     sampler_options: Mapping[str, Any] = field(default_factory=dict, metadata=INTERNAL)
     start_with: tuple[Mapping[str, Any], ...] = ()
     cover_families: bool = field(default=True, metadata=INTERNAL)
-    balance_families: bool = False
+    balance_families: bool | str = False
     stability: StabilityCheck = field(default_factory=StabilityCheck)
     warm_start: bool = False
     early_stop: EarlyStop = field(default_factory=EarlyStop)
@@ -329,6 +336,15 @@ class StudyConfig(Config):
         self.require("workers", self.workers == "auto" or (
             isinstance(self.workers, int) and not isinstance(self.workers, bool)
             and 1 <= self.workers <= MAX_WORKERS), f"an integer from 1 to {MAX_WORKERS}, or auto")
+        balance = self.balance_families
+        if balance is True:  # what earlier versions wrote (and a file may still say)
+            object.__setattr__(self, "balance_families", "trials")
+        elif balance is None:
+            object.__setattr__(self, "balance_families", False)
+        self.require("balance_families", self.balance_families is False
+                     or self.balance_families in BALANCE_BY,
+                     f"true or false, or what to share equally: {', '.join(BALANCE_BY)} "
+                     "(true: trials)", problem=f"got {short_repr(balance)}")
         rule = self.early_stop.rule
         self.require("early_stop.rule", rule != "mo_asha" or self.multi_objective,
                      "median, asha, hyperband or none for accuracy alone",
@@ -342,6 +358,11 @@ class StudyConfig(Config):
                 isinstance(key, str) and (value is None or isinstance(value, (str, int, float)))
                 for key, value in params.items()),
                 "a mapping of param names to values", problem=f"got {params!r}")
+
+    @property
+    def balance_by(self) -> str | None:
+        """What a balanced study shares equally (one of ``BALANCE_BY``), or None: unbalanced."""
+        return self.balance_families or None
 
     @property
     def multi_objective(self) -> bool:

@@ -8,6 +8,11 @@ an equal share of the trials. Written here because Optuna has no partitioned sam
 that keep per-study state in system attributes (NSGA-II's generations, CMA-ES, grid) would mix
 the families' state, so balanced studies refuse them (``check_balanced``).
 
+Which family a new trial goes to is ``next_family``'s choice: the family that has used the least
+of the budget so far, counted in trials, in FLOP-epochs (FLOPs per image times epochs trained:
+equal compute, as a Hamiltonian step costs about half a parabolic one at equal width) or in
+trial seconds (the study's ``balance_families`` value).
+
 Early stopping is partitioned the same way: ``family_view`` gives the study's own rules
 (percentile, ASHA, MO-ASHA: ``backends/_early_stop.py``) only the trial's own family, so a family
 that learns slower in its first epochs is measured against its own trials, not stopped because
@@ -17,6 +22,8 @@ from the storage, which a view cannot filter; it stays shared.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,9 +33,11 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from pdenas.errors import InputError
+from pdenas.study import BALANCE_BY
 
-__all__ = ["BALANCED_SAMPLERS", "FamilyBalancedSampler", "check_balanced", "family_of",
-           "family_view"]
+__all__ = ["BALANCED_SAMPLERS", "BALANCE_BY", "FamilyBalancedSampler", "check_balanced",
+           "family_of", "family_spent", "family_view", "next_family"]
+
 
 BALANCED_SAMPLERS = ("tpe", "random", "gp")
 """Samplers whose whole state is the trials they are shown (so a filtered view partitions it)."""
@@ -45,6 +54,85 @@ def family_of(trial: FrozenTrial, param: str = "family") -> Any:
     """The trial's family: its fixed param (set when it was queued) or its suggested one."""
     fixed = trial.system_attrs.get("fixed_params") or {}
     return fixed.get(param, trial.params.get(param))
+
+
+def _known_spend(trial: FrozenTrial, by: str, now: float) -> float | None:
+    """What one trial has used in ``by`` units (``trials``: 1), or None when its record does
+    not say yet (queued, or claimed and not yet measured)."""
+    from pdenas.backends._codec import decode
+
+    if by == "trials":
+        return 1.0
+    if trial.state == TrialState.WAITING:
+        return None
+    record = decode(trial)
+    running = trial.state == TrialState.RUNNING
+    if by == "flop_epochs":
+        flops = record.cost.get("flops")
+        if flops is None or not math.isfinite(float(flops)):
+            return None
+        # A running trial counts at the epochs it is set to train (it is spending them now).
+        epochs = max(record.epochs_trained, len(record.history),
+                     record.epochs_planned if running else 0)
+        return float(flops) * epochs if epochs else None
+    if running:
+        if trial.datetime_start is None:
+            return None
+        return max(0.0, now - trial.datetime_start.timestamp())
+    return record.seconds if record.seconds > 0 else None
+
+
+def family_spent(trials: Sequence[FrozenTrial], param: str, families: Sequence[Any],
+                 by: str = "trials") -> dict[Any, float]:
+    """The budget each family has used so far, in ``by`` units.
+
+    ``trials`` counts each trial once; ``flop_epochs`` adds each trial's FLOPs per image (its
+    record's cost) times the epochs it trained (a running trial: the epochs it is set to train);
+    ``seconds`` adds each trial's wall seconds (a running trial: since it started). A trial
+    whose use is not known yet (queued, or claimed before its cost was measured) counts as the
+    mean of its family's known trials, or of all known trials when its family has none (0 when
+    no trial is known), so that workers claiming side by side do not all pick one family.
+
+    Args:
+        trials: The study's trials that use the budget (``optuna.counts_toward_budget``).
+        param: The family's param name.
+        families: The space's families; trials of other families are left out.
+        by: One of ``BALANCE_BY``.
+    """
+    if by not in BALANCE_BY:
+        raise InputError(f"balance_families: got {by!r}; allowed: {', '.join(BALANCE_BY)}")
+    now = time.time()
+    known: dict[Any, list[float]] = {f: [] for f in families}
+    unknown: dict[Any, int] = {f: 0 for f in families}
+    for trial in trials:
+        family = family_of(trial, param)
+        if family not in known:
+            continue
+        spend = _known_spend(trial, by, now)
+        if spend is None:
+            unknown[family] += 1
+        else:
+            known[family].append(spend)
+    every = [v for values in known.values() for v in values]
+    overall = sum(every) / len(every) if every else 0.0
+    return {f: sum(known[f]) + unknown[f] * (sum(known[f]) / len(known[f]) if known[f] else overall)
+            for f in families}
+
+
+def next_family(trials: Sequence[FrozenTrial], param: str, families: Sequence[Any],
+                by: str = "trials") -> Any:
+    """The family a balanced study's next trial goes to: the one that has used the least of the
+    budget so far (``family_spent``), ties to the first in the space's order.
+
+    Args:
+        trials: The study's trials that use the budget (``optuna.counts_toward_budget``).
+        param: The family's param name.
+        families: The space's families, in its order (at least one).
+        by: ``trials``, ``flop_epochs`` or ``seconds``.
+    """
+    spent = family_spent(trials, param, families, by)
+    order = list(families)
+    return min(order, key=lambda f: (spent[f], order.index(f)))
 
 
 class _FamilyView:
