@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pdenas._bounded import short_repr
 from pdenas.errors import InputError
 from pdenas.export._weights import (FILES, FORMATS, load_model, load_safetensors, save_export,
                                    save_safetensors)
@@ -24,6 +26,7 @@ from pdenas.network import PDENet
 __all__ = [
     "CHECK_IMAGES",
     "FormatCheck",
+    "check_pt2",
     "default_formats",
     "load_pt2",
     "onnx_logits",
@@ -38,9 +41,117 @@ CHECK_IMAGES = 256
 def load_pt2(path: str | Path) -> nn.Module:
     """Loads an exported ``torch.export`` program (``model.pt2``) as a callable module (CPU).
 
-    The same as ``torch.export.load(path).module()``: no pdenas code is needed to run it.
+    The same as ``torch.export.load(path).module()`` (no pdenas code is needed to run it), after
+    ``check_pt2`` has refused what ``torch.export.load`` would unpickle or allocate unchecked.
+
+    Raises:
+        ValueError: A file that is not such a program, or holds more than tensors and a graph
+            (one ``InputError`` line naming the file).
     """
-    return torch.export.load(str(path)).module()
+    check_pt2(path)
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as error:  # noqa: BLE001 - any unloadable program gets the same answer
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise InputError(f"{path}: cannot load the torch.export program: {reason}") from None
+
+
+PT2_MAX_JSON = 16 << 20
+"""The largest graph or payload config read from a ``.pt2`` archive (a pdenas network's graph
+is well under 1 MB)."""
+PT2_MAX_INPUTS = 64 << 20
+"""The largest sample-inputs file of a ``.pt2`` archive (pdenas stores 4 images)."""
+
+
+def check_pt2(path: str | Path) -> None:
+    """Refuses a ``.pt2`` archive that ``torch.export.load`` would not load safely.
+
+    ``torch.export.load`` unpickles (``weights_only=False``) a weight or constant marked
+    ``use_pickle``, a custom or opaque object, a legacy weights file, and sample inputs that
+    ``weights_only`` refuses; it loads AOTInductor libraries; and it builds each weight as a
+    view of its record with the sizes and strides the archive claims (a zero-byte record
+    becomes ``torch.zeros`` of the claimed size). So only a graph, tensors stored raw, safe
+    sample inputs and text extras are allowed, and each record must hold the bytes of every
+    tensor that views it.
+
+    Raises:
+        ValueError: Naming the file and the first thing refused.
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a torch.export program (not a .pt2 zip archive)")
+    with zipfile.ZipFile(path) as archive:
+        infos = {i.filename.split("/", 1)[-1]: i for i in archive.infolist()
+                 if not i.is_dir() and "/" in i.filename}
+        models = [n[len("models/"):-len(".json")] for n in infos
+                  if n.startswith("models/") and n.endswith(".json")]
+        if infos.get("archive_format") is None or archive.read(
+                infos["archive_format"]).strip() != b"pt2" or not models:
+            raise InputError(f"{path}: not a torch.export program (no pt2 archive format)")
+
+        def read(name: str, limit: int) -> bytes:
+            if infos[name].file_size > limit:
+                raise InputError(f"{path}: {name} of {infos[name].file_size:,} bytes is larger "
+                                 f"than the limit of {limit:,}")
+            return archive.read(infos[name])
+
+        allowed = {"archive_format", "archive_version", "byteorder"}
+        for model in models:
+            allowed |= {f"models/{model}.json", f"data/sample_inputs/{model}.pt"}
+            for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
+                name = f"data/{kind}/{model}_{kind}_config.json"
+                if name not in infos:
+                    raise InputError(f"{path}: not a torch.export program (no {name})")
+                allowed.add(name)
+                try:
+                    config = json.loads(read(name, PT2_MAX_JSON))["config"]
+                    entries = [(str(fqn), meta) for fqn, meta in config.items()]
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                    raise InputError(f"{path}: {name} is damaged") from None
+                allowed |= _check_payloads(path, infos, f"data/{kind}/", prefix, entries)
+            inputs = f"data/sample_inputs/{model}.pt"
+            if inputs in infos:
+                try:
+                    torch.load(io.BytesIO(read(inputs, PT2_MAX_INPUTS)), weights_only=True)
+                except Exception:  # noqa: BLE001 - torch would unpickle it unchecked
+                    raise InputError(f"{path}: {inputs} is not plain tensor data; refused "
+                                     "(torch.export.load would unpickle it)") from None
+        for name in infos:
+            if name not in allowed and not name.startswith((".data/", "extra/")):
+                raise InputError(f"{path}: holds {short_repr(name)}, which pdenas does not load "
+                                 "(compiled code or pickled objects); not a pdenas export")
+
+
+def _check_payloads(path: Path, infos: Mapping[str, Any], folder: str, prefix: str,
+                    entries: list[tuple[str, Any]]) -> set[str]:
+    """The records a ``.pt2`` payload config names, each checked: stored raw (not pickled),
+    named ``prefix``N, holding the bytes of every tensor that views it."""
+    from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
+
+    claimed: dict[str, int] = {}
+    for fqn, meta in entries:
+        try:
+            record, tensor = folder + str(meta["path_name"]), meta["tensor_meta"]
+            dims = [int(d["as_int"]) for d in tensor["sizes"]]
+            [int(d["as_int"]) for d in tensor["strides"]]  # symbolic strides are refused too
+            size = _SERIALIZE_TO_TORCH_DTYPE[tensor["dtype"]].itemsize
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise InputError(f"{path}: tensor {short_repr(fqn)} has no plain tensor metadata; "
+                             "refused") from None
+        if meta.get("use_pickle") or not record[len(folder):].startswith(prefix):
+            raise InputError(f"{path}: tensor {short_repr(fqn)} is stored as a pickled object; "
+                             "refused (torch.export.load would unpickle it)")
+        if record not in infos:
+            raise InputError(f"{path}: tensor {short_repr(fqn)}: no record {short_repr(record)}")
+        claimed[record] = claimed.get(record, 0) + math.prod(dims) * size
+        if min(dims, default=0) < 0 or claimed[record] > infos[record].file_size:
+            raise InputError(f"{path}: tensor {short_repr(fqn)} claims {claimed[record]:,} bytes "
+                             f"but the file holds {infos[record].file_size:,} for it (a view that "
+                             "grows on load); refused")
+    return set(claimed)
 
 
 def onnx_logits(path: str | Path, images: torch.Tensor) -> torch.Tensor:

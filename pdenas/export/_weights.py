@@ -156,10 +156,15 @@ def load_safetensors(folder: str | Path) -> PDENet:
     """The network of an export folder's ``config.json`` with ``model.safetensors`` loaded (eval
     mode, CPU).
 
+    The architecture is checked against the caps and the file's tensor names and shapes (read
+    from its header, before any weight is read) against the architecture before anything is
+    built, so a config that claims a huge network allocates nothing.
+
     Raises:
-        ValueError: A missing or damaged file, or weights that do not fit the architecture.
+        ValueError: A missing or damaged file, an architecture beyond the caps, or weights that
+            do not fit the architecture (one ``InputError`` line naming the file).
     """
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -169,14 +174,27 @@ def load_safetensors(folder: str | Path) -> PDENet:
     except OSError as error:
         raise InputError(f"{config_path}: cannot read the model config: "
                          f"{error.strerror or error}") from None
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        found = config.get("format") if isinstance(config, dict) else config
+        raise InputError(f"{config_path}: not a pdenas model config "
+                         f"(format {short_repr(found)})")
+    weights = config.get("weights", FILES["safetensors"])
+    if not isinstance(weights, str) or Path(weights).name != weights:
+        raise InputError(f"{config_path}: weights: a file name in this folder, got "
+                         f"{short_repr(weights)}")
     try:
-        arch = Architecture.from_dict(config["architecture"])
-        state = load_file(str(folder / str(config.get("weights", FILES["safetensors"]))))
-    except (OSError, KeyError, TypeError, ValueError, SafetensorError) as error:
+        arch = Architecture.from_dict(config.get("architecture"))
+        _check_caps(config_path, arch)
+        with safe_open(str(folder / weights), framework="pt") as handle:
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        _check_shapes(folder / weights, arch, shapes)
+        state = load_file(str(folder / weights))
+    except InputError:
+        raise
+    except (OSError, TypeError, ValueError, SafetensorError) as error:
         reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
         raise InputError(f"{config_path}: cannot load the safetensors export: {reason}") from None
-    if config.get("format") != CONFIG_FORMAT:
-        raise InputError(f"{config_path}: not a pdenas model config (format {short_repr(config.get('format'))})")
+    _check_storages(folder / weights, state)
     return _built(arch, state, folder)
 
 
@@ -197,8 +215,8 @@ def load_export(path: str | Path) -> ExportedModel:
             if any(n.endswith("/archive_format") for n in archive.namelist()):
                 raise InputError(f"{file}: a torch.export program, not a pdenas export; "
                                  "load it with torch.export.load")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+    try:  # mmap: the storages stay in the file until the model copies them
+        payload = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{file}: not a pdenas export (unreadable as safe torch data: "
@@ -217,28 +235,59 @@ def load_export(path: str | Path) -> ExportedModel:
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{file}: bad pdenas export: state_dict is not a mapping of tensors")
-    _check_fits(file, arch, state)
+    _check_caps(file, arch)
+    _check_shapes(file, arch, {k: tuple(v.shape) for k, v in state.items()})
+    _check_storages(file, state)
+    mean, std, classes = _extras(file, payload)
     model = _built(arch, state, file)
-    norm = payload.get("normalization") or {}
     known = ("format", "version", "architecture", "state_dict", "normalization", "classes")
     extra = {k: v for k, v in payload.items() if k not in known}
-    return ExportedModel(model=model.eval(), architecture=arch,
-                         mean=tuple(norm.get("mean", ())), std=tuple(norm.get("std", ())),
-                         classes=tuple(payload.get("classes", ())), info=extra)
+    return ExportedModel(model=model.eval(), architecture=arch, mean=mean, std=std,
+                         classes=classes, info=extra)
+
+
+def _extras(file: Path, payload: Mapping[str, Any]) -> tuple[tuple, tuple, tuple]:
+    """``model.pt``'s normalisation (mean, std) and class names, checked for their types."""
+    norm = payload.get("normalization", {})
+    classes = payload.get("classes", ())
+    if not isinstance(norm, dict):
+        raise InputError(f"{file}: bad pdenas export: normalization: expected a mapping, got "
+                         f"{type(norm).__name__}")
+    values = {"normalization.mean": norm.get("mean", ()), "normalization.std": norm.get("std", ()),
+              "classes": classes}
+    for key, value in values.items():
+        kind = str if key == "classes" else (int, float)
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise InputError(f"{file}: bad pdenas export: {key}: expected a list of "
+                             f"{'strings' if kind is str else 'numbers'}, got {short_repr(value)}")
+    return tuple(values["normalization.mean"]), tuple(values["normalization.std"]), tuple(classes)
 
 
 def load_model(path: str | Path) -> PDENet:
     """Loads a model that ``pdenas export`` wrote (eval mode, on the CPU), safely.
 
+    Every format is checked before anything is built: the architecture against the caps, the
+    tensors' names and shapes against the architecture, and each tensor against the bytes its
+    file holds for it (no pickled code runs; a file of a few KB cannot ask for GBs).
+
     Args:
-        path: The export's ``model.pt`` or the export folder.
+        path: The export's ``model.pt``, its ``model.safetensors`` or ``config.json``, or the
+            export folder (``model.pt`` when it holds one, else ``config.json`` with
+            ``model.safetensors``).
 
     Returns:
         The network with its weights; ``model.arch`` is its architecture.
 
     Raises:
-        ValueError: A missing path, or a file that is not a pdenas export.
+        ValueError: A missing path, or a file that is not a pdenas export (one ``InputError``
+            line naming the file).
     """
+    path = Path(path)
+    if path.is_dir() and not (path / FILES["pt"]).exists() and (path / CONFIG_FILE).exists():
+        return load_safetensors(path)
+    if path.is_file() and (path.suffix == ".safetensors" or path.name == CONFIG_FILE):
+        return load_safetensors(path.parent)
     return load_export(path).model
 
 
@@ -246,36 +295,64 @@ MAX_WIDTH, MAX_STEPS, MAX_UNITS, MAX_CLASSES, MAX_CHANNELS = 16_384, 10_000, 64,
 """Caps on an exported architecture, checked before any model is built from a file."""
 
 
-def _check_fits(file: Path, arch: Architecture, state: Mapping[str, torch.Tensor]) -> None:
-    """Refuses an architecture beyond the caps, then builds it on the meta device (no memory)
-    and checks that the file's tensors have exactly its names and shapes, so a hostile file
-    cannot make ``load_export`` allocate more than the tensors it holds.
+def _check_caps(file: Path, arch: Architecture) -> None:
+    """Refuses an architecture beyond the caps (before anything is built from it).
 
     Raises:
-        ValueError: Naming the file and what does not fit.
+        ValueError: Naming the file, the key and the cap.
     """
     caps = (("widths", max(arch.widths), MAX_WIDTH), ("depths", sum(arch.depths), MAX_STEPS),
             ("units", len(arch.depths), MAX_UNITS), ("num_classes", arch.num_classes, MAX_CLASSES),
             ("in_channels", arch.in_channels, MAX_CHANNELS))
     for key, value, cap in caps:
         if value > cap:
-            raise InputError(f"{file}: bad architecture: architecture.{key}: got {value}; "
-                             f"allowed: at most {cap}")
+            raise InputError(f"{file}: bad architecture: architecture.{key}: got "
+                             f"{short_repr(value)}; allowed: at most {cap}")
+
+
+def _check_shapes(file: Path, arch: Architecture, found: Mapping[str, tuple[int, ...]]) -> None:
+    """Builds ``arch`` on the meta device (no memory) and checks that the file's tensors have
+    exactly its names and shapes.
+
+    Raises:
+        ValueError: Naming the file and a tensor that does not fit.
+    """
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_model(arch).state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
+    if expected != dict(found):
         wrong = sorted(set(expected) ^ set(found)) or sorted(
             k for k in expected if expected[k] != found[k])
         raise InputError(f"{file}: weights do not fit the architecture "
-                         f"({len(wrong)} tensors differ in name or shape, e.g. {wrong[0]!r})")
+                         f"({len(wrong)} tensors differ in name or shape, e.g. "
+                         f"{short_repr(wrong[0])})")
+
+
+def _check_storages(file: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuses tensors that claim more bytes than their storages hold: a stride-0 ``expand()``
+    view, or views that share one storage, could otherwise make a file of a few KB a model of
+    many GB. Each storage (counted once) must hold the bytes of all the tensors that view it.
+
+    Raises:
+        ValueError: Naming the file, the first such tensor and the bytes.
+    """
+    held: dict[int, int] = {}
+    claimed: dict[int, int] = {}
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr() if storage.nbytes() else -id(tensor)
+        held[key] = storage.nbytes()
+        claimed[key] = claimed.get(key, 0) + tensor.numel() * tensor.element_size()
+        if claimed[key] > held[key]:
+            raise InputError(f"{file}: tensor {short_repr(name)} claims {claimed[key]:,} bytes "
+                             f"but the file holds {held[key]:,} for it (a view that grows on "
+                             "load); not a pdenas export")
 
 
 def _export_file(path: Path) -> Path:
     if path.is_dir():
         if not (path / FILES["pt"]).is_file():
-            raise InputError(f"{path}: no {FILES['pt']} in this folder; not a pdenas export "
-                             "(export with --format pt)")
+            raise InputError(f"{path}: no {FILES['pt']} or {CONFIG_FILE} in this folder; not "
+                             "a pdenas export (export with --format pt or safetensors)")
         return path / FILES["pt"]
     if not path.is_file():
         raise InputError(f"{path}: no such file or folder; expected a pdenas export")
