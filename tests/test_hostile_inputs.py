@@ -1,18 +1,31 @@
-"""Hostile and damaged inputs (issue 31, families 1 and 3): files that grow when read (an alias
-bomb, 100,000 nested brackets, a 50 MB sparse file) and damaged run folders (a record of the
-wrong types, ``trials/`` a file, ``record.json`` a folder, a stray ``trials/01``). Each is one
-line and exit status 2 through ``pdenas.cli.main``, and nothing on disk changes."""
+"""Hostile and damaged inputs (issue 31): files that grow when read (an alias bomb, 100,000
+nested brackets, a 50 MB sparse file); models that claim more than they hold (stride-0 views,
+a config beyond the caps, a ``.pt2`` that would unpickle or grow); damaged run folders (a record
+of the wrong types, ``trials/`` a file, ``record.json`` a folder, a stray ``trials/01``). Each is
+one line (exit status 2 through ``pdenas.cli.main``), nothing is allocated or run for it, and
+nothing on disk changes."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import itertools
 import json
+import os
+import pickle
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from test_runs import finished_run  # noqa: F401 - the fixture: a real 3-trial run
 
 from pdenas._bounded import MAX_DEPTH, MAX_YAML_BYTES, short_repr
@@ -181,6 +194,209 @@ def test_a_damaged_safetensors_file_is_one_input_error(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
+# -- family 2: models that claim more than they hold ------------------------------------------
+
+HUGE = {"family": "resnet", "widths": [16384, 16384], "depths": [1], "step_size": 1.0,
+        "in_channels": 1, "num_classes": 2}
+"""Within the caps; one of its convolutions is 9.7 GB of float32."""
+
+
+def _never_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, building a network from a file (not on the meta device) fails the test:
+    a hostile file must be refused before anything is allocated for it."""
+    from pdenas.export import _weights
+
+    def built(*args: object) -> None:
+        raise AssertionError("a network was built from a hostile file")
+
+    monkeypatch.setattr(_weights, "_built", built)
+
+
+def _tiny_export(folder: Path) -> Path:
+    from pdenas import Architecture, build_model
+    from pdenas.export import write_formats
+
+    arch = Architecture.from_dict({**HUGE, "widths": [4, 4]})
+    folder.mkdir(exist_ok=True)
+    write_formats(build_model(arch), folder, torch.zeros(2, 1, 8, 8), ["pt", "pt2", "safetensors"],
+                  mean=(0.5,), std=(0.25,), classes=("a", "b"))
+    return folder
+
+
+def test_a_model_pt_of_stride_0_views_is_refused_unallocated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdenas import Architecture, build_model
+    from pdenas.export import load_model
+    from pdenas.export._weights import EXPORT_FORMAT
+
+    with torch.device("meta"):
+        net = build_model(Architecture.from_dict(HUGE))
+    shapes = {k: v.shape for k, v in net.state_dict().items()}
+    state = {k: torch.zeros(()).expand(shape) for k, shape in shapes.items()}
+    _never_build(monkeypatch)
+    file = tmp_path / "model.pt"
+    torch.save({"format": EXPORT_FORMAT, "version": 1, "architecture": HUGE, "state_dict": state,
+                "normalization": {"mean": [0.5], "std": [0.25]}, "classes": ["a", "b"]}, file)
+    assert file.stat().st_size < 64 << 10  # a few KB that would ask for 20 GB
+    with pytest.raises(InputError, match="claims .* bytes but the file holds 4 for it") as caught:
+        load_model(file)
+    assert str(file) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_views_sharing_one_storage_are_refused(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdenas.export import load_model
+
+    folder = _tiny_export(tmp_path / "export")
+    _never_build(monkeypatch)
+    payload = torch.load(folder / "model.pt", weights_only=True)
+    state = payload["state_dict"]
+    big = max(state, key=lambda k: state[k].numel())
+    shared = torch.zeros(state[big].numel())
+    payload["state_dict"] = {k: shared[:v.numel()].view(v.shape) for k, v in state.items()}
+    torch.save(payload, folder / "model.pt")
+    with pytest.raises(InputError, match="claims .* bytes but the file holds"):
+        load_model(folder / "model.pt")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"widths": [10**9, 10**9]}, ["architecture.widths: got 1000000000", "at most 16384"]),
+    ({"depths": [10**7]}, ["architecture.depths: got 10000000", "at most 10000"]),
+], ids=["widths_1e9", "depth_1e7"])
+def test_a_safetensors_config_beyond_the_caps_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict, words: list[str]) -> None:
+    from pdenas.export import load_model
+
+    folder = _tiny_export(tmp_path / "export")
+    _never_build(monkeypatch)
+    (folder / "model.pt").unlink()  # the folder is read through config.json
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"].update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        load_model(folder)
+    assert time.monotonic() - started < 5
+    assert str(folder / "config.json") in str(caught.value) and "\n" not in str(caught.value)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_a_safetensors_config_larger_than_its_weights_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdenas.export import load_safetensors
+
+    folder = _tiny_export(tmp_path / "export")
+    _never_build(monkeypatch)
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = HUGE  # within the caps; the file holds a 4-channel network
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="weights do not fit the architecture") as caught:
+        load_safetensors(folder)
+    assert "model.safetensors" in str(caught.value)
+
+
+def test_load_model_reads_every_format_it_loads(tmp_path: Path) -> None:
+    from pdenas.export import load_model, load_pt2
+
+    folder = _tiny_export(tmp_path / "export")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        reference = load_model(folder / "model.pt")(x)
+        (folder / "model.pt").unlink()
+        for source in (folder, folder / "model.safetensors", folder / "config.json"):
+            assert torch.allclose(load_model(source)(x), reference, atol=1e-6)
+        assert torch.allclose(load_pt2(folder / "model.pt2")(x), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("field, value", [("normalization", [1, 2]), ("classes", 7),
+                                          ("normalization", {"mean": "abc"})])
+def test_a_model_pt_of_the_wrong_types_is_one_line(tmp_path: Path, field: str,
+                                                   value: object) -> None:
+    from pdenas.export import load_model
+
+    folder = _tiny_export(tmp_path / "export")
+    payload = torch.load(folder / "model.pt", weights_only=True)
+    payload[field] = value
+    torch.save(payload, folder / "model.pt")
+    with pytest.raises(InputError, match=f"bad pdenas export: {field}") as caught:
+        load_model(folder / "model.pt")
+    assert "\n" not in str(caught.value)
+
+
+def _rewrite_pt2(file: Path, change: Callable[[str, bytes], bytes | None]) -> None:
+    """Rewrites the records of a ``.pt2`` archive through ``change(name, data)`` (None: keep)."""
+    with zipfile.ZipFile(file) as archive:
+        records = [(i.filename, archive.read(i)) for i in archive.infolist()]
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in records:
+            archive.writestr(name, change(name, data) or data)
+
+
+class _Touch:
+    """Unpickling it creates a folder: proof that pickled code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (self.path,)
+
+
+def test_a_pt2_with_a_pickled_weight_is_refused_unrun(tmp_path: Path) -> None:
+    from pdenas.export import load_pt2
+
+    file = _tiny_export(tmp_path / "export") / "model.pt2"
+    ran = tmp_path / "pickle_ran"
+
+    def change(name: str, data: bytes) -> bytes | None:
+        if name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return json.dumps(config).encode()
+        if name.endswith("/weight_0"):
+            return pickle.dumps(_Touch(ran), protocol=2)
+        return None
+
+    _rewrite_pt2(file, change)
+    with pytest.raises(InputError, match="pickled object; refused") as caught:
+        load_pt2(file)
+    assert not ran.exists() and str(file) in str(caught.value)
+
+
+@pytest.mark.parametrize("extra", ["data/aotinductor/model/model.so", "data/weights/model.pt"])
+def test_a_pt2_with_compiled_code_or_a_legacy_pickle_is_refused(tmp_path: Path,
+                                                                extra: str) -> None:
+    from pdenas.export import load_pt2
+
+    file = _tiny_export(tmp_path / "export") / "model.pt2"
+    with zipfile.ZipFile(file, "a") as archive:
+        root = archive.namelist()[0].split("/", 1)[0]
+        archive.writestr(f"{root}/{extra}", b"\x7fELF")
+    with pytest.raises(InputError, match="which pdenas does not load"):
+        load_pt2(file)
+
+
+def test_a_pt2_weight_that_claims_more_than_its_record_is_refused(tmp_path: Path) -> None:
+    from pdenas.export import load_pt2
+
+    file = _tiny_export(tmp_path / "export") / "model.pt2"
+
+    def change(name: str, data: bytes) -> bytes | None:
+        if not name.endswith("_weights_config.json"):
+            return None
+        config = json.loads(data)
+        for meta in config["config"].values():  # every weight a stride-0 view of 1024 x 1024
+            meta["tensor_meta"]["sizes"] = [{"as_int": 1024}, {"as_int": 1024}]
+            meta["tensor_meta"]["strides"] = [{"as_int": 0}, {"as_int": 0}]
+        return json.dumps(config).encode()
+
+    _rewrite_pt2(file, change)
+    with pytest.raises(InputError, match="claims 4,194,304 bytes but the file holds"):
+        load_pt2(file)
+
+
 # -- a real run folder for the readers ------------------------------------------------------
 
 
@@ -309,3 +525,123 @@ def test_a_folder_that_is_not_a_run_is_never_an_empty_run(
     _refused(empty, capsys, "not a pdenas run folder", commands=("leaderboard", "export"))
     (empty / "run.json").mkdir()
     _refused(empty, capsys, str(empty / "run.json"), "not a file")
+
+
+# -- export: its output checked before the work; a killed export's staging removed ------------
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[str]:
+    """``folder`` read-only for real, and how: a read-only bind mount where this process may
+    mount (root here and in CI's container), else ``chmod`` (a user, whom permissions stop).
+    Root that cannot mount passes any permission check, so the fault is then injected where
+    export writes first (a file created in the output folder fails with ``EROFS``); that keeps
+    the test meaningful everywhere instead of skipping it."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for path in modes:
+            path.chmod(modes[path] & ~0o222)
+        try:
+            yield "chmod"
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)],
+                             capture_output=True).returncode == 0
+    if mounted and subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)],
+                                  capture_output=True).returncode == 0:
+        try:
+            yield "read-only bind mount"
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+        return
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    real = tempfile.mkstemp
+
+    def refused(*args: Any, dir: str | Path | None = None, **kwargs: Any) -> tuple[int, str]:
+        if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", refused)
+        yield "injected EROFS"
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any export work (its weights read or retrained, a format written) fails the test."""
+    from pdenas.export import _command
+
+    def work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the export did its work before checking its output folder")
+
+    for name in ("saved_model", "retrain", "write_formats"):
+        monkeypatch.setattr(_command, name, work)
+
+
+def test_a_read_only_run_folder_is_refused_before_the_export_works(
+        run: Path, no_work: None, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _digests(run)
+    with _read_only(run) as how:
+        assert main(["export", str(run), "--trial", "0", "--format", "pt"]) == 2, how
+        line = _one_line(capsys, f"cannot write in {run}", "Read-only file system")
+        assert main(["export", str(run), "--trial", "0", "--format", "pt", "--retrain-epochs",
+                     "1"]) == 2, how
+        assert _one_line(capsys) == line
+    assert _digests(run) == before
+
+
+def test_a_symlink_loop_as_out_is_one_line_before_the_work(
+        run: Path, tmp_path: Path, no_work: None, capsys: pytest.CaptureFixture[str]) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for out in (loop, loop / "out"):
+        assert main(["export", str(run), "--trial", "0", "--format", "pt", "--out",
+                     str(out)]) == 2
+        _one_line(capsys, f"--out {out}: {loop}", "a symbolic link that leads nowhere")
+
+
+_STAGE = """
+import sys, time
+from pdenas.export._command import _staging
+with _staging() as folder:
+    (folder / "model.pt").write_bytes(b"half written")
+    print(folder, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(
+        run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two exports stand in the temporary folder: one killed (SIGKILL) inside its staging
+    folder, one still running. The next export removes the killed one's folder only; a user's
+    folder of the same name pattern without pdenas's lock stays."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    env = {**os.environ, "TMPDIR": str(temp)}
+    exports = [subprocess.Popen([sys.executable, "-c", _STAGE], stdout=subprocess.PIPE,
+                                text=True, env=env) for _ in range(2)]
+    try:
+        killed, running = (Path(p.stdout.readline().strip()) for p in exports)
+        assert (killed / "model.pt").is_file() and (running / "model.pt").is_file()
+        exports[0].kill()
+        exports[0].wait()
+        mine = temp / "pdenas-export-notes"
+        mine.mkdir()
+        (mine / "keep.txt").write_text("a user's file")
+        assert main(["export", str(run), "--trial", "0", "--format", "pt", "--out",
+                     str(tmp_path / "export")]) == 0
+        capsys.readouterr()
+        assert not killed.exists()
+        assert (running / "model.pt").is_file() and (mine / "keep.txt").is_file()
+        assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+            "card.json", "card.md", "model.pt"]
+    finally:
+        for export in exports:
+            export.kill()
+            export.wait()

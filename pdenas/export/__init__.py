@@ -18,13 +18,21 @@ validation with ``--retrain-epochs``), evaluates it on the test split and writes
   from and the commands that reproduce it.
 
 Everything is built in a staging folder and moved into place at the end, so bad input (or a
-failure on the way) writes nothing. Exports always use the plain forward pass in eval mode, so
-reversible models export like the others.
+failure on the way) writes nothing; the output folder is checked for writing before the work,
+and the staging folders of killed exports are removed by the next export. Exports always use
+the plain forward pass in eval mode, so reversible models export like the others.
+
+Loading is safe for every format: ``load_model`` reads ``model.pt`` (``weights_only``, mapped)
+or ``config.json`` with ``model.safetensors`` and checks, before anything is built, the
+architecture against the caps, the tensors' names and shapes against it, and that no tensor
+claims more bytes than its file holds; ``load_pt2`` first refuses what ``torch.export.load``
+would unpickle or grow (``check_pt2``).
 
 The module map: ``_weights`` (the ``model.pt`` file and the folder's file names: save, safe load,
 ``load_model``; ``model.safetensors`` and ``config.json``), ``_formats`` (``.pt2`` and ONNX, each
-format written and checked against PyTorch), ``_select`` (which trial, and its weights: saved or retrained), ``_card`` (the model card
-as JSON and Markdown), ``_command`` (``export_trial``, behind ``Run.export`` and ``pdenas export``).
+format written and checked against PyTorch), ``_select`` (which trial, and its weights: saved or
+retrained), ``_card`` (the model card as JSON and Markdown), ``_command`` (``export_trial``,
+behind ``Run.export`` and ``pdenas export``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pdenas.export._command import export_trial
 from pdenas.export._formats import (
     CHECK_IMAGES,
     FormatCheck,
+    check_pt2,
     default_formats,
     load_pt2,
     onnx_logits,
@@ -70,6 +79,7 @@ __all__ = [
     "load_safetensors",
     "onnx_logits",
     "card_markdown",
+    "check_pt2",
     "default_formats",
     "export_trial",
     "parse_formats",

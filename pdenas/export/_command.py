@@ -1,13 +1,21 @@
 """``pdenas export RUN``: select a trial, get its weights, evaluate it, write every format and the
-card into a staging folder, and move them into place only once all of it worked."""
+card into a staging folder, and move them into place only once all of it worked.
+
+The output folder is checked for writing before any of the work (a read-only run folder is one
+line, not an error after minutes of retraining). The staging folder lives in the system's
+temporary folder as ``pdenas-export-*`` and holds a lock (``.pdenas-lock``, an ``flock`` taken
+before the lock file gets its name) for as long as its export runs; each export first removes
+the staging folders whose lock is free, which only those of a killed export are."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +26,12 @@ from pdenas.export._formats import CHECK_IMAGES, parse_formats, write_formats
 from pdenas.export._select import retrain, saved_model, select_trial, trial_record
 from pdenas.export._weights import CONFIG_FILE, FILES, plain
 
-__all__ = ["export_trial"]
+__all__ = ["STAGING_PREFIX", "export_trial", "remove_stale_staging"]
+
+STAGING_PREFIX = "pdenas-export-"
+"""The name of every staging folder starts with this (in ``tempfile.gettempdir()``)."""
+LOCK_NAME = ".pdenas-lock"
+"""The lock file inside a staging folder, locked for as long as its export runs."""
 
 
 def export_trial(
@@ -63,6 +76,8 @@ def export_trial(
     config = StudyConfig.from_stored(info["config"])
     dev = resolve_device(device)
     data = load_data(config.data, device=dev)
+    check_writable(out)
+    remove_stale_staging()
     train = TrainConfig.from_stored(record.get("train") or {})
     if retrain_epochs is None:
         model = saved_model(run_dir, number, arch).to(dev)
@@ -75,8 +90,7 @@ def export_trial(
                       retrain_epochs=retrain_epochs, test_loss=test_loss,
                       test_accuracy=test_accuracy)
     meta = {k: card[k] for k in ("data", "metrics", "source", "training")}
-    with tempfile.TemporaryDirectory(prefix="pdenas-export-") as tmp:
-        staging = Path(tmp)
+    with _staging() as staging:
         checks = write_formats(model, staging, data.test.x[:CHECK_IMAGES], fmts, mean=data.mean,
                                std=data.std, classes=data.classes, info=meta)
         card["files"] = ({fmt: FILES[fmt] for fmt in fmts} | {"card": ["card.json", "card.md"]}
@@ -99,8 +113,69 @@ def _move_into(staging: Path, out: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     for item in sorted(staging.iterdir()):
+        if item.name == LOCK_NAME:
+            continue
         target = out / item.name
         if target.exists():
             target.unlink()
         shutil.move(str(item), str(target))
         target.chmod(0o666 & ~umask)
+
+
+def check_writable(out: Path) -> None:
+    """Refuses an output folder that cannot be written, before any work: a file is created and
+    removed in ``out``, or in the nearest folder above it that exists (a permission check would
+    not do: root passes it on a read-only file system).
+
+    Raises:
+        ValueError: Naming the folder and the cause (one ``InputError`` line).
+    """
+    where = out
+    while not where.is_dir() and where != where.parent:
+        if where.is_symlink() and not where.exists():
+            raise InputError(f"--out {out}: {where} is a symbolic link that leads nowhere (a "
+                             "loop or a missing target)")
+        if where.exists():
+            raise InputError(f"--out {out}: {where} is not a folder")
+        where = where.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pdenas-write-check-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise InputError(f"--out {out}: cannot write in {where}: "
+                         f"{error.strerror or error}; nothing was exported") from None
+
+
+@contextlib.contextmanager
+def _staging() -> Iterator[Path]:
+    """A new staging folder, locked while the block runs, then removed."""
+    folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    try:
+        with open(folder / f"{LOCK_NAME}.new", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.rename(folder / f"{LOCK_NAME}.new", folder / LOCK_NAME)  # named only once held
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_staging(root: str | Path | None = None) -> list[Path]:
+    """Removes the staging folders of exports that were killed (their lock is free) from
+    ``root`` (default ``tempfile.gettempdir()``) and returns them.
+
+    Only folders named ``STAGING_PREFIX*``, owned by this user, not links, holding a lock file
+    that no process holds are removed: a running export's folder, or anything else, stays.
+    """
+    removed = []
+    for folder in sorted(Path(root or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*")):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            with open(folder / LOCK_NAME) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder)
+            removed.append(folder)
+        except OSError:  # no lock file, a lock held, or gone meanwhile: left as it is
+            continue
+    return removed
