@@ -122,33 +122,64 @@ def test_search_resume_and_leaderboard(tmp_path: Path) -> None:
     assert top.returncode == 0 and len(top.stdout.splitlines()) == 3, top.stdout
 
 
+BLOCK_HOOK = """
+import json, os, time
+from pathlib import Path
+
+import pdenas.train as _train
+
+_real_fit = _train.fit
+
+
+def _blocking_fit(model, data, config, device, callback=None, **kwargs):
+    def hook(epoch, metrics):
+        stop = callback(epoch, metrics) if callback is not None else False
+        run, marker = Path(os.environ["PDENAS_TEST_RUN"]), Path(os.environ["PDENAS_TEST_BLOCKED"])
+        done = [p for p in run.glob("trials/*/record.json")
+                if json.loads(p.read_text())["status"] == "completed"]
+        if len(done) >= 2 and not marker.exists():
+            marker.touch()
+            time.sleep(600)
+        return stop
+
+    return _real_fit(model, data, config, device, callback=hook, **kwargs)
+
+
+_train.fit = _blocking_fit
+"""
+"""A ``sitecustomize`` for the child search of the kill -9 test: the first trial to end an epoch
+once two trials have completed creates the marker file and blocks inside ``fit`` (its record
+written, Optuna holding it RUNNING) until the test kills the process."""
+
+
 def test_kill_9_then_resume_keeps_finished_trials(tmp_path: Path) -> None:
+    """The search is killed where the test says, every time: the hook above blocks a trial once
+    two have completed, and the kill comes only after its marker exists (no poll races the
+    trial to its end)."""
     study = write_study(tmp_path, n_trials=5, epochs=3)
     run = tmp_path / "run"
+    hooks, blocked = tmp_path / "hooks", tmp_path / "blocked"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(BLOCK_HOOK)
     env = {"PDENAS_HEARTBEAT_INTERVAL": "1", "PDENAS_GRACE_PERIOD": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "pdenas.cli", "search", str(study), "--out",
-                             str(run), "--quiet"], env=child_env(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(run), "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env=child_env({**env, "PDENAS_TEST_RUN": str(run),
+                                           "PDENAS_TEST_BLOCKED": str(blocked),
+                                           "PYTHONPATH": f"{REPO}{os.pathsep}{hooks}"}))
     deadline = time.monotonic() + 300
-    running: list[dict] = []
-    while time.monotonic() < deadline:
-        if (run / "study.db").exists() and (run / "run.json").exists():
-            try:
-                trials = stored_trials(run)
-            except Exception:  # the study is still being created
-                trials = []
-            # kill it mid-trial: two finished, one running with its record written
-            running = [t for t in trials if t["state"] == "RUNNING"
-                       and (run / "trials" / str(t["number"]) / "record.json").is_file()]
-            if sum(t["state"] == "COMPLETE" for t in trials) >= 2 and running:
-                break
-        time.sleep(0.05)
+    while not blocked.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert blocked.exists(), "the search ended or timed out before a trial blocked"
     before = {t["number"]: t for t in stored_trials(run) if t["state"] == "COMPLETE"}
     assert len(before) >= 2
-    killed = [t for t in stored_trials(run) if t["number"] == running[0]["number"]]
-    assert running and killed[0]["state"] == "RUNNING"  # a trial was running when it was killed
+    running = [t for t in stored_trials(run) if t["state"] == "RUNNING"]
+    assert len(running) == 1  # the blocked trial, with its record written
+    assert (run / "trials" / str(running[0]["number"]) / "record.json").is_file()
+    killed = running
 
     resumed = pdenas("search", str(study), "--out", str(run), "--quiet", env=env)
     assert resumed.returncode == 0, resumed.stderr
@@ -256,19 +287,23 @@ def test_ctrl_c_gives_the_trial_back_and_a_rerun_finishes_the_budget(tmp_path: P
     assert proc.returncode == status, err
     assert "run the same command to resume" in err
     assert "Traceback" not in err
-    interrupted = [t for t in stored_trials(run) if t["status"] == "interrupted"]
-    assert len(interrupted) == 1 and interrupted[0]["state"] == "FAIL"
+    # given back as it was: one waiting trial (same number, same params), no failed trial and
+    # no copy beside it in what optuna-dashboard and trials_dataframe() show
+    given_back = [t for t in stored_trials(run) if t["state"] == "WAITING"]
+    assert len(given_back) == 1 and given_back[0]["status"] == "queued", stored_trials(run)
+    assert not [t for t in stored_trials(run) if t["state"] == "FAIL"]
+    number, params = given_back[0]["number"], given_back[0]["params"]
+    assert params
+    record = run / "trials" / str(number) / "record.json"  # absent if stopped before training
+    assert not record.exists() or json.loads(record.read_text())["status"] == "interrupted"
 
     resumed = pdenas("search", str(study), "--out", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     after = stored_trials(run)
     assert sum(t["status"] in ("completed", "stopped") for t in after) == 4
-    # the interrupted trial's parameters (suggested at its start) were queued again and run;
-    # a copy fixes the params stored at the interruption and suggests any that were not
-    params = interrupted[0]["params"]
-    assert params
-    assert any(params.items() <= t["params"].items() and t["status"] in ("completed", "stopped")
-               for t in after if t["number"] != interrupted[0]["number"]), (params, after)
+    assert [t["number"] for t in after] == [0, 1, 2, 3], after  # the trial itself ran again
+    again = next(t for t in after if t["number"] == number)
+    assert again["params"] == params and again["status"] in ("completed", "stopped"), again
     # and every family still had its first trial (the copy took no other family's place)
     assert {t["params"]["family"] for t in after if t["status"] in ("completed", "stopped")} == {
         "parabolic", "hamiltonian", "second_order", "resnet"}, after
