@@ -7,12 +7,14 @@
   per running trial (its epoch and accuracy so far, read from its record), so that a log says
   what happens long before the search ends.
 
-``make_progress`` chooses.
+``make_progress`` chooses. ``BarSafeHandler`` writes other libraries' log lines (MLflow's) above
+the bar, never on its line.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import sys
 import threading
 import time
@@ -22,7 +24,7 @@ from typing import TextIO
 from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
-__all__ = ["HEARTBEAT_SECONDS", "LineProgress", "TqdmProgress", "make_progress"]
+__all__ = ["HEARTBEAT_SECONDS", "BarSafeHandler", "LineProgress", "TqdmProgress", "make_progress"]
 
 HEARTBEAT_SECONDS = 60.0
 """Seconds between the lines a log gets about the trials still running."""
@@ -55,6 +57,28 @@ def _interactive(stream: TextIO) -> bool:
         return False
 
 
+class BarSafeHandler(logging.Handler):
+    """A logging handler that writes each line with ``tqdm.write``: a bar on the same stream is
+    cleared, the line written, and the bar drawn again below it, so log lines never land on the
+    bar's line (in a pipe or a file, where there is no bar, a plain line).
+
+    Args:
+        stream: Where to write (default: stderr at the time of each line).
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=self.stream or sys.stderr)
+        except Exception:  # as logging.StreamHandler: a failed line never stops the program
+            self.handleError(record)
+
+
 class TqdmProgress:
     """A ``tqdm.auto`` progress bar of a search (a widget in notebooks, text in a terminal):
     trials done, the best accuracy so far, the time left and the last trial.
@@ -85,7 +109,8 @@ class TqdmProgress:
             self.best = max(self.best or 0.0, record.val_accuracy)
         if self.bar is not None:
             self.bar.update(1)
-            self._postfix(last=f"#{record.number} {record.architecture.get('family')} {record.status}")
+            family = record.architecture.get("family")
+            self._postfix(last=f"#{record.number} {family} {record.status}")
 
     def _postfix(self, last: str | None = None) -> None:
         parts = {"best": "-" if self.best is None else f"{100 * self.best:.1f}%"}

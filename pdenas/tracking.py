@@ -16,13 +16,21 @@ metrics and the status as a tag. TensorBoard gets one folder per trial (``trial-
 scalars, the costs and an hparams entry. A tracker that fails logs a warning and is dropped for
 that trial; it never fails the trial. The packages are optional extras: ``pdenas[mlflow]``
 (mlflow-skinny is enough) and ``pdenas[tensorboard]``.
+
+MLflow's own log lines (``INFO mlflow.store.db.utils: Creating initial MLflow database
+tables...``) and the ``🏃 View run ...`` lines it prints for a tracking server are shown only
+when ``PDENAS_LOG`` asks for their level (or ``MLFLOW_LOGGING_LEVEL`` is set), with the time
+and the trial number, and above the progress bar, never on its line (``quiet_mlflow``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +56,7 @@ __all__ = [
     "notify",
     "observers_for",
     "parse_trackers",
+    "quiet_mlflow",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,7 +145,8 @@ class TrialObserver(Protocol):
         """The trial ended (any status); its costs and final values are in the record."""
 
 
-def make_observers(tracking: TrackingConfig, run: RunFolder, study_name: str) -> list[TrialObserver]:
+def make_observers(tracking: TrackingConfig, run: RunFolder,
+                   study_name: str) -> list[TrialObserver]:
     """The observers of a study's trackers (one each, fresh for one trial)."""
     observers: list[TrialObserver] = []
     if tracking.mlflow is not None and server_answers(tracking.mlflow.tracking_uri):
@@ -180,6 +190,51 @@ def server_answers(uri: str | None) -> bool:
             log.warning("tracking: the MLflow server at %s does not answer (%s); the search "
                         "goes on without MLflow", uri, getattr(error, "reason", error))
     return _answers[uri]
+
+
+_MLFLOW_LOGGERS = ("mlflow", "alembic", "huey", "sqlalchemy.engine")
+"""The loggers MLflow's import gives a handler of its own (on stderr)."""
+
+_mlflow_quiet = False
+
+
+def _requested_level() -> int:
+    """The level ``PDENAS_LOG`` names (WARNING when unset or not a level)."""
+    level = logging.getLevelName(os.environ.get("PDENAS_LOG", "").strip().upper() or "WARNING")
+    return level if isinstance(level, int) else logging.WARNING
+
+
+def quiet_mlflow() -> None:
+    """MLflow's log lines as pdenas's: at the level ``PDENAS_LOG`` asks for (default WARNING, so
+    MLflow's INFO lines are not shown), with the time and the trial number, and written with
+    ``tqdm.write`` so that they never break the progress bar. Once per process, after importing
+    MLflow (its import installs its handlers and sets its level to INFO). A level the user set
+    with ``MLFLOW_LOGGING_LEVEL`` is kept.
+    """
+    global _mlflow_quiet
+    if _mlflow_quiet:
+        return
+    _mlflow_quiet = True
+    import mlflow  # noqa: F401  (its import configures its loggers, replaced below)
+
+    from pdenas._log import FORMAT, _TrialField
+    from pdenas._progress import BarSafeHandler
+
+    handler = BarSafeHandler()
+    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    handler.addFilter(_TrialField())
+    for name in _MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        theirs = [h for h in logger.handlers if type(h) is logging.StreamHandler
+                  and type(getattr(h, "stream", None)).__name__ == "MlflowLoggingStream"]
+        for old in theirs:
+            for log_filter in old.filters:  # MLflow's own filters (suppressed messages)
+                if log_filter not in handler.filters:
+                    handler.addFilter(log_filter)
+        if theirs:
+            logger.handlers = [h for h in logger.handlers if h not in theirs] + [handler]
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        logging.getLogger("mlflow").setLevel(_requested_level())
 
 
 def observers_for(config: Any, run: RunFolder) -> list[TrialObserver]:
@@ -256,6 +311,7 @@ class MlflowObserver:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        quiet_mlflow()
         self.client = MlflowClient(tracking_uri=self.settings.tracking_uri)
         family = str(record.architecture.get("family", ""))
         run = self.client.create_run(
@@ -290,7 +346,11 @@ class MlflowObserver:
                               metrics=[Metric(k, v, stamp, 0) for k, v in values.items()])
         status = ("FAILED" if record.status.failure else
                   "KILLED" if not record.status.uses_budget else "FINISHED")
-        self.client.set_terminated(self.run_id, status=status)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:  # its "View run" lines
+            self.client.set_terminated(self.run_id, status=status)
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                logging.getLogger("mlflow.tracking").info(line)
 
 
 class TensorBoardObserver:
@@ -308,7 +368,8 @@ class TensorBoardObserver:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.log_dir / f"trial-{record.number}"))
-        self.writer.add_text("params", "\n".join(f"    {k}: {v}" for k, v in _params(record).items()))
+        self.writer.add_text("params", "\n".join(f"    {k}: {v}"
+                                                for k, v in _params(record).items()))
 
     def epoch_done(self, record: TrialRecord, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():

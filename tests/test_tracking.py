@@ -122,3 +122,114 @@ def test_a_tracking_server_that_is_down_costs_seconds_and_one_warning(tmp_path: 
     assert time.monotonic() - start < 120  # not minutes per call
     warnings = [r for r in caplog.records if "does not answer" in r.getMessage()]
     assert len(warnings) == 1 and uri in warnings[0].getMessage()
+
+
+def _in_a_terminal(args: list[str], env: dict[str, str], cwd: Path,
+                   timeout: float = 300) -> str:
+    """Runs ``args`` with stderr and stdout on a pseudo-terminal of 120 columns (so tqdm draws
+    its bar as on a person's screen); returns all that the terminal got."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+                               env=env, cwd=cwd, close_fds=True)
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([leader], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif process.poll() is not None:
+                break
+        assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, b"".join(chunks)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+@needs
+@pytest.mark.slow
+def test_mlflow_lines_never_land_on_the_progress_bar(tmp_path: Path) -> None:
+    """A search tracked to MLflow on a terminal: MLflow's INFO lines ("Creating initial MLflow
+    database tables...") are not shown by default; with ``PDENAS_LOG=INFO`` they are, with the
+    time and the trial number, each on a line of its own above the bar."""
+    import os
+    import re
+    import sys
+
+    import yaml
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(api_study(tmp_path, n_trials=1)))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PDENAS_LOG"))} | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pdenas", "search", str(study), "--track", "mlflow"]
+    for level, out in (("WARNING", "quiet"), ("INFO", "told")):
+        uri = f"sqlite:///{tmp_path / out}.db"  # a fresh store: MLflow creates its tables
+        screen = _in_a_terminal(command + ["--out", str(tmp_path / out), "--set",
+                                           f"tracking.mlflow.tracking_uri={uri}"],
+                                env | {"PDENAS_LOG": level}, tmp_path)
+        pieces = [p for p in re.split(r"[\r\n]+", screen) if p.strip()]
+        assert any("search tiny_api: 100%" in p for p in pieces), screen  # the bar was drawn
+        for piece in pieces:  # nothing of MLflow's on the bar's line
+            assert not ("search tiny_api" in piece and "mlflow" in piece.lower()), piece
+        told = [p for p in pieces if "mlflow" in p.lower()]
+        if level == "WARNING":
+            assert told == [], told
+        else:
+            assert any(re.fullmatch(r"\d\d:\d\d:\d\d INFO trial 0 mlflow\.store\.db\.utils: "
+                                    r"Creating initial MLflow database tables\.\.\.", p.strip())
+                       for p in told), told
+
+
+@needs
+def test_mlflow_view_run_lines_are_log_lines(tmp_path: Path, capsys) -> None:
+    """The "🏃 View run" lines MLflow prints to stdout for a tracking server become INFO lines
+    of the ``mlflow`` logger (shown with ``PDENAS_LOG=INFO``), not a print across the bar."""
+    from pdenas.runs import TrialRecord, TrialStatus
+    from pdenas.tracking import MlflowObserver, MlflowTracking
+
+    class Client:
+        def log_batch(self, *args, **kwargs) -> None:
+            pass
+
+        def set_terminated(self, run_id: str, status: str) -> None:
+            print(f"🏃 View run trial-3 at: http://127.0.0.1:5000/#/experiments/1/runs/{run_id}")
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+    observer = MlflowObserver(MlflowTracking(), "tiny", tmp_path)
+    observer.client, observer.run_id = Client(), "abc"
+    logger, lines = logging.getLogger("mlflow.tracking"), Lines()
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        observer.trial_finished(TrialRecord(number=3, status=TrialStatus.COMPLETED))
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    assert capsys.readouterr().out == ""
+    assert lines.lines == [
+        "INFO 🏃 View run trial-3 at: http://127.0.0.1:5000/#/experiments/1/runs/abc"]
