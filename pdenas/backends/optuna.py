@@ -65,7 +65,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # documented way to run trials outside ``Study.optimize``; Optuna warns at every ask.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
 
-__all__ = ["OptunaBackend", "claim_trial", "counts_toward_budget", "fail_stale", "open_study"]
+__all__ = ["OptunaBackend", "claim_trial", "counts_toward_budget", "fail_stale", "give_back",
+           "open_study"]
 
 POLL_SECONDS = 2.0
 _LOG = logging.getLogger("pdenas")
@@ -256,6 +257,19 @@ def tell(study: optuna.Study, trial: optuna.Trial, record: TrialRecord,
         study.tell(trial, state=TrialState.PRUNED if state == "PRUNED" else TrialState.FAIL)
 
 
+def give_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Returns an interrupted trial to the queue as it is, so the next claim takes it again.
+
+    The trial keeps its number and its params (Optuna reuses params already suggested) and goes
+    from RUNNING back to WAITING: the study shows one waiting trial, not a failed one beside a
+    queued copy, in optuna-dashboard and ``trials_dataframe()``, and it still uses its unit of
+    the budget. Optuna has no public call for this; its storages allow the RUNNING -> WAITING
+    transition (only a finished trial is frozen).
+    """
+    trial.set_user_attr("status", TrialStatus.QUEUED.value)
+    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
+
+
 @contextlib.contextmanager
 def _owned(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Turns a write to a trial that another worker already failed into ``_Superseded``."""
@@ -413,12 +427,8 @@ class OptunaBackend(Backend):
                 self._dropped(trial.number)
                 continue
             except BaseException:  # Ctrl-C, or a bug in pdenas (not the candidate's doing)
-                # Give the slot back so a rerun does the trial again, then stop. Queue the copy
-                # before failing the trial: the budget never looks short.
                 with contextlib.suppress(Exception):
-                    trial.set_user_attr("status", TrialStatus.INTERRUPTED.value)
-                    study.enqueue_trial(trial.params, user_attrs={"status": "queued"})
-                    study.tell(trial, state=TrialState.FAIL)
+                    give_back(study, trial)
                 raise
             if progress is not None:
                 progress.update(record)
