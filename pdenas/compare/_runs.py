@@ -1,11 +1,16 @@
 """``compare_runs``, behind ``pdenas compare RUN RUN ...``: several runs side by side (search
 spaces, samplers or backends against each other): their Pareto fronts on one plot, hypervolume
-against wall time and against trials, the best accuracy per family per run, and a summary."""
+against wall time and against trials, the best accuracy per family per run, and a summary. Runs
+on different data (another data set, subset, split or input scaling) are compared all the same,
+with one warning line and a note in the report: their accuracies are on different images."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +21,12 @@ from pdenas.errors import InputError
 from pdenas.results import (PAPER_ORDER, export_trials, fully_trained, hypervolume_2d, load_run,
                             load_trials)
 
-__all__ = ["compare_runs", "hypervolume_curve", "run_labels"]
+__all__ = ["compare_runs", "data_differences", "hypervolume_curve", "run_labels"]
+
+log = logging.getLogger(__name__)
+
+_LOCATION_KEYS = ("root", "download")
+"""Data settings that say where the files are, not which images a run trained and validated on."""
 
 
 def run_labels(paths: Sequence[Path], names: Sequence[str]) -> list[str]:
@@ -27,6 +37,29 @@ def run_labels(paths: Sequence[Path], names: Sequence[str]) -> list[str]:
     if len(set(labels)) < len(labels):
         labels = [f"{i + 1}:{label}" for i, label in enumerate(labels)]
     return labels
+
+
+def data_differences(configs: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """Each run's data as text when the runs' data differ, else None.
+
+    Args:
+        configs: The runs' study configurations (``run.json``'s ``config``).
+
+    Returns:
+        One text per run: the data set's name and the settings in which the runs differ (``digits``
+        against ``fashion_mnist (train_limit 15000)``), or None when every run has the same data.
+    """
+    data = [{k: v for k, v in (c.get("data") or {}).items() if k not in _LOCATION_KEYS}
+            for c in configs]
+    if all(d == data[0] for d in data[1:]):
+        return None
+    keys = sorted({k for d in data for k in d if k != "name"
+                   and len({repr(e.get(k)) for e in data}) > 1})
+    texts = []
+    for d in data:
+        settings = ", ".join(f"{k} {d.get(k)}" for k in keys)
+        texts.append(f"{d.get('name', '?')}" + (f" ({settings})" if settings else ""))
+    return texts
 
 
 def _points(done: pd.DataFrame, cost: str) -> np.ndarray:
@@ -103,6 +136,16 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out: str | Path | None = Non
     infos = [load_run(p) for p in paths]
     frames = [load_trials(p) for p in paths]
     labels = run_labels(paths, [str(i["study_name"]) for i in infos])
+    data_texts = data_differences([i["config"] for i in infos])
+    different_data = None
+    if data_texts is not None:
+        different_data = ("the runs are on different data (" + "; ".join(
+            f"{label}: {text}" for label, text in zip(labels, data_texts)) + "): their accuracies "
+            "are measured on different images, and so are their fronts and hypervolumes")
+        if echo is not None:
+            sys.stderr.write(f"pdenas compare: warning: {different_data}\n")
+        else:
+            log.warning("pdenas compare: %s", different_data)
     costs = {i.cost_objective for i in infos}
     cost = costs.pop() if len(costs) == 1 else "flops"
 
@@ -116,13 +159,16 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out: str | Path | None = Non
         reference = (float(worst[0] + margin[0]), float(worst[1] + margin[1]))
 
     curves, summary, best_rows = {}, [], []
-    for label, path, info, trials, done in zip(labels, paths, infos, frames, usable):
+    data_column = data_texts or [str((i["config"].get("data") or {}).get("name")) for i in infos]
+    for label, path, info, trials, done, data in zip(labels, paths, infos, frames, usable,
+                                                     data_column):
         curve = hypervolume_curve(trials, cost, reference) if len(trials) else pd.DataFrame(
             columns=["trials", "number", "wall_seconds", "hypervolume"])
         curves[label] = curve
         config = info["config"]
         summary.append({
-            "run": label, "folder": str(path), "backend": info.get("backend"),
+            "run": label, "folder": str(path),
+            "data": data, "backend": info.get("backend"),
             "space": config.get("space"), "sampler": config.get("sampler"),
             "trials": len(trials), "finished": len(done),
             "best_accuracy": float(done["val_accuracy"].max()) if len(done) else np.nan,
@@ -161,8 +207,10 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out: str | Path | None = Non
         shown_families[label] = families[label].map(pct)
     hv_line = (f"Hypervolume of (validation accuracy, log10 {cost}) over each run's fully trained "
                f"trials; one reference point for all runs: accuracy {pct(-reference[0])}, "
-               f"{cost} {cost_text(cost, 10 ** reference[1])}. Wall time from the run's first "
-               "trial start to each trial's finish (records' started_at / finished_at).")
+               f"{cost} {cost_text(cost, 10 ** reference[1])}"
+               + (" (shared although the runs' data differ)" if different_data else "")
+               + ". Wall time from the run's first trial start to each trial's finish (records' "
+               "started_at / finished_at).")
     say(f"{len(paths)} runs, cost axis {cost}:")
     say(shown.to_string(index=False))
     say("")
@@ -170,8 +218,11 @@ def compare_runs(run_dirs: Sequence[str | Path], *, out: str | Path | None = Non
     say(shown_families.to_string(index=False))
     say(hv_line)
     lines = ["# pdenas compare: " + " vs ".join(labels), "",
-             "## Runs", "", markdown_table(shown), "", hv_line, "",
-             "## Best accuracy per family", "", markdown_table(shown_families), "", "## Plots", ""]
+             "## Runs", ""]
+    if different_data:
+        lines += [f"**Different data:** {different_data}.", ""]
+    lines += [markdown_table(shown), "", hv_line, "",
+              "## Best accuracy per family", "", markdown_table(shown_families), "", "## Plots", ""]
     for title, path in figures.items():
         lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
     report = out / "report.md"
