@@ -736,7 +736,7 @@ def _dense_gain(unit: PDEUnit, x: torch.Tensor) -> float:
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_gain_matches_the_dense_jacobians_largest_singular_value(family, norm, h):
-    """``gain`` (Lanczos on JᵀJ with torch.func products) is within 5 % of the dense Jacobian's
+    """``gain`` (Lanczos on JᵀJ with autograd products) is within 5 % of the dense Jacobian's
     largest singular value, on units of 3 steps with different weights and scales of either
     sign, at inputs of scale 1 and 1e-3 (where TV amplifies most)."""
     for seed in range(2):

@@ -7,7 +7,7 @@ and the resnet baseline.
 from __future__ import annotations
 
 from pdenas.families import hamiltonian, parabolic, resnet, second_order  # noqa: F401  (register)
-from pdenas.families._base import INITS, PDEUnit
+from pdenas.families._base import INITS, STARTS, PDEUnit
 from pdenas.families._layers import ACTIVATIONS, NORMS, TV_EPS, SymmetricLayer, TVNorm
 from pdenas.families._registry import build_unit, get_family, list_families, register_family
 from pdenas.families._stability import clip_weights_, stability_report, time_smoothness
@@ -17,6 +17,7 @@ __all__ = [
     "INITS",
     "NORMS",
     "PDEUnit",
+    "STARTS",
     "SymmetricLayer",
     "TVNorm",
     "TV_EPS",

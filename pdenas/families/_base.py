@@ -38,13 +38,18 @@ from torch import nn
 
 from pdenas.errors import InputError
 
-__all__ = ["INITS", "PDEUnit", "State"]
+__all__ = ["INITS", "PDEUnit", "STARTS", "State"]
 
 State = tuple[torch.Tensor, ...]
 
 INITS = ("repeat", "independent")
 """How the time steps of a unit start: "repeat" (one draw copied to every step, Meganet.m's
 ``initTheta``) or "independent" (one draw per step)."""
+
+STARTS = ("rest", "half_step")
+"""How a unit may take its first time step: "rest" (the scheme as it is; for leapfrog
+``Y_{-1} = Y_0``, Meganet.m's ``LeapFrogNN``) or "half_step" (leapfrog's second-order start,
+``Y_1 = Y_0 + h² F / 2``; second_order only). A family lists the ones it has in ``starts``."""
 
 
 class PDEUnit(nn.Module):
@@ -63,6 +68,8 @@ class PDEUnit(nn.Module):
         activation: Activation name.
         init: "repeat" (every step starts from the same weights; the default) or "independent"
             (see ``INITS``).
+        start: How the first time step is taken: one of the family's ``starts`` ("rest", the
+            default; "half_step" for second_order, see ``STARTS``).
         reversible: Recompute states in the backward pass instead of storing them
             (reversible schemes only, not with batch norm). Safe in float32 up to 30 steps
             per unit (hamiltonian; second_order with h <= 0.1) or 10 steps (second_order,
@@ -77,12 +84,14 @@ class PDEUnit(nn.Module):
     """Unit widths must be multiples of this (2 for schemes that split the channels in halves)."""
     family_name: ClassVar[str]
     """The registry name (set by ``register_family``)."""
+    starts: ClassVar[tuple[str, ...]] = ("rest",)
+    """The first-step rules the scheme has (``STARTS``); one-step schemes have "rest" only."""
 
     # --- what is true of the family: asked by Architecture and the search space -------------
     @classmethod
     def option_problems(cls, *, width: int, depth: int, norm: str = "tv",
                         activation: str = "relu", reversible: bool = False,
-                        init: str = "repeat") -> list[tuple[str, str, str]]:
+                        init: str = "repeat", start: str = "rest") -> list[tuple[str, str, str]]:
         """What this family refuses in a unit's options, as (option, problem, allowed) triples.
 
         A family with rules of its own extends the list (call the base first). ``Architecture``
@@ -103,6 +112,10 @@ class PDEUnit(nn.Module):
             problems.append(("activation", f"unknown {activation!r}", ", ".join(sorted(ACTIVATIONS))))
         if init not in INITS:
             problems.append(("init", f"unknown {init!r}", ", ".join(INITS)))
+        if start not in cls.starts:
+            problem = (f"the {cls._name()} scheme has no {start!r} start" if start in STARTS
+                       else f"unknown {start!r}")
+            problems.append(("start", problem, ", ".join(cls.starts)))
         if reversible and not cls.reversible_scheme:
             from pdenas.families._registry import get_family, list_families
 
@@ -143,18 +156,20 @@ class PDEUnit(nn.Module):
         activation: str = "relu",
         reversible: bool = False,
         init: str = "repeat",
+        start: str = "rest",
     ) -> None:
         super().__init__()
         if norm is None:
             norm = self.default_norm
         type(self).check_options(width=width, depth=depth, norm=norm, activation=activation,
-                                 reversible=reversible, init=init)
+                                 reversible=reversible, init=init, start=start)
         self.width = width
         self.depth = depth
         self.norm_name = norm
         self.activation_name = activation
         self.reversible = reversible
         self.init = init
+        self.start = start
         self.step_size = step_size
 
     @property
@@ -275,7 +290,7 @@ class PDEUnit(nn.Module):
         """The keyword options that rebuild this unit with another depth and step size; a
         family whose constructor takes more options overrides this."""
         return {"norm": self.norm_name, "activation": self.activation_name,
-                "reversible": self.reversible, "init": self.init}
+                "reversible": self.reversible, "init": self.init, "start": self.start}
 
     def resample(self, depth: int) -> PDEUnit:
         """The same dynamics on ``depth`` steps: a new unit over the same time ``T = n h``.

@@ -27,7 +27,8 @@ other three. The option ``start="half_step"`` takes that first step exactly to s
 the unit then converges at second order where its weights are constant in time; each jump of
 ``θ(t)`` between steps still costs O(h).
 
-Anything a unit holds outside its step layers (``step_layers(j)``) is copied unchanged.
+Anything a unit holds outside its step layers (``step_layers(j)``) is copied unchanged; batch
+norms keep their eps (``Architecture.bn_eps``).
 """
 
 from __future__ import annotations
@@ -99,4 +100,18 @@ def resample_unit(unit: PDEUnit, depth: int) -> PDEUnit:
                 )
             for old, fresh in zip(old_layers, new_layers):
                 fresh.load_state_dict(old.state_dict())
+    _copy_norm_eps(unit, new)
     return new
+
+
+def _copy_norm_eps(unit: PDEUnit, new: PDEUnit) -> None:
+    """Gives every batch norm of ``new`` the eps of its match in ``unit`` (an eps is not in the
+    state dict; ``Architecture.bn_eps`` may have changed it). Steps are matched as above."""
+    def norms(module: torch.nn.Module) -> list[torch.nn.Module]:
+        return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+    for i in range(new.depth):
+        j = source_step(i, unit.depth, new.depth)
+        for old, fresh in zip(unit.step_layers(j), new.step_layers(i)):
+            for a, b in zip(norms(old), norms(fresh)):
+                b.eps = a.eps

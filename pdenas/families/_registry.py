@@ -39,6 +39,7 @@ def build_unit(family: str, width: int, depth: int, step_size: float, **options)
         **options: ``norm`` ("tv", "batch", "none"; None or absent: the family's
             ``default_norm``, "tv" except "batch" for resnet), ``activation`` (a name),
             ``reversible``, ``init`` ("repeat": every step starts from the same weights, as
-            Meganet.m; "independent": one draw per step).
+            Meganet.m; "independent": one draw per step), ``start`` (one of the family's
+            ``starts``: "rest", or "half_step" for second_order).
     """
     return get_family(family)(width, depth, step_size, **options)

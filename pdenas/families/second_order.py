@@ -8,17 +8,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pdenas.families._base import PDEUnit, State
+from pdenas.families._base import STARTS, PDEUnit, State
 from pdenas.families._layers import SymmetricLayer
 from pdenas.families._registry import register_family
 
 __all__ = ["STARTS", "SecondOrderUnit"]
-
-
-STARTS = ("rest", "half_step")
-"""How a second-order unit takes its first step: "rest" (``Y_{-1} = Y_0``, Meganet.m's
-``LeapFrogNN`` and PAPER.md: first order overall) or "half_step" (``Y_1 = Y_0 + h² F / 2``:
-second order overall)."""
 
 
 @register_family("second_order")
@@ -48,26 +42,13 @@ class SecondOrderUnit(PDEUnit):
 
     reversible_scheme = True
     output_holds_state = False
+    starts = STARTS
 
-    @classmethod
-    def option_problems(cls, *, start: str = "rest", **options) -> list[tuple[str, str, str]]:
-        problems = super().option_problems(**options)
-        if start not in STARTS:
-            problems.append(("start", f"unknown {start!r}", ", ".join(STARTS)))
-        return problems
-
-    def __init__(self, width: int, depth: int, step_size: float, *, start: str = "rest",
-                 **options) -> None:
-        if start not in STARTS:
-            type(self).check_options(width=width, depth=depth, start=start)
+    def __init__(self, width: int, depth: int, step_size: float, **options) -> None:
         super().__init__(width, depth, step_size, **options)
-        self.start = start
         self.layers = self.per_step(
             lambda: SymmetricLayer(width, norm=self.norm_name, activation=self.activation_name)
         )
-
-    def unit_options(self) -> dict[str, object]:
-        return {**super().unit_options(), "start": self.start}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, start={self.start!r}"
