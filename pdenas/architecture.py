@@ -14,10 +14,20 @@ from pdenas._config import Config, ConfigError
 from pdenas.errors import InputError
 from pdenas.families import get_family
 
-__all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS", "OPENING_STRIDES"]
+__all__ = ["Architecture", "paper_architecture", "PAPER_LAYOUTS", "OPENING_STRIDES",
+           "LAYER_INITS", "TORCH_BN_EPS", "MEGANET_BN_EPS"]
 
 OPENING_STRIDES = (1, 2)
 """The strides the opening convolution may take."""
+
+LAYER_INITS = ("torch", "meganet")
+"""How the opening, connector and classifier layers start (``Architecture.layer_init``)."""
+
+TORCH_BN_EPS = 1e-5
+"""PyTorch's batch-norm eps, the default of ``Architecture.bn_eps``."""
+
+MEGANET_BN_EPS = 1e-4
+"""The batch-norm eps of the authors' code (Meganet.m's ``batchNormLayer2`` default)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,18 @@ class Architecture(Config):
         opening_stride: Stride of the opening convolution: 1 (the paper's: the first unit runs
             at the input's resolution) or 2 (it runs at half the resolution, for about a
             quarter of the cost, as image networks' stems do).
+        start: How each unit takes its first time step: "rest" (the default; for leapfrog
+            ``Y_{-1} = Y_0``, as Meganet.m and the paper) or "half_step" (second_order only:
+            ``Y_1 = Y_0 + h² F / 2``, second order in h; see ``SecondOrderUnit``).
+        layer_init: How the opening, connector and classifier layers start: "torch" (PyTorch's
+            defaults) or "meganet" (the authors' ``cnnDriver.m``: the opening and connector
+            kernels drawn as the units' kernels, normal with std ``sqrt(2 / (k c_in))`` for a
+            k x k kernel truncated at 2 std: 2.2 (1x1) and 3.7 (3x3) times PyTorch's std; the
+            classifier's weights and bias ``0.1 N(0, 1)`` clipped to [-0.2, 0.2]). The units'
+            kernels start the authors' way under both.
+        bn_eps: eps of every batch norm in the network (opening, connectors, and units with
+            norm "batch"): 1e-5 (PyTorch's, the default) or the authors' 1e-4
+            (``MEGANET_BN_EPS``).
     """
 
     family: str
@@ -56,6 +78,9 @@ class Architecture(Config):
     reversible: bool = False
     init: str = "repeat"
     opening_stride: int = 1
+    start: str = "rest"
+    layer_init: str = "torch"
+    bn_eps: float = TORCH_BN_EPS
 
     def __post_init__(self) -> None:
         cls = get_family(self.family) if isinstance(self.family, str) else None
@@ -76,7 +101,7 @@ class Architecture(Config):
         for width, depth in zip(self.widths, self.depths):  # what the family itself refuses
             problems = cls.option_problems(width=width, depth=depth, norm=self.norm,
                                            activation=self.activation, reversible=self.reversible,
-                                           init=self.init)
+                                           init=self.init, start=self.start)
             if problems:
                 key, problem, allowed = problems[0]
                 where = f" in {list(self.widths if key == 'width' else self.depths)}" if key in keys else ""
@@ -85,6 +110,10 @@ class Architecture(Config):
             self.require(key, getattr(self, key) >= 1, "an integer >= 1")
         self.require("opening_stride", self.opening_stride in OPENING_STRIDES,
                      " or ".join(map(str, OPENING_STRIDES)))
+        self.require("layer_init", self.layer_init in LAYER_INITS, ", ".join(LAYER_INITS))
+        self.require("bn_eps", 0 < self.bn_eps <= 1,
+                     f"a number in (0, 1] (PyTorch's {TORCH_BN_EPS:g}, the authors' "
+                     f"{MEGANET_BN_EPS:g})")
 
     @property
     def num_units(self) -> int:

@@ -5,6 +5,10 @@ in the paper; ``Architecture.opening_stride`` 2 halves the resolution there); af
 unit a 1x1 connector (batch norm, ReLU) that changes the width and halves the resolution with 2x2
 average pooling, except after the last unit, where global average pooling follows; then a
 linear classifier with bias.
+
+``Architecture.layer_init`` says how the opening, connectors and classifier start (PyTorch's
+defaults, or the authors' ``cnnDriver.m``: ``meganet_init_``) and ``Architecture.bn_eps`` sets
+the eps of every batch norm; the units' own weights are drawn by their family.
 """
 
 from __future__ import annotations
@@ -14,8 +18,14 @@ from torch import nn
 
 from pdenas.architecture import Architecture
 from pdenas.families import PDEUnit, build_unit
+from pdenas.families._layers import init_kernel_
 
-__all__ = ["PDENet", "build_model", "Connector"]
+__all__ = ["PDENet", "build_model", "Connector", "meganet_init_"]
+
+CLASSIFIER_STD = 0.1
+"""Std of the authors' classifier weights and bias (``cnnDriver.m``: ``W = 0.1 * randn``)."""
+CLASSIFIER_CLIP = 0.2
+"""Where the authors clip the drawn classifier weights and bias (``min(max(W, -0.2), 0.2)``)."""
 
 
 class Connector(nn.Sequential):
@@ -48,7 +58,7 @@ class PDENet(nn.Module):
             nn.ReLU(inplace=True),
         )
         options = {"norm": arch.norm, "activation": arch.activation,
-                   "reversible": arch.reversible, "init": arch.init}
+                   "reversible": arch.reversible, "init": arch.init, "start": arch.start}
         self.units = nn.ModuleList(
             build_unit(arch.family, c[k], n, arch.step_size, **options)
             for k, n in enumerate(arch.depths)
@@ -59,6 +69,11 @@ class PDENet(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c[-1], arch.num_classes)
+        if arch.layer_init == "meganet":
+            meganet_init_(self)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eps = arch.bn_eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -77,6 +92,23 @@ class PDENet(nn.Module):
     def pde_units(self) -> list[PDEUnit]:
         """The PDE units in order."""
         return list(self.units)
+
+
+def meganet_init_(model: PDENet) -> PDENet:
+    """Redraws the opening, connector and classifier weights in place as the authors' code does.
+
+    ``cnnDriver.m`` (Meganet.m) starts the opening's 3x3 and each connector's 1x1 kernel from
+    ``convKernel.initTheta``, as the units' kernels (``init_kernel_``: normal with std
+    ``sqrt(2 / (k c_in))``, truncated at 2 std), their batch norms at scale 1 and shift 0
+    (PyTorch's too), and the classifier's weights and bias, one matrix of classes x (c + 1),
+    as ``0.1 N(0, 1)`` clipped to [-0.2, 0.2]. Draws from the global random generator.
+    """
+    with torch.no_grad():
+        for conv in (model.opening[0], *(connector[0] for connector in model.connectors)):
+            init_kernel_(conv.weight)
+        for tensor in (model.classifier.weight, model.classifier.bias):
+            tensor.normal_(0.0, CLASSIFIER_STD).clamp_(-CLASSIFIER_CLIP, CLASSIFIER_CLIP)
+    return model
 
 
 def build_model(arch: Architecture) -> PDENet:

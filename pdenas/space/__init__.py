@@ -20,6 +20,9 @@ The file format (every dimension is a fixed value, a list of choices, or a range
     activation: [relu, tanh]
     norm: tv
     reversible: [false, true]               # asked only of reversible families without batch norm
+    start: [rest, half_step]                # asked only of second_order (leapfrog's first step)
+    layer_init: torch                       # or meganet: the authors' opening/connector/classifier
+    bn_eps: 1.0e-5                          # every batch norm's eps (the authors': 1.0e-4)
     train: {lr: {low: 1.0e-3, high: 0.3, log: true}, optimizer: sgd}   # any TrainConfig field
     family_overrides:                       # per family: replaces those dimensions
       hamiltonian: {step_size: {low: 0.05, high: 1.0, log: true}}
@@ -30,8 +33,9 @@ log, step}``. ``width.last`` is ``same`` (the last unit's width), ``grow`` (one 
 geometric widths only) or an integer dimension.
 
 Param names are the dimension names (``family``, ``num_units``, ``depth``, ``width_base``,
-``width_growth``, ``width_last``, ``step_size``, ``activation``, ``norm``, ``reversible``, the train
-keys); a family override appends ``_<family>`` (``step_size_hamiltonian``) and per-unit params
+``width_growth``, ``width_last``, ``step_size``, ``activation``, ``norm``, ``reversible``,
+``start``, ``layer_init``, ``bn_eps``, the train keys); a family override appends
+``_<family>`` (``step_size_hamiltonian``) and per-unit params
 append ``_<unit index>`` (``depth_0``, ``width_hamiltonian_1``). Fixed dimensions make no param.
 Unit widths are rounded up to the family's width multiple (even for hamiltonian).
 

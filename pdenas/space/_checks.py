@@ -9,7 +9,8 @@ from typing import Any
 from pdenas._config import ConfigError
 from pdenas.train import TrainConfig
 
-__all__ = ["Check", "at_least", "boolean", "member", "positive", "train_check", "width_or"]
+__all__ = ["Check", "at_least", "boolean", "member", "positive", "train_check", "up_to_one",
+           "width_or"]
 
 Check = Callable[[Any], "str | None"]
 
@@ -28,6 +29,10 @@ def at_least(minimum: int) -> Check:
 
 def positive(value: Any) -> str | None:
     return None if math.isfinite(value) and value > 0 else f"got {value}; allowed: a finite number > 0"
+
+
+def up_to_one(value: Any) -> str | None:
+    return None if 0 < value <= 1 else f"got {value}; allowed: a number in (0, 1]"
 
 
 def boolean(value: Any) -> str | None:

@@ -131,6 +131,10 @@ class Dimensions:
         train: (TrainConfig field, dimension) pairs.
         opening_stride: The opening convolution's stride (1, the paper's, unless the space
             offers 2).
+        start: The first-step rule of the units (asked only of families with more than one,
+            second_order: ``Architecture.start``).
+        layer_init: How the opening, connectors and classifier start (``Architecture.layer_init``).
+        bn_eps: eps of every batch norm (``Architecture.bn_eps``).
     """
 
     num_units: Dimension
@@ -143,6 +147,9 @@ class Dimensions:
     reversible: Dimension
     train: tuple[tuple[str, Dimension], ...] = ()
     opening_stride: Dimension = Dimension("opening_stride", FIXED, value=1)
+    start: Dimension = Dimension("start", FIXED, value="rest")
+    layer_init: Dimension = Dimension("layer_init", FIXED, value="torch")
+    bn_eps: Dimension = Dimension("bn_eps", FIXED, value=1e-5)
 
     def all(self, max_units: int) -> list[Dimension]:
         """Every dimension, per-unit depths expanded for up to ``max_units`` units."""
@@ -152,5 +159,5 @@ class Dimensions:
         else:
             depths = [self.depth]
         return [self.opening_stride, self.num_units, *depths, *self.width.dimensions(),
-                self.step_size, self.activation, self.norm, self.reversible,
-                *(dim for _, dim in self.train)]
+                self.step_size, self.activation, self.norm, self.reversible, self.start,
+                self.layer_init, self.bn_eps, *(dim for _, dim in self.train)]

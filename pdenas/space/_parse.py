@@ -8,8 +8,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pdenas._config import field_kinds
-from pdenas.architecture import OPENING_STRIDES
-from pdenas.families import ACTIVATIONS, NORMS, list_families
+from pdenas.architecture import LAYER_INITS, OPENING_STRIDES
+from pdenas.families import ACTIVATIONS, NORMS, STARTS, list_families
 from pdenas.space._checks import (
     Check,
     at_least,
@@ -17,6 +17,7 @@ from pdenas.space._checks import (
     member,
     positive,
     train_check,
+    up_to_one,
     width_or,
 )
 from pdenas.space._dimension import CHOICE, FIXED, FLOAT, INT, Dimension, Dimensions
@@ -111,6 +112,9 @@ class Parser:
             reversible=parse("reversible", CHOICE, boolean),
             train=tuple(train),
             opening_stride=parse("opening_stride", CHOICE, member(OPENING_STRIDES)),
+            start=parse("start", CHOICE, member(STARTS)),
+            layer_init=parse("layer_init", CHOICE, member(LAYER_INITS)),
+            bn_eps=parse("bn_eps", FLOAT, up_to_one),
         )
         most = max(dims.num_units.extremes())
         if width.units and most > len(width.units):

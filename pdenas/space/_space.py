@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdenas.architecture import Architecture
+from pdenas.architecture import TORCH_BN_EPS, Architecture
 from pdenas.errors import InputError
 from pdenas.families import get_family, list_families
 from pdenas.space._checks import member
@@ -22,12 +22,14 @@ __all__ = ["SearchSpace"]
 
 _TOP_KEYS = (
     "description", "families", "num_units", "depth", "depth_per_unit", "width", "step_size",
-    "activation", "norm", "reversible", "opening_stride", "train", "family_overrides",
+    "activation", "norm", "reversible", "opening_stride", "start", "layer_init", "bn_eps",
+    "train", "family_overrides",
 )
 _OVERRIDE_KEYS = _TOP_KEYS[2:-1]
 _DEFAULTS: dict[str, Any] = {
     "depth_per_unit": False, "step_size": 1.0, "activation": "relu", "norm": "tv",
-    "reversible": False, "opening_stride": 1, "train": {},
+    "reversible": False, "opening_stride": 1, "start": "rest", "layer_init": "torch",
+    "bn_eps": TORCH_BN_EPS, "train": {},
 }
 _REQUIRED = ("num_units", "depth", "width")
 
@@ -156,10 +158,13 @@ class SearchSpace:
         reversible = False
         if get_family(family).reversible_scheme and norm != "batch":
             reversible = bool(dims.reversible.suggest(trial))
+        starts = get_family(family).starts
+        start = dims.start.suggest(trial) if len(starts) > 1 else starts[0]
         arch = Architecture(
             family=family, widths=widths, depths=depths, step_size=step_size, activation=activation,
             norm=norm, in_channels=in_channels, num_classes=num_classes, reversible=reversible,
-            opening_stride=opening_stride,
+            opening_stride=opening_stride, start=start, layer_init=dims.layer_init.suggest(trial),
+            bn_eps=dims.bn_eps.suggest(trial),
         )
         arch.check_input(height, width)
         train = {key: dim.suggest(trial) for key, dim in dims.train}
@@ -258,7 +263,7 @@ def _dims_data(dims: Dimensions, base: Dimensions | None) -> dict[str, Any]:
     """The file form of ``dims``; with ``base``, only what differs from it (an override)."""
     data: dict[str, Any] = {}
     for key in ("num_units", "depth", "depth_per_unit", "width", "step_size", "activation", "norm",
-                "reversible", "opening_stride"):
+                "reversible", "opening_stride", "start", "layer_init", "bn_eps"):
         value = getattr(dims, key)
         if base is None or value != getattr(base, key):
             data[key] = value if isinstance(value, bool) else value.to_data()
