@@ -150,13 +150,15 @@ def test_a_stored_percentile_rule_reads_as_the_median_rule() -> None:
     assert (config.early_stop.rule, config.early_stop.min_epochs) == ("median", 2)
 
 
-def test_a_study_file_has_at_most_55_keys() -> None:
+def test_a_study_file_has_at_most_56_keys() -> None:
     """A key earns its place by a user who needs it: the leaf keys a study file may set, the
-    ray section's included, stay at 55 or fewer (78 before the cut)."""
+    ray section's included, stay at 56 or fewer (78 before the cut to 55; the 56th is
+    ``data.standardise``, the authors' per-image standardisation, which changes the data every
+    trial and the export see and so cannot be a search-space field)."""
     from pdenas._config import leaf_keys
     from pdenas.backends._ray_options import RayOptions
 
     keys = [k for k in leaf_keys(StudyConfig) if k != "ray"]
     keys += [f"ray.{k}" for k in leaf_keys(RayOptions)]
-    assert len(keys) <= 55, len(keys)
+    assert len(keys) <= 56, len(keys)
     assert len(set(keys)) == len(keys)

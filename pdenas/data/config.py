@@ -16,6 +16,7 @@ from pdenas._config import INTERNAL, Config
 from pdenas.errors import InputError
 
 __all__ = [
+    "STANDARDISATIONS",
     "DATASET_NAMES",
     "DEBIAN_FASHION_MNIST",
     "DataConfig",
@@ -28,6 +29,10 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MAX_IMAGE_SIZE = 1024
 """The largest ``image_size`` (a side): beyond it even one resized data set outgrows memory."""
 """Where Debian's `dataset-fashion-mnist` package installs its IDX .gz files."""
+
+
+STANDARDISATIONS = ("channel", "image")
+"""How pixels become a model's input (``DataConfig.standardise``)."""
 
 
 class DataUnavailableError(InputError):
@@ -108,6 +113,11 @@ class DataConfig(Config):
         image_size: Resize images to image_size x image_size; None keeps the data set's size.
         train_limit: Use at most this many examples of the official training set (a seeded subset,
             split into train and validation as usual); None uses them all.
+        standardise: How pixels become the model's input: "channel" (the default: per channel,
+            ``(pixel / 255 - mean) / std`` with the training split's statistics) or "image"
+            (the authors' ``normalizeData.m``, TensorFlow's per-image standardisation: each image
+            on its own, ``(x - mean(x)) / max(std(x), 1 / sqrt(n))`` over its n = C·H·W values
+            of ``x = pixel`` on the 0..255 scale, std with n - 1; no data set statistics).
         seed: Seed of the subset and the train/validation split: fixed (0) for a study file, so
             that runs with different study seeds train and validate on the same images.
     """
@@ -118,6 +128,7 @@ class DataConfig(Config):
     val_fraction: float = 0.2
     image_size: int | None = None
     train_limit: int | None = None
+    standardise: str = "channel"
     seed: int = field(default=0, metadata=INTERNAL)
 
     SECTION = "data"
@@ -142,6 +153,8 @@ class DataConfig(Config):
             self.require(key, value is None or value >= 2, "an integer >= 2 or null")
         self.require("image_size", self.image_size is None or self.image_size <= MAX_IMAGE_SIZE,
                      f"an integer from 2 to {MAX_IMAGE_SIZE} or null")
+        self.require("standardise", self.standardise in STANDARDISATIONS,
+                     ", ".join(STANDARDISATIONS))
 
     def resolved_root(self) -> Path:
         """Returns the folder the data set is read from (or downloaded to)."""

@@ -2,7 +2,8 @@
 
 `load_data(config, device)` takes the decoded official training set, caps it at `train_limit`
 (a seeded subset), holds out a seeded `val_fraction` for validation, and standardises every split
-per channel with the mean and standard deviation of the training split. The test split is only for
+per channel with the mean and standard deviation of the training split (or, with
+`standardise: image`, each image on its own, as the authors' code). The test split is only for
 final evaluation, except with `val_fraction: 0` (the authors' STL-10 protocol): then everything
 trains and the test split is also lent as `val`.
 """
@@ -17,7 +18,7 @@ from pdenas.data.config import DataConfig, dataset_info
 from pdenas.data.sources import load_raw
 from pdenas.errors import InputError
 
-__all__ = ["DataSplits", "TensorSplit", "load_data", "standardise"]
+__all__ = ["DataSplits", "TensorSplit", "load_data", "standardise", "standardise_images"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ class DataSplits:
         flip: Whether horizontal flips preserve the label.
         mean: Per-channel mean of the training split, on the 0..1 pixel scale.
         std: Per-channel standard deviation of the training split, on the 0..1 pixel scale; a
-            model's input is (pixel / 255 - mean) / std.
+            model's input is (pixel / 255 - mean) / std. With ``standardise`` "image", 0 and 1:
+            the input is the image standardised on its own (``standardise_images``).
         name: The data set's name.
+        standardise: ``DataConfig.standardise``: "channel" or "image".
     """
 
     train: TensorSplit
@@ -72,6 +75,7 @@ class DataSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str = ""
+    standardise: str = "channel"
 
 
 def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -85,6 +89,19 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
     scale = (1.0 / (255.0 * std)).to(device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     shift = (mean / std).to(device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     return x.to(torch.float32).mul_(scale).sub_(shift)
+
+
+def standardise_images(x: torch.Tensor) -> torch.Tensor:
+    """Maps uint8 images (N, C, H, W) to float32, each image standardised on its own as the
+    authors' ``normalizeData.m`` (TensorFlow's ``per_image_standardization``) does:
+    ``(x - mean(x)) / max(std(x), 1 / sqrt(n))`` over the image's n = C·H·W values on the
+    0..255 scale, with the sample standard deviation (n - 1)."""
+    out = x.to(torch.float32)
+    flat = out.view(out.shape[0], -1)
+    floor = flat.shape[1] ** -0.5
+    std, mean = torch.std_mean(flat, dim=1, keepdim=True)
+    flat.sub_(mean).div_(std.clamp_min(floor))
+    return out
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,14 +144,24 @@ def load_data(config: DataConfig, device: str | torch.device = "cpu") -> DataSpl
     device = torch.device(device)
     train_idx, val_idx = _split_indices(raw.train_x.shape[0], config)
     train_u8 = raw.train_x[train_idx].to(device)
-    mean, std = _channel_stats(train_u8)
+    channels = train_u8.shape[1]
+    if config.standardise == "image":  # no data set statistics: the identity after it
+        mean = torch.zeros(channels, dtype=torch.float64)
+        std = torch.ones(channels, dtype=torch.float64)
+    else:
+        mean, std = _channel_stats(train_u8)
+
+    def inputs(x: torch.Tensor) -> torch.Tensor:
+        if config.standardise == "image":
+            return standardise_images(x.to(device))
+        return standardise(x.to(device), mean, std)
 
     def split(x: torch.Tensor, y: torch.Tensor) -> TensorSplit:
-        return TensorSplit(standardise(x.to(device), mean, std), y.to(device))
+        return TensorSplit(inputs(x), y.to(device))
 
     test = split(raw.test_x, raw.test_y)
     return DataSplits(
-        train=TensorSplit(standardise(train_u8, mean, std), raw.train_y[train_idx].to(device)),
+        train=TensorSplit(inputs(train_u8), raw.train_y[train_idx].to(device)),
         val=test if config.val_fraction == 0 else split(raw.train_x[val_idx], raw.train_y[val_idx]),
         test=test,
         num_classes=len(raw.classes),
@@ -145,4 +172,5 @@ def load_data(config: DataConfig, device: str | torch.device = "cpu") -> DataSpl
         mean=tuple(float(m) for m in mean.cpu()),
         std=tuple(float(s) for s in std.cpu()),
         name=config.name,
+        standardise=config.standardise,
     )

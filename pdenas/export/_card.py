@@ -15,7 +15,7 @@ from pdenas.architecture import Architecture
 from pdenas.data.config import dataset_info
 from pdenas.export._weights import EXPORT_VERSION
 
-__all__ = ["card_markdown", "model_card", "summary_lines"]
+__all__ = ["card_markdown", "input_recipe", "model_card", "summary_lines"]
 
 
 def model_card(
@@ -58,13 +58,14 @@ def model_card(
         "model": {"family": arch.family, "h": arch.step_size, "depths": list(arch.depths),
                   "widths": list(arch.widths), "activation": arch.activation,
                   "norm": arch.norm, "reversible": arch.reversible,
-                  "opening_stride": arch.opening_stride},
+                  "opening_stride": arch.opening_stride, "start": arch.start,
+                  "layer_init": arch.layer_init, "bn_eps": arch.bn_eps},
         "architecture": arch.to_dict(),
         "data": {"name": data.name, "image_size": list(data.image_size),
                  "in_channels": data.in_channels, "classes": list(data.classes),
                  "mean": list(data.mean), "std": list(data.std),
-                 "input": "(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32, "
-                          f"where pixel is {dataset_info(data.name).pixels}",
+                 "standardise": getattr(data, "standardise", "channel"),
+                 "input": input_recipe(data),
                  "train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "metrics": {"val_accuracy": record.get("val_accuracy"), "test_accuracy": test_accuracy,
                     "test_loss": test_loss},
@@ -80,6 +81,19 @@ def model_card(
         "reproduce": _commands(info, run_dir, number, formats, retrain_epochs),
         "versions": {"pdenas": _version(), "torch": torch.__version__},
     }
+
+
+def input_recipe(data: Any) -> str:
+    """What a model's input is, in words (the card's and ``config.json``'s ``input``), for the
+    data's ``standardise``: per channel with the training split's statistics, or per image."""
+    pixels = dataset_info(data.name).pixels
+    if getattr(data, "standardise", "channel") == "image":
+        return ("each image standardised on its own (the authors' normalizeData.m): "
+                "(x - mean(x)) / max(std(x), 1 / sqrt(n)) over its n = C*H*W values, x = pixel "
+                "on the 0..255 scale, std with n - 1 (mean 0 and std 1 below leave it as it is); "
+                f"(N, C, H, W) float32, where pixel is {pixels}")
+    return ("(pixel / 255 - mean) / std, per channel, (N, C, H, W) float32, "
+            f"where pixel is {pixels}")
 
 
 def _cost(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> dict[str, Any]:
@@ -166,6 +180,10 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"| widths | {', '.join(map(str, m['widths']))} |",
         f"| activation / norm / reversible | {m['activation']} / {m['norm']} / {m['reversible']} |",
         f"| opening stride | {m.get('opening_stride', 1)} |",
+        f"| first step (start) | {m.get('start', 'rest')} |",
+        f"| opening/connector/classifier init | {m.get('layer_init', 'torch')} |",
+        f"| batch-norm eps | {m.get('bn_eps', 1e-5):g} |",
+        f"| input standardisation | {d.get('standardise', 'channel')} |",
         f"| data set | {d['name']} ({d['image_size'][0]}x{d['image_size'][1]}, "
         f"{d['in_channels']} channel(s), {len(d['classes'])} classes) |",
         f"| validation accuracy (search) | {'-' if val is None else f'{100 * val:.2f} %'} |",
