@@ -41,13 +41,16 @@ __all__ = [
     "load_trials",
     "parquet_available",
     "pareto_ranks",
+    "trained_gain",
     "trial_row",
 ]
 
 ARCH_COLUMNS = ("family", "step_size", "depths", "widths", "activation", "norm", "reversible",
-                "opening_stride")
+                "opening_stride", "start", "layer_init", "bn_eps")
+_ARCH_DEFAULTS = {"opening_stride": 1, "start": "rest", "layer_init": "torch", "bn_eps": 1e-5}
+"""What records written before a field existed mean by its absence (``Architecture``'s defaults)."""
 METRIC_COLUMNS = ("val_accuracy", "params", "flops", "latency_ms", "latency_batch_ms",
-                  "memory_bytes", "predicted_seconds", "max_stable_step")
+                  "memory_bytes", "predicted_seconds", "max_stable_step", "gain")
 DERIVED_COLUMNS = ("num_units", "total_depth", "mean_depth", "mean_width", "total_width")
 """Per-unit lists reduced to one number each (what importance and plots use)."""
 
@@ -72,18 +75,31 @@ def trial_row(record: TrialRecord) -> dict[str, Any]:
     row: dict[str, Any] = {"number": record.number, "state": record.status.state,
                            "status": record.status.value, "failure_reason": record.failure_reason}
     for key in ARCH_COLUMNS:
-        value = arch.get(key, 1 if key == "opening_stride" else None)  # records before it: 1
+        value = arch.get(key, _ARCH_DEFAULTS.get(key))  # records from before a field: its default
         row[key] = tuple(value) if isinstance(value, list) else value
     row["val_accuracy"] = record.val_accuracy
     row["val_loss"] = _loss_at_best(record)
-    for key in METRIC_COLUMNS[1:]:
-        row[key] = record.max_stable_step if key == "max_stable_step" else cost.get(key)
+    for key in ("params", "flops", "latency_ms", "latency_batch_ms", "memory_bytes",
+                "predicted_seconds"):
+        row[key] = cost.get(key)
+    row["max_stable_step"], row["gain"] = record.max_stable_step, trained_gain(record)
     row.update(epochs_trained=record.epochs_trained, epochs_planned=record.epochs_planned,
                seconds=record.seconds, history=list(record.history),
                params_suggested=dict(record.params), worker=record.worker, device=record.device,
                warm_start_from=record.warm_start.get("from_trial"),
                datetime_start=_time(record.started_at), datetime_complete=_time(record.finished_at))
     return row
+
+
+def trained_gain(record: TrialRecord) -> float | None:
+    """The gain of a trial's trained weights: the largest over its units of the largest singular
+    value of d(unit output)/d(unit input) at a few training images (``stability.final.gain``,
+    recorded after training whatever the study's ``stability.mode``); None for a trial that did
+    not finish training, a network without PDE units, or a record from before it was kept."""
+    final = record.stability.get("final") if isinstance(record.stability, dict) else None
+    gain = final.get("gain") if isinstance(final, dict) else None
+    number = isinstance(gain, (int, float)) and not isinstance(gain, bool)
+    return float(gain) if number and math.isfinite(gain) else None
 
 
 def _loss_at_best(record: TrialRecord) -> float | None:
@@ -106,7 +122,8 @@ def load_trials(run_dir: str | Path) -> pd.DataFrame:
     ``status`` (``TrialStatus``), ``failure_reason``, the architecture fields flattened
     (``depths`` and ``widths`` as tuples), the metrics, ``epochs_trained``, ``epochs_planned``,
     ``seconds``, ``history``, ``params_suggested``, ``worker``, ``datetime_start``,
-    ``datetime_complete``, the derived ``num_units``, ``total_depth`` (time steps of all units),
+    ``datetime_complete``, ``gain`` (``trained_gain``: the trained weights' largest unit gain;
+    NaN where none was recorded, as in records written before it), the derived ``num_units``, ``total_depth`` (time steps of all units),
     ``mean_depth``, ``mean_width`` and ``total_width`` (over the units, the last connector's
     output excluded), and ``comparable`` (completed at the full budget of epochs: the trials that
     may be ranked against each other).
@@ -315,6 +332,8 @@ def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
     if "opening_stride" in rows and rows["opening_stride"].fillna(1).ne(1).any():
         table.insert(table.columns.get_loc("widths") + 1, "stride",
                      rows["opening_stride"].fillna(1).astype(int).to_numpy())
+    if "gain" in rows and rows["gain"].notna().any():
+        table["gain"] = rows["gain"].map(lambda g: _fmt(g, "{:.3g}"))
     if "warm_start_from" in rows and rows["warm_start_from"].notna().any():
         table["warm from"] = rows["warm_start_from"].map(lambda n: "-" if n != n or n is None
                                                           else f"#{int(n)}")

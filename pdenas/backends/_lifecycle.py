@@ -30,7 +30,7 @@ import torch
 
 from pdenas._log import TRIAL
 from pdenas.architecture import Architecture
-from pdenas.backends._stability import estimate, stabilise
+from pdenas.backends._stability import estimate, final_gain, stabilise
 from pdenas.backends._warm_start import warm_start
 from pdenas.backends._watchdog import Watchdog, grace_seconds, may_exit
 from pdenas.errors import InputError
@@ -202,6 +202,8 @@ class TrialLife:
         if check.mode != "off":  # the best-validation weights, as trained
             record.stability["final"] = estimate(self.model, self.data.train.x[:check.images],
                                                  check)
+        else:  # their gain alone, cheaply (the leaderboard's gain column)
+            record.stability = {"final": final_gain(self.model, self.data.train.x)}
         record.history = [plain(h) for h in result.history]
         record.epochs_trained = result.epochs_trained
         record.val_accuracy = float(result.best_val_accuracy) if result.history else None

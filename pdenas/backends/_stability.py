@@ -8,11 +8,17 @@ and shorten modes still test the radius against ``stability.radius``: no benchma
 a threshold on the gain that predicts divergence (``benchmarks/stability.md``), and the radius
 screen is off unless a study asks for it. The ``||K||`` bound ignores the normalisation's
 Jacobian and bounds nothing under TV (``benchmarks/stability.md``); it is not part of the estimate.
+
+With the check off, a trial still records the gain of its trained weights (``final_gain``,
+``record.stability["final"]``), taken once after training at ``GAIN_IMAGES`` training images
+with at most ``GAIN_ITERATIONS`` products per unit: the leaderboard's ``gain`` column.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from typing import Any
 
 import torch
@@ -22,7 +28,14 @@ from pdenas.architecture import Architecture
 from pdenas.families import PDEUnit, stability_report
 from pdenas.study import StabilityCheck
 
-__all__ = ["estimate", "stabilise"]
+__all__ = ["GAIN_IMAGES", "GAIN_ITERATIONS", "GAIN_TOL", "estimate", "final_gain", "stabilise"]
+
+GAIN_IMAGES = 4
+"""Training images the gain of a trained candidate is taken at when the check is off."""
+GAIN_ITERATIONS = 8
+"""The most Lanczos products per unit for that gain (``benchmarks/stability_gain_cost.md``)."""
+GAIN_TOL = 1e-2
+"""The relative change of ``gain²`` over two products that ends its run early."""
 
 
 def estimate(model: nn.Module, images: torch.Tensor, check: StabilityCheck) -> dict[str, Any]:
@@ -36,6 +49,27 @@ def estimate(model: nn.Module, images: torch.Tensor, check: StabilityCheck) -> d
     return {"gain": float(max(row["gain"] for row in rows)), "spectral_radius": float(radius),
             "stable": bool(radius <= check.radius), "step_size": float(rows[0]["step_size"]),
             "units": units}
+
+
+def final_gain(model: nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """The gain of trained weights, what a trial records with the check off: ``gain`` (the
+    largest over the units; None when it could not be measured), ``step_size`` and one row per
+    unit (``unit``, ``gain``). Only the gain is estimated (no radius, no ``||K||``), at the first
+    ``GAIN_IMAGES`` of ``images`` with at most ``GAIN_ITERATIONS`` products per unit, and the ``seconds``
+    it took. Running out of memory here leaves the trained trial as it is: ``gain`` None and the
+    ``error``."""
+    if not any(isinstance(m, PDEUnit) for m in model.modules()):
+        return {"gain": None, "units": []}
+    start = time.perf_counter()
+    try:
+        rows = stability_report(model, images, batch=GAIN_IMAGES, iterations=GAIN_ITERATIONS,
+                                tol=GAIN_TOL, diagnostics=False)
+    except torch.OutOfMemoryError as error:
+        return {"gain": None, "units": [], "error": f"out of memory: {str(error).splitlines()[0]}"}
+    gains = [float(row["gain"]) if math.isfinite(row["gain"]) else None for row in rows]
+    return {"gain": None if None in gains else max(gains), "step_size": float(rows[0]["step_size"]),
+            "units": [{"unit": row["unit"], "gain": gain} for row, gain in zip(rows, gains)],
+            "seconds": time.perf_counter() - start}
 
 
 def _set_step_size(model: nn.Module, h: float) -> None:
