@@ -48,13 +48,23 @@ def make_progress(config: StudyConfig, run: str | Path | None, quiet: bool = Fal
 
 
 def _interactive(stream: TextIO) -> bool:
-    """A terminal, or a notebook (whose stderr is no terminal but shows a widget)."""
+    """A terminal, or a notebook that can show a widget (its stderr is no terminal). A notebook
+    without ipywidgets gets lines: tqdm would warn and fill the cell with one output per frame."""
     if "ipykernel" in sys.modules:
-        return True
+        return _widgets()
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _widgets() -> bool:
+    """Whether tqdm can draw its notebook widget (ipywidgets importable, as ``tqdm.auto`` asks)."""
+    try:
+        from tqdm.notebook import IProgress
+    except ImportError:
+        return False
+    return IProgress is not None
 
 
 class BarSafeHandler(logging.Handler):
@@ -96,7 +106,10 @@ class TqdmProgress:
         """The search starts with ``done`` of ``total`` trials finished."""
         if self.quiet:
             return
-        from tqdm.auto import tqdm
+        if "ipykernel" in sys.modules and not _widgets():  # text frames, not tqdm.auto's warning
+            from tqdm.std import tqdm
+        else:
+            from tqdm.auto import tqdm
 
         self.best = best
         self.bar = tqdm(total=total, initial=done, desc=f"search {self.config.name}",
@@ -108,7 +121,7 @@ class TqdmProgress:
         if record.status == "completed" and record.val_accuracy is not None:
             self.best = max(self.best or 0.0, record.val_accuracy)
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(int(record.status.uses_budget))  # a skipped draw is not a trial used
             family = record.architecture.get("family")
             self._postfix(last=f"#{record.number} {family} {record.status}")
 
@@ -159,7 +172,7 @@ class LineProgress:
         """A trial finished: one line."""
         if record.status == "completed" and record.val_accuracy is not None:
             self.best = max(self.best or 0.0, record.val_accuracy)
-        self.done += 1
+        self.done += int(record.status.uses_budget)  # a skipped draw is not a trial used
         accuracy = ("-" if record.val_accuracy is None else f"{100 * record.val_accuracy:.2f} %")
         reason = f" ({record.failure_reason})" if record.failure_reason else ""
         self._line(f"trial {record.number} {record.architecture.get('family', '?')} "
@@ -191,3 +204,21 @@ class LineProgress:
     def _line(self, text: str) -> None:
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         print(f"{stamp} {text}", file=self.stream, flush=True)
+
+
+def _import_tqdm_auto_quietly() -> None:
+    """In a notebook without ipywidgets, imports ``tqdm.auto`` with its ``TqdmWarning`` ("IProgress
+    not found") silenced: Optuna imports it for a progress bar pdenas does not use, and pdenas
+    writes lines there instead of a widget, so the warning would be about nothing shown."""
+    if "ipykernel" not in sys.modules or "tqdm.auto" in sys.modules or _widgets():
+        return
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=TqdmWarning)
+        import tqdm.auto  # noqa: F401
+
+
+_import_tqdm_auto_quietly()
