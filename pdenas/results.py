@@ -332,6 +332,9 @@ def format_leaderboard(board: pd.DataFrame, top: int | None = None) -> str:
     if "opening_stride" in rows and rows["opening_stride"].fillna(1).ne(1).any():
         table.insert(table.columns.get_loc("widths") + 1, "stride",
                      rows["opening_stride"].fillna(1).astype(int).to_numpy())
+    if "start" in rows and rows["start"].fillna("rest").ne("rest").any():
+        table.insert(table.columns.get_loc("widths") + 1, "start",
+                     rows["start"].fillna("rest").to_numpy())
     if "gain" in rows and rows["gain"].notna().any():
         table["gain"] = rows["gain"].map(lambda g: _fmt(g, "{:.3g}"))
     if "warm_start_from" in rows and rows["warm_start_from"].notna().any():

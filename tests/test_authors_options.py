@@ -279,7 +279,8 @@ def test_records_hold_the_fields_and_the_gain_with_the_check_off(run: Path,
     assert set(trials["start"]) == {"half_step"} and set(trials["bn_eps"]) == {1e-4}
     board = leaderboard(trials)
     assert board["gain"].notna().all()
-    assert "gain" in format_leaderboard(board).splitlines()[0]
+    header = format_leaderboard(board).splitlines()[0].split()
+    assert header[-1] == "gain" and header[header.index("widths") + 1] == "start"
     assert main(["leaderboard", str(run)]) == 0
     assert "gain" in capsys.readouterr().out
 
