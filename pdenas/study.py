@@ -241,7 +241,9 @@ class StudyConfig(Config):
             backend.
         n_trials: Total trials of the study (all workers together; a rerun tops up to it).
         timeout: Seconds this command may run; None for no limit. A candidate predicted to need
-            more than the time left is recorded as infeasible, not trained.
+            more than the time left (before it is built, from the trials measured so far) is
+            recorded as skipped, not trained and not counted toward ``n_trials``; the search
+            ends when even the space's cheapest candidate would not fit.
         trial_timeout: Seconds one trial may take (None: no limit). A candidate predicted to
             need more is infeasible (a constraint for the sampler); one that reaches the limit
             stops at the next training step with status "timeout", its best epoch's weights

@@ -325,20 +325,58 @@ def test_cost_limits_reach_the_sampler_as_trial_constraints(tiny_study, tmp_path
         assert (record.status is TrialStatus.INFEASIBLE) == any(v > 0 for v in record.constraints)
 
 
-def test_a_search_out_of_time_stops_at_the_first_candidate_it_cannot_finish(
+def test_a_search_out_of_time_stops_when_its_cheapest_candidate_cannot_finish(
         tiny_study, tmp_path: Path) -> None:
-    """With 30 s left, a candidate predicted to need many minutes (5,000 epochs) is infeasible
-    with the prediction in its reason, and the search starts no further trial (each would be
-    refused in turn)."""
+    """With 30 s left and every candidate needing many minutes (5,000 epochs), the first is
+    measured and skipped with the prediction in its reason, and the search stops: even the
+    space's cheapest candidate would not fit. A skipped trial uses none of the budget, and the
+    sampler is told through a violated constraint."""
     import time
 
     import pdenas
+    from pdenas.backends.optuna import counts_toward_budget
 
     study = tiny_study(train={"epochs": 5000, "batch_size": 32, "augment": False}, n_trials=10)
     start = time.monotonic()
     run = pdenas.search(study, out=tmp_path / "run", progress=False, timeout=30)
     assert time.monotonic() - start < 25
     records = RunFolder(run.path).records()
-    assert [r.status for r in records] == [TrialStatus.INFEASIBLE]
+    assert [r.status for r in records] == [TrialStatus.SKIPPED]
     assert "more than the search has left" in records[0].failure_reason
-    assert records[0].epochs_trained == 0
+    assert records[0].epochs_trained == 0 and records[0].cost["flops"] > 0
+    stored = optuna.load_study(study_name=run.config.name,
+                               storage=f"sqlite:///{run.path / 'study.db'}").trials
+    assert [t.state for t in stored] == [TrialState.PRUNED]
+    assert stored[0].constraints["time_left"] > 0  # the samplers that read constraints learn
+    assert not counts_toward_budget(stored[0])
+
+
+@pytest.mark.slow
+def test_a_sampler_that_proposes_only_what_cannot_fit_still_trains_what_can(
+        tiny_study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sampler that always asks for 4,000 epochs (minutes a trial) with 40 s left: its draws
+    are skipped (predicted before building, not counted), the search draws from the part of the
+    space that fits (2 epochs) and trains those until the time is spent."""
+    import time
+
+    import pdenas
+    from pdenas.backends import optuna as backend
+
+    path = tiny_study(n_trials=100)
+    space = tmp_path / "tiny_space.yaml"  # the epochs become a dimension of the space
+    space.write_text(space.read_text().replace("  optimizer: adamw",
+                                               "  optimizer: adamw\n  epochs: [2, 4000]"))
+    monkeypatch.setattr(backend, "make_sampler", lambda config, grid=None, stored=None:
+                        optuna.samplers.PartialFixedSampler(
+                            {"epochs": 4000}, optuna.samplers.RandomSampler(seed=stored)))
+    start = time.monotonic()
+    run = pdenas.search(path, out=tmp_path / "run", progress=False, timeout=40)
+    elapsed = time.monotonic() - start
+    records = RunFolder(run.path).records()
+    trained = [r for r in records if r.status is TrialStatus.COMPLETED]
+    skipped = [r for r in records if r.status is TrialStatus.SKIPPED]
+    assert len(trained) >= 2 and {r.train["epochs"] for r in trained} == {2}, records
+    assert len(skipped) >= 3 and {r.train["epochs"] for r in skipped} == {4000}
+    assert all(not r.history for r in skipped)
+    assert len(trained) + len(skipped) == len(records)
+    assert elapsed >= 0.7 * 40, elapsed  # it went on until the time was spent

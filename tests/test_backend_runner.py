@@ -269,40 +269,38 @@ def test_the_watchdog_does_nothing_for_a_trial_that_ends_in_time() -> None:
     assert fired == [2] and late.stop() is False
 
 
-def test_a_refusal_for_time_ends_the_search_only_when_no_finished_candidate_would_fit(
+def test_a_candidate_too_long_for_the_time_left_is_skipped_and_predicted_before_building(
         tmp_path: Path) -> None:
-    """A candidate predicted to need more than the time left is infeasible, but the search goes
-    on while a trial it completed was shorter than that time, and stops once none was or after
-    MAX_TIME_REFUSALS refusals in a row; before any trial completed, the first refusal ends it."""
-    from pdenas.backends._base import MAX_TIME_REFUSALS
+    """The first candidate too long for the time left is measured and skipped (not counted);
+    from then on the time model predicts such a draw before it is built, and says the space has
+    nothing that fits only when even its cheapest candidate would not."""
+    from pdenas.backends._base import TooLong
+    from pdenas.space import SearchSpace
 
     data = _tiny_data()
     config = StudyConfig(name="t", latency_repeats=1)
     arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
     quick = TrainConfig.from_dict({"epochs": 1, "batch_size": 64})
     slow = TrainConfig.from_dict({"epochs": 5000, "batch_size": 64})
-    runner = TrialRunner(config, None, RunFolder(tmp_path), DataShape.of(data))
+    space = SearchSpace.from_dict({"families": ["parabolic"], "num_units": 2, "depth": 1,
+                                   "width": {"base": 8, "growth": 1, "last": "same"},
+                                   "step_size": 0.5, "norm": "tv", "train": {"epochs": [1, 5000]}})
+    runner = TrialRunner(config, space, RunFolder(tmp_path), DataShape.of(data))
     cpu = torch.device("cpu")
+    assert runner.skip_reason(arch, slow, 60, cpu) is None  # nothing measured: build it
 
     first = runner.run(0, arch, slow, data=data, device=cpu, time_left=60)
-    assert first.status == "infeasible" and runner.out_of_time  # nothing finished yet
-    runner.out_of_time = False
-    done = runner.run(1, arch, quick, data=data, device=cpu, time_left=60)
-    assert done.status == "completed" and 0 < runner.quickest_seconds < 60
-    numbers = iter(range(2, 100))
-    for _ in range(MAX_TIME_REFUSALS - 1):
-        record = runner.run(next(numbers), arch, slow, data=data, device=cpu, time_left=60)
-        assert "more than the search has left" in record.failure_reason
-        assert not runner.out_of_time  # the quick candidate's time still fits
-    runner.run(next(numbers), arch, slow, data=data, device=cpu, time_left=60)
-    assert runner.out_of_time  # MAX_TIME_REFUSALS in a row
-    runner.out_of_time = False
-    assert runner.run(next(numbers), arch, quick, data=data, device=cpu).status == "completed"
-    runner.run(next(numbers), arch, slow, data=data, device=cpu, time_left=60)
-    assert not runner.out_of_time  # a trained candidate started the count again
-    runner.run(next(numbers), arch, slow, data=data, device=cpu,
-               time_left=runner.quickest_seconds / 2)
-    assert runner.out_of_time  # shorter than every trial it completed
+    assert first.status == "skipped" and not first.status.uses_budget
+    assert "more than the search has left" in first.failure_reason and not first.history
+    skip = runner.skip_reason(arch, slow, 60, cpu)  # now predicted before building
+    assert isinstance(skip, TooLong) and "before building it, from 1 measured" in skip
+    assert runner.skip_reason(arch, quick, 60, cpu) is None
+    assert not runner.nothing_fits(60, cpu) and not runner.out_of_time  # 1 epoch fits
+    params = runner.fitting_params(60, cpu, seed=0)
+    assert params == {"family": "parabolic", "epochs": 1}  # the cost driver moved to what fits
+    done = runner.run(1, *runner.replay(params), data=data, device=cpu, time_left=60)
+    assert done.status == "completed"
+    assert runner.nothing_fits(0.01, cpu) and runner.out_of_time  # not even 1 epoch fits
 
 
 def test_a_bug_in_pdenas_propagates_and_the_trial_is_given_back(tmp_path: Path, monkeypatch) -> None:

@@ -32,7 +32,6 @@ source of truth for every reader), the architecture and the weights through ``Tr
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -47,16 +46,25 @@ from pdenas.study import StudyConfig
 from pdenas.train import TrainConfig
 
 if TYPE_CHECKING:
+    from pdenas.backends._time_model import TimeModel
     from pdenas.data import DataSplits
     from pdenas.space import SearchSpace
     from pdenas.tracking import TrialObserver
 
-__all__ = ["Backend", "DataShape", "Progress", "TrialHooks", "TrialRunner", "finished_summary",
-           "now"]
+__all__ = ["Backend", "DataShape", "Progress", "SKIPS_BEFORE_FITTING_DRAW", "TooLong",
+           "TrialHooks", "TrialRunner", "finished_summary", "now"]
 
-MAX_TIME_REFUSALS = 5
-"""Candidates refused in a row as too long for the time left before a search stops trying (each
-costs a trial number and a calibration of a few seconds)."""
+SKIPS_BEFORE_FITTING_DRAW = 3
+"""Draws skipped in a row as too long for the time left before the search draws one itself from
+the part of the space that fits (``TrialRunner.fitting_params``) instead of asking the sampler
+again (the sampler has been told of each skipped draw, as a violated constraint)."""
+
+
+class TooLong(str):
+    """Why a candidate is not trained: predicted to need more time than the search has left
+    (recorded ``skipped``: not counted toward the budget; a cost limit is ``infeasible``)."""
+
+    status = TrialStatus.SKIPPED
 
 class Progress(Protocol):
     """What a search tells its caller (a progress bar)."""
@@ -104,14 +112,10 @@ class TrialRunner:
             except ValueError as error:
                 raise InputError(f"start_with[{k}].{error}") from None
         self.out_of_time = False
-        """The search has no time for another candidate (``--timeout``): one was refused as too
-        long for the time left, and no trial this runner completed was shorter than that time,
-        or ``MAX_TIME_REFUSALS`` were refused in a row. The backend starts no further trial. A
-        refusal alone does not end the search: candidates differ in cost several times over (a
-        net of widths 48-96-192 against 16-32-64), and a cheaper one may still fit."""
-        self.quickest_seconds: float | None = None
-        """The wall seconds of the shortest trial this runner completed (calibration included)."""
-        self._time_refusals = 0
+        """The search has no time for another candidate (``--timeout``): even the space's
+        cheapest candidate is predicted not to fit in the time left (``fitting_params``). The
+        backend starts no further trial. A draw that does not fit alone does not end the search:
+        candidates differ in cost several times over, and a cheaper one may still fit."""
 
     def make_observers(self) -> list[TrialObserver]:
         """A trial's trackers, made fresh for it."""
@@ -172,9 +176,66 @@ class TrialRunner:
         return TrialLife(self, number, arch, train, data=data, device=device, params=params,
                          hooks=hooks, time_left=time_left).run()
 
-    def completed_in(self, seconds: float) -> None:
-        """A trial this runner ran completed in ``seconds`` (wall, calibration included)."""
-        self.quickest_seconds = min(self.quickest_seconds or math.inf, seconds)
+    # --- the time left (``--timeout``): ``_time_model`` ------------------------------------------
+    def time_model(self, device: torch.device | str) -> TimeModel:
+        """The seconds model, fitted on the run's trials measured by this host on ``device``."""
+        from pdenas.backends._time_model import TimeModel
+
+        return TimeModel(self.run_folder.records(), device, self.shape.image_size)
+
+    def skip_reason(self, arch: Architecture, train: TrainConfig, time_left: float | None,
+                    device: torch.device | str) -> TooLong | None:
+        """Why a drawn candidate is not even built: predicted, from its architecture and the
+        trials measured so far, to need more than the time left; None to build it."""
+        if time_left is None:
+            return None
+        model = self.time_model(device)
+        upper = model.upper(arch, train)
+        if upper is None or upper <= time_left:
+            return None
+        return TooLong(f"predicted to need {upper:,.0f} s (before building it, from "
+                       f"{model.count} measured trials), more than the search has left "
+                       f"({max(time_left, 0):,.0f} s)")
+
+    def record_skipped(self, number: int, arch: Architecture, train: TrainConfig,
+                       reason: TooLong, params: Mapping[str, Any] | None = None,
+                       device: torch.device | str = "cpu") -> TrialRecord:
+        """Records a draw skipped before it was built (status skipped: not counted)."""
+        record = TrialRecord(number=number, status=TrialStatus.SKIPPED, failure_reason=reason,
+                             architecture=arch.to_dict(), train=train.to_dict(),
+                             params=plain(dict(params or {})), epochs_planned=train.epochs,
+                             device=str(device), started_at=now(), finished_at=now())
+        self.run_folder.trial(number).write_record(record)
+        return record
+
+    def nothing_fits(self, time_left: float, device: torch.device | str) -> bool:
+        """Whether even the space's cheapest candidate is predicted not to fit in ``time_left``
+        (then ``out_of_time`` is set); False while no trial is measured."""
+        from pdenas.backends._time_model import cheapest
+
+        model = self.time_model(device)
+        if not model.count:
+            return False
+        params, _ = cheapest(lambda trial: self._build(self.space.suggest, trial), model)
+        arch, train = self.replay(params)
+        upper = model.upper(arch, train)
+        self.out_of_time = upper is not None and upper > time_left
+        return self.out_of_time
+
+    def fitting_params(self, time_left: float, device: torch.device | str,
+                       seed: int) -> dict[str, Any] | None:
+        """Params of a candidate drawn from the part of the space predicted to fit in
+        ``time_left`` (``_time_model.fitting_draw``), or None when none fits; then, if even the
+        cheapest candidate is predicted not to fit, ``out_of_time`` is set."""
+        from pdenas.backends._time_model import fitting_draw
+
+        model = self.time_model(device)
+        if not model.count:
+            return None
+        params = fitting_draw(lambda trial: self._build(self.space.suggest, trial), model,
+                              time_left, seed)
+        self.out_of_time = params is None
+        return params
 
     def refusal(self, record: TrialRecord, time_left: float | None) -> str | None:
         """Why a measured candidate is not trained (a cost limit, or its predicted time), or
@@ -190,11 +251,8 @@ class TrialRunner:
             return (f"predicted to need {predicted:,.0f} s, over the trial time limit "
                     f"({config.trial_timeout:g} s)")
         if time_left is not None and predicted > time_left:
-            self._time_refusals += 1
-            self.out_of_time = (self.quickest_seconds is None or self.quickest_seconds > time_left
-                                or self._time_refusals >= MAX_TIME_REFUSALS)
-            return f"predicted to need {predicted:,.0f} s, more than the search has left ({time_left:,.0f} s)"
-        self._time_refusals = 0
+            return TooLong(f"predicted to need {predicted:,.0f} s, more than the search has "
+                           f"left ({max(time_left, 0):,.0f} s)")
         return None
 
 

@@ -3,8 +3,9 @@
 1. **measure**: the record is written (status running), the model built from its seed (and
    warm-started), its cost measured and its seconds predicted from a few real training steps;
    the backend hears of the cost (``TrialHooks.on_cost``: constraints for the sampler).
-2. **gate**: a candidate over a cost limit, the trial time limit or the time the search has
-   left, or refused by the stability check, is recorded as infeasible and not trained.
+2. **gate**: a candidate over a cost limit or the trial time limit, or refused by the stability
+   check, is recorded as infeasible and not trained; one predicted to need more than the time
+   the search has left is recorded as skipped (not counted toward the budget).
 3. **train**: ``fit``, with the backend told after every epoch (``TrialHooks.on_epoch``, which
    may stop the trial early) and a watchdog for a call that hangs past ``trial_timeout``.
 4. **finish**: the status, the best-validation weights and the final record; the trackers told.
@@ -126,7 +127,9 @@ class TrialLife:
             if refused is None:
                 self.fit()
             else:
-                self.record.status, self.record.failure_reason = TrialStatus.INFEASIBLE, refused
+                # over a cost limit: infeasible; too long for the time left: skipped (TooLong)
+                self.record.status = getattr(refused, "status", TrialStatus.INFEASIBLE)
+                self.record.failure_reason = str(refused)
         except TrainingFailed as error:
             self._training_failed(error)
         except torch.OutOfMemoryError as error:  # while building or measuring, before training
@@ -140,7 +143,7 @@ class TrialLife:
         except BaseException as error:  # Ctrl-C, or a bug in pdenas: not the candidate's doing
             self.record.status = TrialStatus.INTERRUPTED
             self.record.failure_reason = (
-                "interrupted (Ctrl-C or kill); a copy was queued for the next run"
+                "interrupted (Ctrl-C or kill); queued again for the next run"
                 if isinstance(error, KeyboardInterrupt) else
                 f"stopped by an error in pdenas, not the candidate ({type(error).__name__}); "
                 "a rerun trains it again")
@@ -209,8 +212,6 @@ class TrialLife:
         record.val_accuracy = float(result.best_val_accuracy) if result.history else None
         self.folder.write_weights(result.best_state)
         record.status = TrialStatus.STOPPED if result.stopped else TrialStatus.COMPLETED
-        if record.status is TrialStatus.COMPLETED:
-            self.runner.completed_in(self.elapsed())
 
     def finish(self) -> None:
         """Writes the final record and tells the trackers, unless the watchdog already recorded

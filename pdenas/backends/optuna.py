@@ -42,7 +42,8 @@ from optuna.trial import FrozenTrial, TrialState
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
 from pdenas.backends._balanced import (FamilyBalancedSampler, check_balanced, family_of,
                                       family_view)
-from pdenas.backends._base import Backend, Progress, TrialHooks, now as _now
+from pdenas.backends._base import SKIPS_BEFORE_FITTING_DRAW, Backend, Progress, TrialHooks
+from pdenas.backends._base import now as _now
 from pdenas.backends._codec import decode, encode
 from pdenas.backends._early_stop import Curve, checks, max_epochs, stop_reason, stops
 from pdenas.backends._registry import register_backend
@@ -113,10 +114,12 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     """Whether a stored trial uses one unit of the budget: finished, running or queued, or
     failed because its candidate failed (a lost or interrupted one was queued again), or a
     dead worker's trial whose retries are used up."""
+    status = decode(trial).status
+    if status is TrialStatus.SKIPPED:  # too long for the time left: not built, not counted
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
                        TrialState.WAITING):
         return True
-    status = decode(trial).status
     if status is TrialStatus.RUNNING and retries_exhausted(trial):
         return True
     return status.failure
@@ -249,6 +252,8 @@ def tell(study: optuna.Study, trial: optuna.Trial, record: TrialRecord,
          objectives: Sequence[str]) -> None:
     """Copies the record into the trial's user attributes and tells Optuna its state."""
     encode(trial, record)
+    if record.status is TrialStatus.SKIPPED:  # the samplers that read constraints learn it
+        trial.set_constraint("time_left", 1.0)
     values = record.objective_values(objectives)
     state = record.status.state
     if state == "COMPLETE" and all(math.isfinite(v) for v in values):
@@ -405,8 +410,18 @@ class OptunaBackend(Backend):
         first = ([dict(p) for p in self.config.start_with] if self.balance is not None
                  else self.runner.first_params())
         deadline = None if timeout is None else time.monotonic() + timeout
+        skipped = 0  # draws in a row skipped as too long for the time left
         while deadline is None or time.monotonic() < deadline:
             raise_if_interrupted()
+            if deadline is not None and skipped >= SKIPS_BEFORE_FITTING_DRAW:
+                # The sampler keeps proposing what cannot fit: draw from the part that fits.
+                skipped = 0
+                params = self.runner.fitting_params(deadline - time.monotonic(), self.device,
+                                                    seed=self.config.seed + len(study.trials))
+                if params is None:
+                    break  # even the space's cheapest candidate would not fit the time left
+                with lock():
+                    study.enqueue_trial(params, user_attrs={"status": "queued"})
             with lock():
                 fail_stale(study, run)
                 trial = claim_trial(study, n_trials, first, self._sampler_for,
@@ -433,8 +448,9 @@ class OptunaBackend(Backend):
             if progress is not None:
                 progress.update(record)
             raise_if_interrupted()  # came while the trial measured or saved: it is finished
-            if self.runner.out_of_time:
-                break  # no candidate this search has finished would fit the time left
+            skipped = skipped + 1 if record.status is TrialStatus.SKIPPED else 0
+            if skipped and self.runner.nothing_fits(deadline - time.monotonic(), self.device):
+                break  # even the space's cheapest candidate would not fit the time left
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         return budget_lock(self.storage_url, self.config.name)
@@ -480,6 +496,13 @@ class OptunaBackend(Backend):
         except InputError as error:
             record = runner.record_failure(trial.number, f"cannot build the candidate: {error}",
                                            trial.params)
+            with _owned(study, trial):
+                tell(study, trial, record, config.objectives)
+            return record
+        skip = runner.skip_reason(arch, train, time_left, self.device)
+        if skip is not None:  # not built; the sampler learns it through a violated constraint
+            record = runner.record_skipped(trial.number, arch, train, skip, trial.params,
+                                           self.device)
             with _owned(study, trial):
                 tell(study, trial, record, config.objectives)
             return record

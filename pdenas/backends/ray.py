@@ -64,7 +64,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from pdenas.backends._base import Backend, Progress, TrialHooks, TrialRunner, finished_summary
+from pdenas.backends._base import (SKIPS_BEFORE_FITTING_DRAW, Backend, Progress, TrialHooks,
+                                   TrialRunner, finished_summary)
 from pdenas.backends._codec import encode
 from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stop_reason, stops
 from pdenas.backends._ray_options import RayOptions
@@ -76,6 +77,8 @@ from pdenas.runs import RunFolder, TrialFolder, TrialRecord, TrialStatus, read_r
 from pdenas.study import EarlyStop, StudyConfig, resolve_device
 
 if TYPE_CHECKING:
+    import torch
+
     from pdenas.data import DataSplits
     from pdenas.space import SearchSpace
 
@@ -103,9 +106,11 @@ class _DefineByRun:
 
     def __init__(self, runner: TrialRunner, offset: int) -> None:
         self.runner, self.offset = runner, offset
+        self.last: tuple[Any, Any] | None = None
+        """The candidate of the latest call (architecture, training settings)."""
 
     def __call__(self, trial: Any) -> dict[str, int]:
-        self.runner.suggest(trial)
+        self.last = self.runner.suggest(trial)
         return {NUMBER_KEY: self.offset + int(trial.number)}
 
 
@@ -117,11 +122,47 @@ class _StudySearch(OptunaSearch):
     candidate FAIL; only a completed one COMPLETE with its final values.
     """
 
+    device: str = "cpu"
+    """Set by the backend: the device the trials train on (whose measured trials predict)."""
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if _deadline is not None and time.time() >= _deadline:
-            running = set(self._ot_trials) - set(self._completed_trials)
-            return None if running else Searcher.FINISHED
-        return super().suggest(trial_id)
+        skipped = 0  # draws in a row skipped as too long for the time left
+        while True:
+            if (_deadline is not None and time.time() >= _deadline
+                    or self._space.runner.out_of_time):  # nothing of the space fits the time
+                return self._finished()
+            config = super().suggest(trial_id)
+            if _deadline is None or not isinstance(config, dict):
+                return config
+            runner, (arch, train) = self._space.runner, self._space.last
+            time_left = _deadline - time.time()
+            reason = runner.skip_reason(arch, train, time_left, self.device)
+            if reason is None:
+                return config
+            # Not built and not a Ray trial: recorded skipped, told PRUNED with a violated
+            # constraint (so the sampler learns it), and the sampler asked again.
+            trial = self._ot_trials.pop(trial_id)
+            record = runner.record_skipped(int(config[NUMBER_KEY]), arch, train, reason,
+                                           trial.params, self.device)
+            with contextlib.suppress(Exception):
+                encode(trial, record)
+                trial.set_constraint("time_left", 1.0)
+            self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            skipped += 1
+            if runner.nothing_fits(time_left, self.device):
+                return self._finished()  # even the space's cheapest candidate would not fit
+            if skipped >= SKIPS_BEFORE_FITTING_DRAW:  # draw from the part that fits
+                skipped = 0
+                params = runner.fitting_params(time_left, self.device,
+                                               seed=runner.config.seed + record.number)
+                if params is None:
+                    return self._finished()
+                self._ot_study.enqueue_trial(params)
+
+    def _finished(self) -> str | None:
+        """No new trial: None while trials run (Tune asks again), else finished."""
+        running = set(self._ot_trials) - set(self._completed_trials)
+        return None if running else Searcher.FINISHED
 
     run_folder: RunFolder | None = None
     """Set by the backend: the records are copied into the Optuna trials' user attributes."""
@@ -420,6 +461,7 @@ class RayBackend(Backend):
                                 points_to_evaluate=first or None, study_name=config.name,
                                 storage=storage)
         searcher.run_folder = self.run_folder
+        searcher.device = str(_trial_device(config, self.ray_options.gpus_per_trial))
         limited = ConcurrencyLimiter(
             searcher, max_concurrent=self.ray_options.concurrent(ray.cluster_resources()))
         return tune.Tuner(
@@ -439,7 +481,7 @@ class RayBackend(Backend):
     def _trainable(self) -> Any:
         resources = {"cpu": self.ray_options.cpus_per_trial, "gpu": self.ray_options.gpus_per_trial}
         with_args = tune.with_parameters(_run_trial, runner=self.runner,
-                                         gpus=self.ray_options.gpus_per_trial)
+                                         gpus=self.ray_options.gpus_per_trial, deadline=_deadline)
         return tune.with_resources(with_args, resources)
 
 
@@ -526,10 +568,11 @@ class _Hooks(TrialHooks):
         return False
 
 
-def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float) -> None:
-    """The Tune trainable: replay the candidate, run it through the shared runner, report."""
-    import torch
-
+def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float,
+               deadline: float | None = None) -> None:
+    """The Tune trainable: replay the candidate, run it through the shared runner, report.
+    ``deadline`` (``time.time()``) is the command's ``--timeout``: the runner's calibration
+    check skips a candidate that would not end before it."""
     from pdenas.data import load_data
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # per checkpoint
@@ -548,13 +591,21 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
         record = runner.record_failure(number, f"cannot rebuild the candidate: {error}", params)
         _report(folder.path, _metrics(record, config.objectives, 0))
         return
-    device = (torch.device("cpu") if config.device == "cpu" or gpus <= 0
-              else resolve_device(config.device))
+    device = _trial_device(config, gpus)
     data = load_data(config.data, device=device)
 
+    time_left = None if deadline is None else deadline - time.time()
     record = runner.run(number, arch, train, data=data, device=device, params=params,
-                        hooks=_Hooks(folder.path, config.objectives))
+                        hooks=_Hooks(folder.path, config.objectives), time_left=time_left)
     _report(folder.path, _metrics(record, config.objectives, max(record.epochs_trained, 1)))
+
+
+def _trial_device(config: StudyConfig, gpus: float) -> torch.device:
+    """Where a Ray trial trains: the CPU unless the study asks for a GPU and reserves one."""
+    import torch
+
+    return (torch.device("cpu") if config.device == "cpu" or gpus <= 0
+            else resolve_device(config.device))
 
 
 def _finished_in_folder(folder: TrialFolder, objectives: tuple[str, ...]) -> bool:

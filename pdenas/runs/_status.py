@@ -20,8 +20,8 @@ class TrialStatus(str, enum.Enum):
 
     - ``final``: the trial is over and will not change again.
     - ``uses_budget``: the trial counts toward the study's ``n_trials`` (a trial that is still
-      running does too; one given back by Ctrl-C, or lost with its worker, does not: a copy of it
-      is queued again).
+      running does too; one given back by Ctrl-C, or lost with its worker, does not: it is queued
+      again; nor does one skipped as too long for the time left).
     - ``trained``: the candidate trained for all its planned epochs, so it may be ranked.
     - ``failure``: the candidate itself failed (it is not retried).
     - ``state``: the backend-neutral state shown beside it (Optuna's words: RUNNING, COMPLETE,
@@ -41,6 +41,9 @@ class TrialStatus(str, enum.Enum):
     """Stopped at the study's per-trial time limit."""
     INFEASIBLE = "infeasible"
     """Broke a cost limit; measured but not trained."""
+    SKIPPED = "skipped"
+    """Predicted to need more time than the search had left: not trained, and not counted toward
+    ``n_trials`` (the sampler is told, as a violated constraint, and asked again)."""
     DIVERGED = "diverged"
     """The loss became non-finite."""
     OOM = "oom"
@@ -48,7 +51,7 @@ class TrialStatus(str, enum.Enum):
     FAILED = "failed"
     """Any other error of the candidate (the reason says which)."""
     INTERRUPTED = "interrupted"
-    """Given back by Ctrl-C; a copy was queued, so a rerun trains it again."""
+    """Given back by Ctrl-C or kill: queued again as it was, so a rerun trains it again."""
     LOST = "lost"
     """Its worker stopped sending heartbeats; a copy was queued again."""
 
@@ -81,7 +84,7 @@ class TrialStatus(str, enum.Enum):
     @property
     def uses_budget(self) -> bool:
         """The trial counts toward ``n_trials`` (see the class docstring)."""
-        return self not in (TrialStatus.INTERRUPTED, TrialStatus.LOST)
+        return self not in (TrialStatus.INTERRUPTED, TrialStatus.LOST, TrialStatus.SKIPPED)
 
     @property
     def failure(self) -> bool:
@@ -107,6 +110,6 @@ class TrialStatus(str, enum.Enum):
             return "RUNNING"
         if self is TrialStatus.COMPLETED:
             return "COMPLETE"
-        if self.stopped_early or self is TrialStatus.INFEASIBLE:
+        if self.stopped_early or self in (TrialStatus.INFEASIBLE, TrialStatus.SKIPPED):
             return "PRUNED"
         return "FAIL"
