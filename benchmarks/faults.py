@@ -16,9 +16,25 @@ workers finish the budget. The table reports, from the records and the storage:
 - tracebacks: "Traceback" in any worker's stderr; dropped: superseded results a paused worker
   dropped (its one warning line).
 
+``--full-disk`` runs the full-disk faults instead, on a real small file system: a 2 MiB tmpfs
+mounted for each case (root only; where mounting is refused the script says so and stops),
+filled with one preallocated file until the free space the case names is left. Each case runs
+``pdenas`` as a user would, frees the space (deletes the filler) and runs the same command again:
+
+- weights: the run folder on the full file system with 32 KB free (a record fits, a trial's
+  88 KB ``model.pt`` does not), ``study.db`` elsewhere;
+- run folder: the run folder on a file system with nothing free, ``study.db`` elsewhere;
+- study.db: the SQLite storage alone on the full file system (created with one trial, then the
+  file system filled and two more trials asked for);
+- export: ``--out`` on a full file system (32 KB free) for a finished run.
+
+It prints, per case and run: the exit status, stderr's line count and first line, whether a
+traceback was printed, the trial records' statuses, and what was left on the full file system.
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/faults.py [--trials 32] [--faults 12] [--seed 0]
+    OMP_NUM_THREADS=1 python benchmarks/faults.py --full-disk
 """
 
 from __future__ import annotations
@@ -140,13 +156,124 @@ def run_case(label: str, folder: Path, storage: str | None, trials: int, faults:
     }
 
 
+FULL_SPACE = SPACE.replace("width: {base: {low: 4, high: 8, step: 4},", "width: {base: 32,")
+assert FULL_SPACE != SPACE
+"""Width 32: a trial's model.pt is about 88 KB, its record about 2 KB, a new study.db 112 KB."""
+
+FULL_STUDY = STUDY.format(name="fulldisk", trials=2).replace("space.yaml", "full_space.yaml")
+
+
+class SmallFileSystem:
+    """A tmpfs of ``size`` mounted on ``folder`` for the block, filled on demand."""
+
+    def __init__(self, folder: Path, size: str = "2m") -> None:
+        self.folder, self.size, self.filler = folder, size, folder / "filler"
+
+    def __enter__(self) -> SmallFileSystem:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs",
+                                str(self.folder)], capture_output=True, text=True)
+        if mount.returncode != 0:
+            raise SystemExit(f"cannot mount a tmpfs here ({mount.stderr.strip()}); the "
+                             "full-disk faults need a real small file system (run as root)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", str(self.folder)], check=True)
+
+    def free(self) -> int:
+        info = os.statvfs(self.folder)
+        return info.f_bavail * info.f_frsize
+
+    def fill(self, keep: int) -> None:
+        """Preallocates the filler until at most ``keep`` bytes are free."""
+        with open(self.filler, "ab") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size
+                               + max(0, self.free() - keep))
+
+    def empty(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+def _pdenas(*args: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-m", "pdenas.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **ENV}, timeout=900)
+    lines = done.stderr.strip().splitlines()
+    return {"exit": done.returncode, "stderr lines": len(lines),
+            "first line": lines[0] if lines else "", "traceback": "Traceback" in done.stderr}
+
+
+def _statuses(run: Path) -> dict[str, str]:
+    return {p.parent.name: json.loads(p.read_text())["status"]
+            for p in sorted(run.glob("trials/*/record.json"))}
+
+
+def _left(fs: SmallFileSystem) -> list[str]:
+    return sorted(str(p.relative_to(fs.folder)) for p in fs.folder.rglob("*")
+                  if p.is_file() and p != fs.filler)
+
+
+def full_disk(folder: Path) -> list[dict[str, object]]:
+    """The four full-disk cases (see the module docstring); one row per command run."""
+    (folder / "full_space.yaml").write_text(FULL_SPACE)
+    study = folder / "full.yaml"
+    study.write_text(FULL_STUDY)
+    rows: list[dict[str, object]] = []
+
+    def row(case: str, step: str, result: dict[str, object], **more: object) -> None:
+        rows.append({"case": case, "step": step, **result, **more})
+        print(json.dumps(rows[-1]), flush=True)
+
+    for case, keep in (("weights", 32 << 10), ("run folder", 0)):
+        with SmallFileSystem(folder / "mnt") as fs:
+            run, db = fs.folder / "run", folder / f"{case.replace(' ', '_')}.db"
+            argv = ["search", str(study), "--out", str(run), "--quiet", "--storage",
+                    f"sqlite:///{db}"]
+            fs.fill(keep)
+            row(case, f"full ({fs.free() // 1024} KB free)", _pdenas(*argv),
+                records=_statuses(run))
+            fs.empty()
+            row(case, "space freed, same command", _pdenas(*argv), records=_statuses(run))
+    with SmallFileSystem(folder / "mnt") as fs:
+        run, url = folder / "run_db", f"sqlite:///{fs.folder / 'study.db'}"
+        argv = ["search", str(study), "--out", str(run), "--quiet", "--storage", url]
+        row("study.db", "first trial, space free", _pdenas(*argv, "--n-trials", "1"),
+            records=_statuses(run))
+        fs.fill(0)
+        row("study.db", f"full ({fs.free() // 1024} KB free), 2 trials asked", _pdenas(*argv),
+            records=_statuses(run))
+        fs.empty()
+        row("study.db", "space freed, same command", _pdenas(*argv), records=_statuses(run))
+    with SmallFileSystem(folder / "mnt") as fs:
+        out = fs.folder / "export"
+        argv = ["export", str(run), "--trial", "0", "--format", "pt,safetensors", "--out",
+                str(out)]
+        fs.fill(32 << 10)
+        row("export", f"full ({fs.free() // 1024} KB free)", _pdenas(*argv), left=_left(fs))
+        fs.empty()
+        row("export", "space freed, same command", _pdenas(*argv), left=_left(fs))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("sqlite", "postgresql"))
+    parser.add_argument("--full-disk", action="store_true",
+                        help="the full-disk faults on a real small file system instead")
     args = parser.parse_args()
+    if args.full_disk:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = full_disk(Path(tmp))
+        keys = ["case", "step", "exit", "stderr lines", "traceback", "first line"]
+        print("| " + " | ".join(keys + ["records / left"]) + " |")
+        print("|" + "---|" * (len(keys) + 1))
+        for r in rows:
+            print("| " + " | ".join(str(r[k]) for k in keys)
+                  + f" | {r.get('records', r.get('left'))} |")
+        return
     rng = random.Random(args.seed)
     rows = []
     for label in ("sqlite", "postgresql"):

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -645,3 +646,152 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(
         for export in exports:
             export.kill()
             export.wait()
+
+
+# -- a full disk: a real small file system where this process may mount one -------------------
+
+
+class _SmallFileSystem:
+    """A 2 MiB tmpfs mounted on ``folder`` (root, as here and in CI's container), filled with
+    one preallocated file until ``keep`` bytes are free. ``mounted`` is False where mounting is
+    refused (a user, or a container without the capability): the tests then inject the
+    ``ENOSPC`` a full disk raises where pdenas writes, rather than skip, so what they check
+    still runs everywhere (the real file system is what shows torch's writer and shutil's
+    copies fail as the injected error says)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.filler = folder, folder / "filler"
+        folder.mkdir()
+        self.mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
+                                       str(folder)], capture_output=True).returncode == 0
+
+    def fill(self, keep: int) -> None:
+        if self.mounted:
+            info = os.statvfs(self.folder)
+            with open(self.filler, "wb") as handle:
+                os.posix_fallocate(handle.fileno(), 0, info.f_bavail * info.f_frsize - keep)
+
+    def empty(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", str(self.folder)], check=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[_SmallFileSystem]:
+    fs = _SmallFileSystem(tmp_path / "small")
+    yield fs
+    fs.close()
+
+
+def _no_space(monkeypatch: pytest.MonkeyPatch, where: Path, after: int = 0) -> None:
+    """Without a mountable file system: ``shutil.copyfile`` into ``where`` fails with ENOSPC
+    once ``after`` files were copied there, having written half the file, as a full disk does."""
+    real, copied = shutil.copyfile, []
+
+    def copyfile(src: Any, dst: Any, **kwargs: Any) -> Any:
+        if not Path(dst).resolve().is_relative_to(where.resolve()):
+            return real(src, dst, **kwargs)
+        if len(copied) >= after:
+            Path(dst).write_bytes(Path(src).read_bytes()[:100])
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        copied.append(dst)
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+
+
+def test_an_export_onto_a_full_disk_leaves_its_folder_as_it_was(
+        run: Path, small_fs: _SmallFileSystem, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out`` on a full file system (32 KB free, the files need more): one line naming a
+    file in ``--out`` and the cause, exit 2, and neither ``--out`` nor a partial file is left;
+    with the space freed the same command exports."""
+    out = small_fs.folder / "export"
+    small_fs.fill(32 << 10)
+    if not small_fs.mounted:
+        _no_space(monkeypatch, small_fs.folder, after=1)
+    args = ["export", str(run), "--trial", "0", "--format", "pt,safetensors", "--out", str(out)]
+    assert main(args) == 2
+    _one_line(capsys, str(out), "No space left on device")
+    assert [p.name for p in small_fs.folder.iterdir()] == (["filler"] if small_fs.mounted else [])
+    small_fs.empty()
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "config.json",
+                                                     "model.pt", "model.safetensors"]
+
+
+FULL_SPACE = """
+families: [parabolic]
+num_units: 1
+depth: 1
+width: {base: 32, growth: 1, last: same}
+step_size: 0.5
+activation: relu
+norm: tv
+reversible: false
+"""
+"""Width 32: a trial's model.pt is about 80 KB, its record about 2 KB."""
+
+
+def test_a_search_onto_a_full_disk_retrains_the_trial_it_could_not_save(
+        tmp_path: Path, small_fs: _SmallFileSystem, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The run folder on a full file system (32 KB free: a record fits, the weights do not),
+    ``study.db`` elsewhere: one line naming the weights file, exit 2, the trial recorded as
+    interrupted (not a failed candidate); with the space freed the same command trains it."""
+    from pdenas.runs import _folder
+
+    (tmp_path / "space.yaml").write_text(FULL_SPACE)
+    study = tmp_path / "study.yaml"
+    study.write_text("name: full\ndata: {name: digits, train_limit: 200}\nspace: space.yaml\n"
+                     "train: {epochs: 1, batch_size: 64, optimizer: sgd, lr: 0.05}\n"
+                     "sampler: random\nearly_stop: none\nn_trials: 2\ndevice: cpu\nseed: 0\n")
+    out = small_fs.folder / "run"
+    small_fs.fill(32 << 10)
+    if not small_fs.mounted:
+        def full(self: Any, state: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.weights_path))
+
+        monkeypatch.setattr(_folder.TrialFolder, "write_weights", full)
+    args = ["search", str(study), "--out", str(out), "--quiet", "--storage",
+            f"sqlite:///{tmp_path / 'study.db'}"]
+    assert main(args) == 2
+    _one_line(capsys, str(out / "trials" / "0" / "model.pt"))  # torch's writer hides ENOSPC
+    record = json.loads((out / "trials" / "0" / "record.json").read_text())
+    assert record["status"] == "interrupted"
+    small_fs.empty()
+    monkeypatch.undo()
+    assert main(args) == 0
+    statuses = [json.loads(p.read_text())["status"]
+                for p in sorted(out.glob("trials/*/record.json"))]
+    # trial 0 trained again (in its place or as a copy), never counted as a failed candidate
+    assert statuses.count("completed") == 2 and set(statuses) <= {"completed", "interrupted"}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crc", "named_twice"])
+def test_a_damaged_pt2_archive_is_one_line(tmp_path: Path, damage: str) -> None:
+    from pdenas.export import load_pt2
+
+    file = _tiny_export(tmp_path / "export") / "model.pt2"
+    data = file.read_bytes()
+    if damage == "truncated":
+        file.write_bytes(data[:len(data) // 2])
+    elif damage == "crc":  # archive_format's content changed under its checksum
+        with zipfile.ZipFile(file) as archive:
+            info = next(i for i in archive.infolist() if i.filename.endswith("/archive_format"))
+        name, extra = (int.from_bytes(data[info.header_offset + k:info.header_offset + k + 2],
+                                      "little") for k in (26, 28))  # the local header's
+        start = info.header_offset + 30 + name + extra
+        file.write_bytes(data[:start] + b"PT2" + data[start + 3:])
+    else:
+        with zipfile.ZipFile(file, "a") as archive, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+            root = archive.namelist()[0].split("/", 1)[0]
+            archive.writestr(f"{root}/data/weights/model_weights_config.json", b"{}")
+    with pytest.raises(InputError) as caught:
+        load_pt2(file)
+    assert str(file) in str(caught.value) and "\n" not in str(caught.value)

@@ -5,7 +5,9 @@ The output folder is checked for writing before any of the work (a read-only run
 line, not an error after minutes of retraining). The staging folder lives in the system's
 temporary folder as ``pdenas-export-*`` and holds a lock (``.pdenas-lock``, an ``flock`` taken
 before the lock file gets its name) for as long as its export runs; each export first removes
-the staging folders whose lock is free, which only those of a killed export are."""
+the staging folders whose lock is free, which only those of a killed export are. The files are
+copied into the output folder under temporary names and renamed into place only once all are
+there, so a full disk leaves the output folder as it was."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ STAGING_PREFIX = "pdenas-export-"
 """The name of every staging folder starts with this (in ``tempfile.gettempdir()``)."""
 LOCK_NAME = ".pdenas-lock"
 """The lock file inside a staging folder, locked for as long as its export runs."""
+NEW_PREFIX = ".pdenas-new-"
+"""An exported file's name in the output folder while it is copied there, before its rename."""
 
 
 def export_trial(
@@ -106,20 +110,41 @@ def export_trial(
 
 
 def _move_into(staging: Path, out: Path) -> None:
-    """Moves every file of the staging folder into ``out`` (created), replacing same-named files,
+    """Puts every file of the staging folder into ``out`` (created), replacing same-named files,
     each with the permissions a new file gets here (0666 less the umask: some writers, as
-    safetensors', make private temporary files)."""
+    safetensors', make private temporary files).
+
+    All files are first copied into ``out`` under temporary names (``NEW_PREFIX``), then renamed
+    into place, so a fault while copying (a full disk) leaves ``out`` as it was: the copies and
+    any folder made for them are removed, and the error names the file in ``out``. Copies that
+    a killed export left there are removed first.
+    """
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{NEW_PREFIX}*"):
+        stale.unlink()
     umask = os.umask(0)
     os.umask(umask)
-    for item in sorted(staging.iterdir()):
-        if item.name == LOCK_NAME:
-            continue
-        target = out / item.name
-        if target.exists():
-            target.unlink()
-        shutil.move(str(item), str(target))
-        target.chmod(0o666 & ~umask)
+    items = [item for item in sorted(staging.iterdir()) if item.name != LOCK_NAME]
+    copies: list[Path] = []
+    try:
+        for item in items:
+            copies.append(out / f"{NEW_PREFIX}{item.name}")
+            try:
+                shutil.copyfile(item, copies[-1])
+            except OSError as error:  # shutil names the source; the file that failed is here
+                raise OSError(error.errno, error.strerror or str(error),
+                              str(out / item.name)) from None
+            copies[-1].chmod(0o666 & ~umask)
+    except BaseException:
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    for item, copy in zip(items, copies):
+        os.replace(copy, out / item.name)
 
 
 def check_writable(out: Path) -> None:
