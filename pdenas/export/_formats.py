@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import math
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,52 +80,59 @@ def check_pt2(path: str | Path) -> None:
     Raises:
         ValueError: Naming the file and the first thing refused.
     """
-    import json
-    import zipfile
-
     path = Path(path)
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a torch.export program (not a .pt2 zip archive)")
-    with zipfile.ZipFile(path) as archive:
-        infos = {i.filename.split("/", 1)[-1]: i for i in archive.infolist()
-                 if not i.is_dir() and "/" in i.filename}
-        models = [n[len("models/"):-len(".json")] for n in infos
-                  if n.startswith("models/") and n.endswith(".json")]
-        if infos.get("archive_format") is None or archive.read(
-                infos["archive_format"]).strip() != b"pt2" or not models:
-            raise InputError(f"{path}: not a torch.export program (no pt2 archive format)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            _check_pt2_archive(path, archive)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        raise InputError(f"{path}: a damaged .pt2 archive ({short_repr(str(error))})") from None
 
-        def read(name: str, limit: int) -> bytes:
-            if infos[name].file_size > limit:
-                raise InputError(f"{path}: {name} of {infos[name].file_size:,} bytes is larger "
-                                 f"than the limit of {limit:,}")
-            return archive.read(infos[name])
 
-        allowed = {"archive_format", "archive_version", "byteorder"}
-        for model in models:
-            allowed |= {f"models/{model}.json", f"data/sample_inputs/{model}.pt"}
-            for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
-                name = f"data/{kind}/{model}_{kind}_config.json"
-                if name not in infos:
-                    raise InputError(f"{path}: not a torch.export program (no {name})")
-                allowed.add(name)
-                try:
-                    config = json.loads(read(name, PT2_MAX_JSON))["config"]
-                    entries = [(str(fqn), meta) for fqn, meta in config.items()]
-                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-                    raise InputError(f"{path}: {name} is damaged") from None
-                allowed |= _check_payloads(path, infos, f"data/{kind}/", prefix, entries)
-            inputs = f"data/sample_inputs/{model}.pt"
-            if inputs in infos:
-                try:
-                    torch.load(io.BytesIO(read(inputs, PT2_MAX_INPUTS)), weights_only=True)
-                except Exception:  # noqa: BLE001 - torch would unpickle it unchecked
-                    raise InputError(f"{path}: {inputs} is not plain tensor data; refused "
-                                     "(torch.export.load would unpickle it)") from None
-        for name in infos:
-            if name not in allowed and not name.startswith((".data/", "extra/")):
-                raise InputError(f"{path}: holds {short_repr(name)}, which pdenas does not load "
-                                 "(compiled code or pickled objects); not a pdenas export")
+def _check_pt2_archive(path: Path, archive: zipfile.ZipFile) -> None:
+    """``check_pt2`` on the open archive."""
+    entries = [i for i in archive.infolist() if not i.is_dir() and "/" in i.filename]
+    infos = {i.filename.split("/", 1)[-1]: i for i in entries}
+    if len(infos) != len(entries):  # which copy torch reads is not ours to guess
+        raise InputError(f"{path}: a .pt2 archive with a file named twice; refused")
+    models = [n[len("models/"):-len(".json")] for n in infos
+              if n.startswith("models/") and n.endswith(".json")]
+    if infos.get("archive_format") is None or archive.read(
+            infos["archive_format"]).strip() != b"pt2" or not models:
+        raise InputError(f"{path}: not a torch.export program (no pt2 archive format)")
+
+    def read(name: str, limit: int) -> bytes:
+        if infos[name].file_size > limit:
+            raise InputError(f"{path}: {name} of {infos[name].file_size:,} bytes is larger "
+                             f"than the limit of {limit:,}")
+        return archive.read(infos[name])
+
+    allowed = {"archive_format", "archive_version", "byteorder"}
+    for model in models:
+        allowed |= {f"models/{model}.json", f"data/sample_inputs/{model}.pt"}
+        for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
+            name = f"data/{kind}/{model}_{kind}_config.json"
+            if name not in infos:
+                raise InputError(f"{path}: not a torch.export program (no {name})")
+            allowed.add(name)
+            try:
+                config = json.loads(read(name, PT2_MAX_JSON))["config"]
+                entries = [(str(fqn), meta) for fqn, meta in config.items()]
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                raise InputError(f"{path}: {name} is damaged") from None
+            allowed |= _check_payloads(path, infos, f"data/{kind}/", prefix, entries)
+        inputs = f"data/sample_inputs/{model}.pt"
+        if inputs in infos:
+            try:
+                torch.load(io.BytesIO(read(inputs, PT2_MAX_INPUTS)), weights_only=True)
+            except Exception:  # noqa: BLE001 - torch would unpickle it unchecked
+                raise InputError(f"{path}: {inputs} is not plain tensor data; refused "
+                                 "(torch.export.load would unpickle it)") from None
+    for name in infos:
+        if name not in allowed and not name.startswith((".data/", "extra/")):
+            raise InputError(f"{path}: holds {short_repr(name)}, which pdenas does not load "
+                             "(compiled code or pickled objects); not a pdenas export")
 
 
 def _check_payloads(path: Path, infos: Mapping[str, Any], folder: str, prefix: str,

@@ -208,13 +208,16 @@ def load_export(path: str | Path) -> ExportedModel:
         ValueError: A missing path, or a file that is not a pdenas export (with the reason).
     """
     file = _export_file(Path(path))
-    if zipfile.is_zipfile(file):
-        with zipfile.ZipFile(file) as archive:
-            if any(n.endswith("constants.pkl") for n in archive.namelist()):
-                raise InputError(f"{file}: a TorchScript archive, not a pdenas export")
-            if any(n.endswith("/archive_format") for n in archive.namelist()):
-                raise InputError(f"{file}: a torch.export program, not a pdenas export; "
-                                 "load it with torch.export.load")
+    try:
+        names = zipfile.ZipFile(file).namelist() if zipfile.is_zipfile(file) else []
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise InputError(f"{file}: not a pdenas export (a damaged zip archive: "
+                         f"{short_repr(str(error))})") from None
+    if any(n.endswith("constants.pkl") for n in names):
+        raise InputError(f"{file}: a TorchScript archive, not a pdenas export")
+    if any(n.endswith("/archive_format") for n in names):
+        raise InputError(f"{file}: a torch.export program, not a pdenas export; "
+                         "load it with torch.export.load")
     try:  # mmap: the storages stay in the file until the model copies them
         payload = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same answer
