@@ -1,12 +1,13 @@
 """Calibration of ``pdenas compare --verdict``: how often it declares a difference where there is
 none (null rate), and how often it finds a family that is worse on purpose (power).
 
-The task: scikit-learn's 8x8 digits (1,150 train, 287 validation, 360 test images), small
-networks: 2 units, widths 4 or 8, 1-2 steps per unit, h in [0.2, 1], AdamW, 3 epochs, random
-crops. One run is what a user does: a search (each family trains 3 architectures drawn from the
-space by its own random stream, with the run's seed, and keeps the best on validation), then the
-verdict on their candidates (``run_verdict``: by default all 3 trials of each family, so the
-bootstrap redraws the search too; paired seeds, looks at 3 and then 4 seeds,
+The task: scikit-learn's 8x8 digits (1,150 train, 288 validation, 359 test images), small
+networks: 2 units, widths from ``--widths`` (default 4 or 8), 1-2 steps per unit, h in [0.2, 1],
+AdamW, 3 epochs, random crops. One run is what a user does: a search (each family trains 3
+architectures drawn from the space by its own random stream, with the run's seed, and keeps the
+best on validation), then the verdict on their candidates (``run_verdict``: by default all 3
+trials of each family, so the bootstrap redraws the search too; paired seeds, each look's seeds
+of a candidate trained as one stacked model; looks at ``look_schedule(--seeds, --max-seeds)``,
 alpha 0.05 split over the looks and Holm over the pairs, margin 0.5 points). A run "declares a
 difference" when any pair is declared different.
 
@@ -14,13 +15,15 @@ difference" when any pair is declared different.
   under another name; the two families' searches draw their architectures independently, as two
   families would.
 - power: ``parabolic`` against ``parabolic_half``, the same unit registered again, whose
-  candidates get half the width (widths 2 or 4).
+  candidates are handicapped: half the width (``--handicap half``, the default) or a fixed tiny
+  step (``--handicap tiny_step``: h = 0.02). Its draws are the twin's of the same run, handicapped.
 
 Prints one line per run and a summary (rates with Wilson 95 % intervals); the output is
 ``verdict.md``. Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/verdict.py --runs 40 [--power-runs 20] [--kind null|power|both]
-        [--candidates K] [--search-trials N]
+    OMP_NUM_THREADS=1 python benchmarks/verdict.py --runs 40 [--power-runs 20]
+        [--kind null|power|both] [--candidates K] [--search-trials N] [--widths 4,8]
+        [--seeds 3] [--max-seeds 4] [--handicap half|tiny_step] [--first-run R]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 
 from pdenas.architecture import Architecture
 from pdenas.compare import Candidate, VerdictOptions, run_verdict
+from pdenas.compare._verdict import look_schedule
 from pdenas.data import DataConfig, load_data
 from pdenas.families import register_family
 from pdenas.families.parabolic import ParabolicUnit
@@ -47,23 +51,30 @@ SEARCH_TRIALS = 3
 OPTIONS = VerdictOptions(min_seeds=3, max_seeds=4, n_boot=1000)
 
 
-def draw(rng: np.random.Generator, family: str, half: bool) -> Architecture:
-    """One architecture from the small space (half the width for the handicapped family)."""
-    width = int(rng.choice([4, 8])) // (2 if half else 1)
-    return Architecture(family=family, widths=(width, width, width),
-                        depths=tuple(int(d) for d in rng.integers(1, 3, 2)),
-                        step_size=float(np.exp(rng.uniform(np.log(0.2), np.log(1.0)))),
+TINY_STEP = 0.02
+"""The handicapped family's fixed step size with ``--handicap tiny_step`` (the space's: 0.2-1)."""
+
+
+def draw(rng: np.random.Generator, family: str, handicap: str | None,
+         widths: tuple[int, ...] = (4, 8)) -> Architecture:
+    """One architecture from the small space (the handicapped family: half the width, or a
+    fixed tiny step). The same draws from ``rng`` whatever the handicap."""
+    width = int(rng.choice(widths)) // (2 if handicap == "half" else 1)
+    depths = tuple(int(d) for d in rng.integers(1, 3, 2))
+    step = float(np.exp(rng.uniform(np.log(0.2), np.log(1.0))))
+    return Architecture(family=family, widths=(width, width, width), depths=depths,
+                        step_size=TINY_STEP if handicap == "tiny_step" else step,
                         in_channels=1, num_classes=10)
 
 
-def search(family: str, run: int, stream: int, data, keep: int, half: bool = False,
-           trials: int = SEARCH_TRIALS) -> list[Candidate]:
+def search(family: str, run: int, stream: int, data, keep: int, handicap: str | None = None,
+           trials: int = SEARCH_TRIALS, widths: tuple[int, ...] = (4, 8)) -> list[Candidate]:
     """The family's search: ``trials`` architectures, each trained once; its ``keep`` best on
     validation are its candidates."""
     rng = np.random.default_rng([run, stream])
     found = []
     for t in range(trials):
-        arch = draw(rng, family, half)
+        arch = draw(rng, family, handicap, widths)
         seed = 1000 * run + 10 * stream + t
         torch.manual_seed(seed)
         result = fit(build_model(arch), data, TRAIN, "cpu", seed=seed)
@@ -90,30 +101,48 @@ def main() -> None:
     parser.add_argument("--candidates", type=int,
                         help="candidates per family (default: every search trial, so the "
                              "verdict redraws the whole search; 1: only the selected network)")
+    parser.add_argument("--seeds", type=int, default=OPTIONS.min_seeds,
+                        help="seeds of the verdict's first look")
+    parser.add_argument("--max-seeds", type=int, default=OPTIONS.max_seeds,
+                        help="the verdict's budget in seeds")
+    parser.add_argument("--widths", default="4,8",
+                        help="the space's widths, comma-separated (the handicapped family: half)")
+    parser.add_argument("--handicap", choices=("half", "tiny_step"), default="half",
+                        help="the power's handicap: half the width, or a fixed step of "
+                             f"{TINY_STEP}")
+    parser.add_argument("--first-run", type=int, default=0,
+                        help="the first run's number (runs are seeded by their numbers)")
     args = parser.parse_args()
     args.candidates = args.candidates or args.search_trials
+    widths = tuple(int(w) for w in args.widths.split(","))
     torch.set_num_threads(1)
     register_family("parabolic_twin")(type("TwinUnit", (ParabolicUnit,), {}))
     register_family("parabolic_half")(type("HalfUnit", (ParabolicUnit,), {}))
-    options = VerdictOptions(candidates=args.candidates, min_seeds=OPTIONS.min_seeds,
-                             max_seeds=OPTIONS.max_seeds, n_boot=OPTIONS.n_boot)
+    options = VerdictOptions(candidates=args.candidates, min_seeds=args.seeds,
+                             max_seeds=args.max_seeds, n_boot=OPTIONS.n_boot)
     data = load_data(DataConfig(name="digits", val_fraction=0.2), device="cpu")
-    print(f"digits: {len(data.train.y)} train, {len(data.val.y)} validation, {len(data.test.y)} test; "
-          f"{args.search_trials} search trials per family, {TRAIN.epochs} epochs; {args.candidates} "
-          f"candidate(s) per family; verdict seeds "
-          f"{OPTIONS.min_seeds}..{OPTIONS.max_seeds}, alpha {OPTIONS.alpha}, margin "
-          f"{100 * OPTIONS.margin:g} points", flush=True)
+    handicap = ("half the width" if args.handicap == "half"
+                else f"a fixed step of {TINY_STEP}")
+    print(f"digits: {len(data.train.y)} train, {len(data.val.y)} validation, "
+          f"{len(data.test.y)} test; widths {'/'.join(map(str, widths))}; {args.search_trials} search trials per family, "
+          f"{TRAIN.epochs} epochs; {args.candidates} candidate(s) per family; verdict seeds "
+          f"{args.seeds}..{args.max_seeds} (looks at "
+          f"{', '.join(map(str, look_schedule(args.seeds, args.max_seeds)))}), stacked; alpha "
+          f"{OPTIONS.alpha}, margin {100 * OPTIONS.margin:g} points; power's handicap: {handicap}",
+          flush=True)
     kinds = ("null", "power") if args.kind == "both" else (args.kind,)
     summary = []
     for kind in kinds:
         other = "parabolic_twin" if kind == "null" else "parabolic_half"
         declared, seeds, seconds, stops = 0, [], [], {}
         runs = args.runs if kind == "null" else args.power_runs or args.runs
-        for run in range(runs):
+        for run in range(args.first_run, args.first_run + runs):
             start = time.perf_counter()
-            candidates = (search("parabolic", run, 0, data, args.candidates, trials=args.search_trials)
-                          + search(other, run, 1, data, args.candidates, half=kind == "power",
-                                   trials=args.search_trials))
+            candidates = (search("parabolic", run, 0, data, args.candidates,
+                                 trials=args.search_trials, widths=widths)
+                          + search(other, run, 1, data, args.candidates,
+                                   handicap=args.handicap if kind == "power" else None,
+                                   trials=args.search_trials, widths=widths))
             verdict = run_verdict(candidates, data, "cpu", options)
             pair = verdict.pairs.iloc[0]
             different = bool(verdict.pairs["different"].any())

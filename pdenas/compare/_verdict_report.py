@@ -35,7 +35,8 @@ def _stacked_text(runs: pd.DataFrame) -> str:
         return ""
     together = int((runs["stacked"] > 1).sum())
     return (f"; {together} of them trained with the other seeds of their look as one stacked "
-            "model, the same networks as separate runs up to rounding")
+            "model: the training of separate runs, rounded in another order, which over a few "
+            "epochs can move a network's test accuracy by a few images")
 
 
 def _amount(value: float, budget: str) -> str:
