@@ -77,11 +77,11 @@ def export_trial(
     out = Path(out) if out else run_dir / "export" / f"trial-{number}"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    check_writable(out)
+    remove_stale_staging()
     config = StudyConfig.from_stored(info["config"])
     dev = resolve_device(device)
     data = load_data(config.data, device=dev)
-    check_writable(out)
-    remove_stale_staging()
     train = TrainConfig.from_stored(record.get("train") or {})
     if retrain_epochs is None:
         model = saved_model(run_dir, number, arch).to(dev)
