@@ -772,6 +772,25 @@ def test_a_search_onto_a_full_disk_retrains_the_trial_it_could_not_save(
     assert statuses.count("completed") == 2 and set(statuses) <= {"completed", "interrupted"}
 
 
+def test_a_pt2_with_tied_weights_loads(tmp_path: Path) -> None:
+    """Two names for one weight (aliases of one record) are not a view that grows."""
+    from pdenas.export import load_pt2
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    model, x = Tied().eval(), torch.randn(3, 4)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "tied.pt2")
+    with torch.no_grad():
+        assert torch.allclose(load_pt2(tmp_path / "tied.pt2")(x), model(x))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "crc", "named_twice"])
 def test_a_damaged_pt2_archive_is_one_line(tmp_path: Path, damage: str) -> None:
     from pdenas.export import load_pt2

@@ -74,7 +74,7 @@ def check_pt2(path: str | Path) -> None:
     ``weights_only`` refuses; it loads AOTInductor libraries; and it builds each weight as a
     view of its record with the sizes and strides the archive claims (a zero-byte record
     becomes ``torch.zeros`` of the claimed size). So only a graph, tensors stored raw, safe
-    sample inputs and text extras are allowed, and each record must hold the bytes of every
+    sample inputs and text extras are allowed, and each record must hold the bytes of each
     tensor that views it.
 
     Raises:
@@ -138,15 +138,18 @@ def _check_pt2_archive(path: Path, archive: zipfile.ZipFile) -> None:
 def _check_payloads(path: Path, infos: Mapping[str, Any], folder: str, prefix: str,
                     entries: list[tuple[str, Any]]) -> set[str]:
     """The records a ``.pt2`` payload config names, each checked: stored raw (not pickled),
-    named ``prefix``N, holding the bytes of every tensor that views it."""
+    named ``prefix``N, holding the bytes of each tensor that views it (tensors may alias one
+    record, as tied weights do: the program keeps them as views, so only a view larger than its
+    record, a stride-0 one, could grow)."""
     from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
 
     claimed: dict[str, int] = {}
     for fqn, meta in entries:
         try:
             record, tensor = folder + str(meta["path_name"]), meta["tensor_meta"]
-            dims = [int(d["as_int"]) for d in tensor["sizes"]]
-            [int(d["as_int"]) for d in tensor["strides"]]  # symbolic strides are refused too
+            dims = [int(d["as_int"]) for d in tensor["sizes"]]  # symbolic sizes are refused
+            strides = [int(d["as_int"]) for d in tensor["strides"]]
+            offset = int(tensor["storage_offset"]["as_int"])
             size = _SERIALIZE_TO_TORCH_DTYPE[tensor["dtype"]].itemsize
         except (KeyError, TypeError, ValueError, AttributeError):
             raise InputError(f"{path}: tensor {short_repr(fqn)} has no plain tensor metadata; "
@@ -156,8 +159,13 @@ def _check_payloads(path: Path, infos: Mapping[str, Any], folder: str, prefix: s
                              "refused (torch.export.load would unpickle it)")
         if record not in infos:
             raise InputError(f"{path}: tensor {short_repr(fqn)}: no record {short_repr(record)}")
-        claimed[record] = claimed.get(record, 0) + math.prod(dims) * size
-        if min(dims, default=0) < 0 or claimed[record] > infos[record].file_size:
+        if min([*dims, *strides, offset], default=0) < 0 or len(strides) != len(dims):
+            raise InputError(f"{path}: tensor {short_repr(fqn)} has negative or mismatched "
+                             "sizes, strides or offset; refused")
+        reach = (offset + sum((d - 1) * s for d, s in zip(dims, strides)) + 1) * size
+        claimed[record] = math.prod(dims) * size
+        if claimed[record] > infos[record].file_size or (
+                claimed[record] and reach > infos[record].file_size):
             raise InputError(f"{path}: tensor {short_repr(fqn)} claims {claimed[record]:,} bytes "
                              f"but the file holds {infos[record].file_size:,} for it (a view that "
                              "grows on load); refused")
