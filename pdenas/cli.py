@@ -280,8 +280,10 @@ def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
     info = load_run(run_dir)
     trials = load_trials(run_dir)
     board = leaderboard(trials, info.objectives)
-    print(f"study {info['study_name']}: {len(trials)} trials, {len(board)} ranked "
-          f"(objectives: {', '.join(info.objectives)})")
+    skipped = int((trials["status"] == "skipped").sum()) if len(trials) else 0
+    draws = f", {skipped} draws skipped as too long for the time left" if skipped else ""
+    print(f"study {info['study_name']}: {len(trials) - skipped} trials, {len(board)} ranked"
+          f"{draws} (objectives: {', '.join(info.objectives)})")
     print(format_leaderboard(board, top))
     if show_all:
         other = trials[~trials["number"].isin(board["number"])] if not board.empty else trials
