@@ -24,12 +24,14 @@ Prints one line per run and a summary (rates with Wilson 95 % intervals); the ou
     OMP_NUM_THREADS=1 python benchmarks/verdict.py --runs 40 [--power-runs 20]
         [--kind null|power|both] [--candidates K] [--search-trials N] [--widths 4,8]
         [--seeds 3] [--max-seeds 4] [--handicap half|tiny_step] [--first-run R]
+    python benchmarks/verdict.py --summarise OUTPUT [OUTPUT ...]   # runs split over processes
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 
@@ -91,6 +93,46 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+_LINE = re.compile(r"^(null|power) run +(\d+): \S+ - parabolic = ([+-][\d.]+) points, "
+                   r"p_holm [\d.]+, (DIFFERENT|same), (\d+) seeds \((\w+)\), (\d+) s$")
+
+
+def summary_line(kind: str, declared: int, runs: int, seeds: list[int], stops: dict[str, int],
+                 seconds: list[float]) -> str:
+    """The summary of one kind's runs, with the rate's Wilson interval."""
+    low, high = wilson(declared, runs)
+    what = ("declared different (false positives)" if kind == "null"
+            else "found the handicapped family worse")
+    return (f"{kind}: {declared}/{runs} runs {what} = {100 * declared / runs:.1f} % "
+            f"(Wilson 95 %: {100 * low:.1f}-{100 * high:.1f} %); seeds per run: mean "
+            f"{np.mean(seeds):.1f}; stopped: {stops}; {np.mean(seconds):.0f} s per run")
+
+
+def summarise(paths: list[str]) -> None:
+    """The summary of the run lines in the printed output of several invocations (runs split
+    over processes with ``--first-run``); a run number seen twice counts once."""
+    runs: dict[tuple[str, int], re.Match[str]] = {}
+    for path in paths:
+        for line in open(path, encoding="utf-8"):
+            match = _LINE.match(line.strip())
+            if match:
+                runs.setdefault((match[1], int(match[2])), match)
+    for kind in ("null", "power"):
+        mine = [m for (k, _), m in sorted(runs.items()) if k == kind]
+        if not mine:
+            continue
+        different = [m[4] == "DIFFERENT" for m in mine]
+        declared = (sum(different) if kind == "null"
+                    else sum(d and float(m[3]) < 0 for d, m in zip(different, mine)))
+        stops: dict[str, int] = {}
+        for m in mine:
+            stops[m[6]] = stops.get(m[6], 0) + 1
+        numbers = [int(m[2]) for m in mine]
+        print(f"{kind} runs {min(numbers)}-{max(numbers)} ({len(mine)} runs)")
+        print(summary_line(kind, declared, len(mine), [int(m[5]) for m in mine], stops,
+                           [float(m[7]) for m in mine]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="runs of the null")
@@ -112,7 +154,13 @@ def main() -> None:
                              f"{TINY_STEP}")
     parser.add_argument("--first-run", type=int, default=0,
                         help="the first run's number (runs are seeded by their numbers)")
+    parser.add_argument("--summarise", nargs="+", metavar="OUTPUT",
+                        help="print the summary of the run lines in these saved outputs "
+                             "(runs split over processes) and exit")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
     args.candidates = args.candidates or args.search_trials
     widths = tuple(int(w) for w in args.widths.split(","))
     torch.set_num_threads(1)
@@ -124,7 +172,8 @@ def main() -> None:
     handicap = ("half the width" if args.handicap == "half"
                 else f"a fixed step of {TINY_STEP}")
     print(f"digits: {len(data.train.y)} train, {len(data.val.y)} validation, "
-          f"{len(data.test.y)} test; widths {'/'.join(map(str, widths))}; {args.search_trials} search trials per family, "
+          f"{len(data.test.y)} test; widths {'/'.join(map(str, widths))}; "
+          f"{args.search_trials} search trials per family, "
           f"{TRAIN.epochs} epochs; {args.candidates} candidate(s) per family; verdict seeds "
           f"{args.seeds}..{args.max_seeds} (looks at "
           f"{', '.join(map(str, look_schedule(args.seeds, args.max_seeds)))}), stacked; alpha "
@@ -153,14 +202,11 @@ def main() -> None:
             stops[verdict.stopped] = stops.get(verdict.stopped, 0) + 1
             means = verdict.families.set_index("family")["mean"]
             print(f"{kind} run {run + 1:2d}: {other} - parabolic = "
-                  f"{100 * (means[other] - means['parabolic']):+.2f} points, p_holm {pair['p_holm']:.3f}, "
-                  f"{'DIFFERENT' if different else 'same'}, {verdict.seeds} seeds ({verdict.stopped}), "
+                  f"{100 * (means[other] - means['parabolic']):+.2f} points, "
+                  f"p_holm {pair['p_holm']:.3f}, {'DIFFERENT' if different else 'same'}, "
+                  f"{verdict.seeds} seeds ({verdict.stopped}), "
                   f"{seconds[-1]:.0f} s", flush=True)
-        low, high = wilson(declared, runs)
-        what = "declared different (false positives)" if kind == "null" else "found the handicapped family worse"
-        summary.append(f"{kind}: {declared}/{runs} runs {what} = {100 * declared / runs:.1f} % "
-                       f"(Wilson 95 %: {100 * low:.1f}-{100 * high:.1f} %); seeds per run: mean "
-                       f"{np.mean(seeds):.1f}; stopped: {stops}; {np.mean(seconds):.0f} s per run")
+        summary.append(summary_line(kind, declared, runs, seeds, stops, seconds))
     print()
     print("\n".join(summary))
     sys.stdout.flush()
