@@ -20,6 +20,7 @@ the folder (``storage: null`` in ``run.json``), so a copied or moved run folder 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import socket
@@ -65,6 +66,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.filename is None:  # a failed close or fsync names no file: name the one meant
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -180,7 +186,11 @@ class TrialFolder:
     def write_weights(self, state_dict: Mapping[str, Any]) -> None:
         import torch
 
-        atomic_write(self.weights_path, lambda handle: torch.save(dict(state_dict), handle),
+        # Serialised in memory first: torch's zip writer reports a failed write of the file as
+        # "unexpected pos", where the file system's own error (no space left) says why.
+        buffer = io.BytesIO()
+        torch.save(dict(state_dict), buffer)
+        atomic_write(self.weights_path, lambda handle: handle.write(buffer.getbuffer()),
                      binary=True)
 
     def load_weights(self) -> dict[str, Any]:
