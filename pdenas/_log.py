@@ -29,8 +29,11 @@ class _TrialField(logging.Filter):
 
 def configure(level: str) -> None:
     """Logs at ``level`` to stderr with the time and the trial number (the command line's
-    setting; a program that configured logging itself keeps its own)."""
-    handler = logging.StreamHandler()
+    setting; a program that configured logging itself keeps its own). Lines go through
+    ``tqdm.write``, so they never land on a progress bar's line."""
+    from pdenas._progress import BarSafeHandler
+
+    handler = BarSafeHandler()
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(_TrialField())
     logging.basicConfig(level=level, handlers=[handler])
