@@ -380,3 +380,22 @@ def test_a_sampler_that_proposes_only_what_cannot_fit_still_trains_what_can(
     assert all(not r.history for r in skipped)
     assert len(trained) + len(skipped) == len(records)
     assert elapsed >= 0.7 * 40, elapsed  # it went on until the time was spent
+
+
+@pytest.mark.parametrize(("by", "family"), [("trials", "resnet"), ("flop_epochs", "parabolic")])
+def test_a_balanced_claim_goes_to_the_family_that_used_least_of_the_budget(
+        tmp_path: Path, by: str, family: str) -> None:
+    """resnet has one trial of 100 MFLOPs x 4 epochs, parabolic two of 1 MFLOP x 4: by trial
+    count the next trial is resnet's, by FLOP-epochs (equal compute) parabolic's."""
+    from pdenas.backends._codec import encode
+
+    study = open_study(StudyConfig(name="b"), f"sqlite:///{tmp_path / 's.db'}")
+    for name, flops in (("resnet", 1e8), ("parabolic", 1e6), ("parabolic", 1e6)):
+        study.enqueue_trial({"family": name})
+        trial = study.ask()
+        assert trial.suggest_categorical("family", ["parabolic", "resnet"]) == name
+        encode(trial, TrialRecord(number=trial.number, status=TrialStatus.COMPLETED,
+                                  cost={"flops": flops}, epochs_trained=4, epochs_planned=4))
+        study.tell(trial, 0.5)
+    claimed = claim_trial(study, 10, balance=("family", ["parabolic", "resnet"]), balance_by=by)
+    assert claimed.suggest_categorical("family", ["parabolic", "resnet"]) == family

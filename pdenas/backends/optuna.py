@@ -32,7 +32,6 @@ import socket
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pdenas._interrupt import catch_interrupts, raise_if_interrupted
 from pdenas.backends._balanced import (FamilyBalancedSampler, check_balanced, family_of,
-                                      family_view)
+                                       family_view, next_family)
 from pdenas.backends._base import SKIPS_BEFORE_FITTING_DRAW, Backend, Progress, TrialHooks
 from pdenas.backends._base import now as _now
 from pdenas.backends._codec import decode, encode
@@ -128,14 +127,17 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
 def claim_trial(study: optuna.Study, n_trials: int,
                 first_params: Sequence[Mapping[str, Any]] = (),
                 sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None, *,
-                balance: tuple[str, Sequence[str]] | None = None) -> optuna.Trial | None:
+                balance: tuple[str, Sequence[str]] | None = None,
+                balance_by: str = "trials") -> optuna.Trial | None:
     """Takes the next trial of the budget, or None when the budget is used (call under the lock).
 
     A queued copy (a retry, an interrupted trial) is taken first; otherwise a new trial is
     asked for, fixed to the first of ``first_params`` that no trial of the study has yet (a
     queued copy does not shift them: every entry is tried once); with ``balance`` (the family
-    param and its choices), an entry that fixes no family, or none, is given the family with
-    the fewest trials that use the budget (ties: the first in the space's order). With ``sampler_for``, the study's
+    param and its choices), an entry that fixes no family, or none, is given the family that has
+    used the least of the budget so far, in ``balance_by`` units (trials, FLOP-epochs or
+    seconds: ``_balanced.next_family``; ties: the first in the space's order). With
+    ``sampler_for``, the study's
     sampler is replaced first by ``sampler_for(trials stored)`` (a sampler seeded for this
     claim). The trial's first heartbeat is recorded here, so a worker killed before it beats
     still leaves a trial that goes stale.
@@ -148,9 +150,8 @@ def claim_trial(study: optuna.Study, n_trials: int,
         fixed = _first_uncovered(trials, first_params)
         if balance is not None and (fixed is None or balance[0] not in fixed):
             param, families = balance
-            counts = Counter(family_of(t, param) for t in trials if counts_toward_budget(t))
-            fixed = {**(fixed or {}),
-                     param: min(families, key=lambda f: (counts[f], families.index(f)))}
+            spent = [t for t in trials if counts_toward_budget(t)]
+            fixed = {**(fixed or {}), param: next_family(spent, param, families, balance_by)}
         if fixed is not None:
             study.enqueue_trial(fixed, user_attrs={"status": "queued"})
     if sampler_for is not None:
@@ -425,7 +426,8 @@ class OptunaBackend(Backend):
             with lock():
                 fail_stale(study, run)
                 trial = claim_trial(study, n_trials, first, self._sampler_for,
-                                    balance=self.balance)
+                                    balance=self.balance,
+                                    balance_by=self.config.balance_by or "trials")
             if trial is None:
                 # Wait while other workers run trials: a dead worker's trial comes back to the
                 # queue once its heartbeat is stale. Without heartbeats (journal files) it never
