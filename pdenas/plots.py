@@ -454,7 +454,8 @@ def plot_hypervolume(curves: Mapping[str, pd.DataFrame], path: str | Path) -> Pa
     for ax in (left, right):
         ax.set_ylabel("hypervolume (accuracy x decades of cost)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # no run with finish times: no curve to name
+            ax.legend(fontsize=8, loc="lower right")
     left.set_title("Hypervolume against wall time")
     right.set_title("Hypervolume against trials")
     return _save(figure, path)
