@@ -146,3 +146,19 @@ def tiny_study(tmp_path):
         return path
 
     return write
+
+
+def search_quietly(folder, files: dict[str, str], study: str):
+    """Writes ``files`` (name -> text) into ``folder``, runs ``pdenas search STUDY --out
+    folder/run --quiet`` in this process on one torch thread, and returns the run folder."""
+    from pdenas.cli import main
+
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["search", str(folder / study), "--out", str(folder / "run"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "run"

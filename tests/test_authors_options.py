@@ -25,6 +25,8 @@ from pdenas.export import write_formats
 from pdenas.results import format_leaderboard, leaderboard, load_trials
 from pdenas.space import SearchSpace
 
+from conftest import search_quietly
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BASE = {"family": "second_order", "widths": [4, 6, 6], "depths": [2, 1], "in_channels": 1,
@@ -246,17 +248,8 @@ seed: 0
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run by `pdenas search` with the stability check off (the default)."""
-    folder = tmp_path_factory.mktemp("authors_run")
-    (folder / "space.yaml").write_text(SPACE)
-    (folder / "study.yaml").write_text(STUDY)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["search", str(folder / "study.yaml"), "--out", str(folder / "run"),
-                     "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return folder / "run"
+    return search_quietly(tmp_path_factory.mktemp("authors_run"),
+                          {"space.yaml": SPACE, "study.yaml": STUDY}, "study.yaml")
 
 
 def _records(run: Path) -> list[dict]:

@@ -32,6 +32,8 @@ from pdenas.export import (
 from pdenas.families import get_family
 from pdenas.network import build_model
 
+from conftest import search_quietly
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_SPACE = """
@@ -91,16 +93,8 @@ def images(n: int = 5, side: int = 8) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny) run made by `pdenas search`: two digits trials of one epoch each."""
-    folder = tmp_path_factory.mktemp("export_run")
-    (folder / "tiny_space.yaml").write_text(TINY_SPACE)
-    (folder / "tiny.yaml").write_text(TINY_STUDY)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["search", str(folder / "tiny.yaml"), "--out", str(folder / "run"), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return folder / "run"
+    return search_quietly(tmp_path_factory.mktemp("export_run"),
+                          {"tiny_space.yaml": TINY_SPACE, "tiny.yaml": TINY_STUDY}, "tiny.yaml")
 
 
 def best_record(run: Path) -> dict:
