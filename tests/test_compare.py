@@ -16,7 +16,8 @@ from test_results import FRONT, SPEC, make_synthetic_run
 
 from pdenas.cli import main
 from pdenas.compare import family_importances, family_table, format_family_table
-from pdenas.results import hypervolume_2d, load_trials
+from pdenas.compare._estimand import estimand_text
+from pdenas.results import hypervolume_2d, load_run, load_trials
 
 PLOTS = ("pareto.png", "accuracy_vs_step_size.png", "accuracy_vs_depth.png", "training_curves.png",
          "history.png")
@@ -142,11 +143,27 @@ def test_compare_prints_the_tables_and_writes_csv_report_and_plots(compared: tup
     assert len(pd.read_parquet(out / "trials.parquet")) == len(SPEC)
     report = (out / "report.md").read_text()
     assert "| parabolic | 6 | 6 |" in report and "## Importance of h, depth and width" in report
+    assert "The search did not balance the families (balance_families: false)" in report
     for name in PLOTS:
         assert f"]({name})" in report
         image = imread(out / name)
         assert image.shape[0] > 300 and image.shape[1] > 500
         assert image[..., :3].std() > 0.05  # drawn, not blank
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    (True, "counted in trials (a count"),  # run.json files before the units
+    ("trials", "counted in trials (a count"),
+    ("flop_epochs", "counted in FLOP-epochs (FLOPs per image times epochs"),
+    ("seconds", "counted in device seconds"),
+])
+def test_the_estimand_says_how_the_search_balanced_the_families(synthetic: Path, value: object,
+                                                               said: str) -> None:
+    info = load_run(synthetic)
+    config = {**info["config"], "balance_families": value}
+    text = estimand_text(load_trials(synthetic), {**info, "config": config})
+    assert said in text and f"(balance_families: {'trials' if value is True else value})" in text
+    assert "did not balance" not in text
 
 
 def test_compare_refuses_bad_input_with_one_line(tmp_path: Path, synthetic: Path,

@@ -31,6 +31,17 @@ EXPECTED_MAX_TEXT = (
     "count of trials the curve only repeats its best.")
 
 
+def _balance_text(config: dict[str, Any]) -> str:
+    """How the search shared its budget among the families (the study's ``balance_families``)."""
+    by = config.get("balance_families") or False
+    by = "trials" if by is True else by
+    if by not in BUDGET_WORDS:
+        return ("The search did not balance the families (balance_families: false): each got the "
+                "trials its sampler drew.")
+    return (f"The search gave each family an equal share of its budget, counted in "
+            f"{BUDGET_WORDS[by]} (balance_families: {by}).")
+
+
 def estimand_text(trials: pd.DataFrame, info: RunInfo, options: Any = None) -> str:
     """The estimand, the run's budget B per family, and what in the report estimates it."""
     config = info["config"]
@@ -41,7 +52,7 @@ def estimand_text(trials: pd.DataFrame, info: RunInfo, options: Any = None) -> s
         "For each PDE family: the test accuracy of the network that \"search this space with "
         f"budget B, then select on validation\" gives, on {config.get('data', {}).get('name', '?')} "
         f"with {epochs} epochs per network. Here B is this run: {len(trials)} trials, finished at "
-        f"the full budget per family: {per_family or 'none'}.",
+        f"the full budget per family: {per_family or 'none'}. {_balance_text(config)}",
         "",
         "The family table and the expected-best curves read validation accuracies of the "
         "search itself: the maximum of a family's trials is biased upward, more for a family with "
