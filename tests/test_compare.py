@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.image import imread
-from test_results import FRONT, SPEC, make_synthetic_run
+from test_results import EPOCHS, FRONT, SPEC, make_synthetic_run
 
 from pdenas.cli import main
 from pdenas.compare import family_importances, family_table, format_family_table
 from pdenas.compare._estimand import estimand_text
 from pdenas.results import hypervolume_2d, load_run, load_trials
+from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 
 PLOTS = ("pareto.png", "accuracy_vs_step_size.png", "accuracy_vs_depth.png", "training_curves.png",
          "history.png")
@@ -164,6 +165,26 @@ def test_the_estimand_says_how_the_search_balanced_the_families(synthetic: Path,
     text = estimand_text(load_trials(synthetic), {**info, "config": config})
     assert said in text and f"(balance_families: {'trials' if value is True else value})" in text
     assert "did not balance" not in text
+
+
+def test_draws_skipped_as_too_long_are_not_trials_of_any_family(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_synthetic_run(tmp_path / "run")
+    assert main(["compare", str(run), "--out", str(tmp_path / "before")]) == 0
+    before = capsys.readouterr().out.splitlines()[0]
+    folder = RunFolder(run)
+    first = folder.trial(0).read_record()
+    for number in (len(SPEC), len(SPEC) + 1):  # as TrialRunner.record_skipped writes them
+        folder.trial(number).write_record(TrialRecord(
+            number=number, status=TrialStatus.SKIPPED, architecture=first.architecture,
+            train=first.train, failure_reason="predicted 900 s; 60 s left", epochs_planned=EPOCHS))
+    assert main(["compare", str(run), "--out", str(tmp_path / "out")]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == before.replace("), ", "), 2 draws skipped as too long for the time left, ", 1)
+    assert header.startswith(f"study synthetic: {len(SPEC)} trials (")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "families.csv"),
+                                  pd.read_csv(tmp_path / "before" / "families.csv"))
+    assert f"Here B is this run: {len(SPEC)} trials" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_compare_refuses_bad_input_with_one_line(tmp_path: Path, synthetic: Path,

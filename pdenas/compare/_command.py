@@ -103,6 +103,9 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
                              else tuple(cost_levels)) if verdict else None
     dev = resolve_device(device or "auto") if top_k or verdict else None
     trials = load_trials(run_dir)
+    # Draws skipped as too long for the time left were never built: not trials of any family.
+    skipped = int((trials["status"] == "skipped").sum()) if len(trials) else 0
+    trials = trials[trials["status"] != "skipped"].reset_index(drop=True) if skipped else trials
     if trials.empty:
         raise InputError(f"{run_dir}: the study {info['study_name']!r} has no trials yet")
     data = None
@@ -130,8 +133,10 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
                        "normalised to 1): h = step size, depth = time steps of all units, "
                        "width = mean unit width.")
     running = int(trials["status"].isin(NOT_FINAL).sum())
-    say(f"study {info['study_name']}: {len(trials)} trials ({running} running or queued), {finished} "
-          f"finished at the full budget (objectives: {', '.join(info.objectives)})")
+    draws = (f", {skipped} draw{'s' * (skipped != 1)} skipped as too long for the time left"
+             if skipped else "")
+    say(f"study {info['study_name']}: {len(trials)} trials ({running} running or queued){draws}, "
+        f"{finished} finished at the full budget (objectives: {', '.join(info.objectives)})")
     say(format_family_table(table).to_string(index=False))
     say(budget_line)
     say("")
