@@ -270,7 +270,8 @@ def _studies(args: argparse.Namespace) -> int:
 def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
                  csv: str | None = None, parquet: str | None = None) -> int:
     from pdenas.results import (check_table_path, export_trials, format_leaderboard,
-                                format_predictions, leaderboard, load_run, load_trials)
+                                format_predictions, leaderboard, load_run, load_trials,
+                                split_skipped)
 
     for path, suffix in ((csv, ".csv"), (parquet, ".parquet")):
         if path and Path(path).suffix.lower() != suffix:
@@ -280,9 +281,8 @@ def _print_board(run_dir: Path, top: int | None = None, show_all: bool = False,
     info = load_run(run_dir)
     trials = load_trials(run_dir)
     board = leaderboard(trials, info.objectives)
-    skipped = int((trials["status"] == "skipped").sum()) if len(trials) else 0
-    draws = f", {skipped} draws skipped as too long for the time left" if skipped else ""
-    print(f"study {info['study_name']}: {len(trials) - skipped} trials, {len(board)} ranked"
+    kept, draws = split_skipped(trials)
+    print(f"study {info['study_name']}: {len(kept)} trials, {len(board)} ranked"
           f"{draws} (objectives: {', '.join(info.objectives)})")
     print(format_leaderboard(board, top))
     if show_all:

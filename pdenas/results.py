@@ -29,6 +29,7 @@ __all__ = [
     "check_table_path",
     "comparable",
     "export_trials",
+    "split_skipped",
     "family_order",
     "format_leaderboard",
     "format_predictions",
@@ -180,6 +181,16 @@ def comparable(trials: pd.DataFrame) -> pd.Series:
     trained = pd.to_numeric(trials["epochs_trained"], errors="coerce").fillna(0)
     planned = pd.to_numeric(trials["epochs_planned"], errors="coerce").fillna(0)
     return (done & (trained >= planned)).astype(bool)
+
+
+def split_skipped(trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The trials without the draws skipped as too long for the time left (never built, so
+    trials of no family), and a phrase counting those draws for a header ("" when none)."""
+    skipped = int((trials["status"] == "skipped").sum()) if len(trials) else 0
+    if not skipped:
+        return trials, ""
+    kept = trials[trials["status"] != "skipped"].reset_index(drop=True)
+    return kept, f", {skipped} draw{'s' * (skipped != 1)} skipped as too long for the time left"
 
 
 def fully_trained(trials: pd.DataFrame) -> pd.DataFrame:

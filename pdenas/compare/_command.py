@@ -21,7 +21,7 @@ from pdenas.compare._retrain import retrain_top as retrain_families
 from pdenas.compare._verdict import Verdict, VerdictOptions
 from pdenas.compare._verdict_report import give_verdict
 from pdenas.errors import InputError
-from pdenas.results import export_trials, load_run, load_trials, parquet_available
+from pdenas.results import export_trials, load_run, load_trials, parquet_available, split_skipped
 
 __all__ = ["Comparison", "compare_run"]
 
@@ -102,10 +102,7 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
                              margin=margin, cost_levels=cost_levels if isinstance(cost_levels, str)
                              else tuple(cost_levels)) if verdict else None
     dev = resolve_device(device or "auto") if top_k or verdict else None
-    trials = load_trials(run_dir)
-    # Draws skipped as too long for the time left were never built: not trials of any family.
-    skipped = int((trials["status"] == "skipped").sum()) if len(trials) else 0
-    trials = trials[trials["status"] != "skipped"].reset_index(drop=True) if skipped else trials
+    trials, draws = split_skipped(load_trials(run_dir))
     if trials.empty:
         raise InputError(f"{run_dir}: the study {info['study_name']!r} has no trials yet")
     data = None
@@ -133,8 +130,6 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
                        "normalised to 1): h = step size, depth = time steps of all units, "
                        "width = mean unit width.")
     running = int(trials["status"].isin(NOT_FINAL).sum())
-    draws = (f", {skipped} draw{'s' * (skipped != 1)} skipped as too long for the time left"
-             if skipped else "")
     say(f"study {info['study_name']}: {len(trials)} trials ({running} running or queued){draws}, "
         f"{finished} finished at the full budget (objectives: {', '.join(info.objectives)})")
     say(format_family_table(table).to_string(index=False))
