@@ -254,7 +254,8 @@ class StudyConfig(Config):
         constraints: Cost limits.
         latency_repeats: Timed forward passes per latency measurement (``PDENAS_LATENCY_REPEATS``,
             default 10; not a study key).
-        threads: CPU threads torch uses in each worker (None: torch's default, one per core).
+        threads: CPU threads torch uses in each worker (None: torch's default, one per core;
+            with several workers on the CPU, the cores shared among them).
             Small candidates train faster on one thread; Ray sets it from ``cpus_per_trial``.
         workers: Worker processes ``pdenas search`` runs on this machine, sharing the study
             (Optuna backend; ``--workers`` overrides it): an integer, or "auto", which is one

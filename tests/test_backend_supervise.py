@@ -18,7 +18,7 @@ import torch
 
 from pdenas.backends import _cpus, _supervise
 from pdenas.backends._cpus import cgroup_cpu_quota
-from pdenas.backends._supervise import RecordFollower, worker_count
+from pdenas.backends._supervise import RecordFollower, worker_count, worker_threads
 from pdenas.runs import RunFolder, TrialRecord
 
 
@@ -39,6 +39,16 @@ def test_auto_on_a_gpu_is_one_worker(four_cores: None, monkeypatch: pytest.Monke
     assert worker_count("auto", "auto", 1, "optuna") == 1  # "auto" finds the GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert worker_count("auto", "auto", 1, "optuna") == 4  # and the CPU where there is none
+
+
+@pytest.mark.parametrize(("workers", "device", "threads", "expected"), [
+    (2, "cpu", None, 2), (3, "cpu", None, 1), (8, "cpu", None, 1),  # the cores shared
+    (1, "cpu", None, None),  # one worker: torch's default, every core
+    (2, "cpu", 3, 3),  # the study's own setting stands
+    (2, "cuda", None, None)])
+def test_workers_on_a_cpu_share_its_cores(four_cores: None, workers: int, device: str,
+                                          threads: int | None, expected: int | None) -> None:
+    assert worker_threads(workers, device, threads) == expected
 
 
 def test_a_count_is_taken_as_it_is(four_cores: None) -> None:

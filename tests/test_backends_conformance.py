@@ -13,7 +13,7 @@ import pytest
 from pdenas.backends import get_backend, list_backends, run_search
 from pdenas.cli import main
 from pdenas.results import leaderboard, load_run, load_trials
-from pdenas.runs import TrialRecord, TrialStatus
+from pdenas.runs import RunFolder, TrialRecord, TrialStatus
 from pdenas.study import StudyConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -115,6 +115,10 @@ def test_every_backend_spends_the_time_left_on_candidates_that_fit(case, request
                for p in (run.path / "trials").glob("*/record.json")]
     long = [r for r in records if r.train["epochs"] == 4000]
     trained = [r for r in records if r.status is TrialStatus.COMPLETED]
+    if case == "optuna-2-workers":  # the workers share the cores (no threads in the study)
+        from pdenas.backends._cpus import cpu_cores
+
+        assert RunFolder(run.path).read_info()["config"]["threads"] == max(1, cpu_cores() // 2)
     assert long and all(r.status is TrialStatus.SKIPPED and not r.history for r in long), records
     assert len(trained) >= 2 and {r.train["epochs"] for r in trained} == {2}, records
     assert elapsed >= 0.6 * timeout, elapsed  # it went on while short candidates still fitted

@@ -20,7 +20,8 @@ from pathlib import Path
 from pdenas._progress import make_progress
 from pdenas.backends._run import run_path, run_search
 from pdenas.backends._supervise import (RecordFollower, follow_supervisor, needs_supervision,
-                                        run_workers, worker_command, worker_count)
+                                        run_workers, worker_command, worker_count,
+                                        worker_threads)
 from pdenas.backends._watchdog import restarted_by_supervisor
 from pdenas.errors import InputError
 from pdenas.runs import RunFolder
@@ -72,6 +73,7 @@ def run_study(config: StudyConfig, *, backend: str = "optuna", out: str | Path |
                               quiet=not progress, progress=bar)
         finally:
             bar.close()
+    config = config.replace(threads=worker_threads(workers, config.device, config.threads))
     run = run_search(config, backend=backend, out=out, quiet=True, prepare_only=True)
     # One worker shows its own bar (on the shared stderr); several would garble each other's,
     # so they run quiet and one bar here follows them all through the run folder.

@@ -78,6 +78,19 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
     return max(1, min(MAX_WORKERS, _cpu_cores() // threads))
 
 
+def worker_threads(workers: int, device: str, threads: int | None) -> int | None:
+    """Torch threads per worker: the study's ``threads``, or, when it is unset and several
+    workers train on the CPU, this process's cores shared among them (torch's default of one
+    thread per core in each would put two threads on each core, where OpenMP's waiting threads
+    stall one another; under CI, a tiny network's calibration then predicted 15 s an epoch)."""
+    import torch
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if threads is not None or workers <= 1 or not on_cpu:
+        return threads
+    return max(1, _cpu_cores() // workers)
+
+
 def worker_command(run_path: str | Path, *, quiet: bool, storage: str | None = None) -> list[str]:
     """A worker's command line, ``pdenas worker RUN`` (``run_workers`` adds ``--supervisor``
     and the time left as ``--timeout``). The worker reads the study from ``RUN/run.json``;
