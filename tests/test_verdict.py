@@ -5,6 +5,7 @@ sequential rule's three endings, and the command end to end on a tiny real run."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ from test_results import make_synthetic_run
 from pdenas.architecture import Architecture
 from pdenas.cli import main
 from pdenas.compare import Candidate, VerdictOptions, run_verdict
-from pdenas.compare._verdict import (Verdict, decide, look_schedule, select_candidates,
-                                     verdict_sentence)
+from pdenas.compare._verdict import (Verdict, decide, first_look_seeds, look_schedule,
+                                     select_candidates, verdict_sentence)
 from pdenas.data import DataConfig, load_data
 from pdenas.errors import InputError
 from pdenas.families import register_family
@@ -170,7 +171,28 @@ def test_the_rule_spends_the_seed_budget_or_stops_on_time(digits: object) -> Non
         0.75 * means[0] + 0.25 * means[1])
     timed = run_verdict(candidates[::2], digits, "cpu", VerdictOptions(
         min_seeds=2, max_seeds=8, max_seconds=1e-3, margin=0.0, n_boot=500))
+    # no search seconds to predict the first look from: it runs, and the rule stops after it
+    assert timed.predicted is None and timed.first_seeds == 2
     assert timed.stopped == "seconds" and timed.seeds == 2 and timed.looks == [2]
+    # their search trials took 1 s each: 3 seeds of 2 candidates would need 6 s, over 4.5 s
+    searched = [dataclasses.replace(c, seconds=1.0) for c in candidates[::2]]
+    cut = run_verdict(searched, digits, "cpu", VerdictOptions(
+        min_seeds=3, max_seeds=8, max_seconds=4.5, margin=0.0, n_boot=500))
+    assert cut.predicted == pytest.approx(2.0) and cut.first_seeds == 2 and cut.looks[0] == 2
+    assert cut.level == pytest.approx(1 - 0.05 / len(look_schedule(2, 8)))  # planned from 2
+
+
+def test_the_first_look_is_predicted_from_the_search_and_refused_when_it_cannot_fit() -> None:
+    pool = [dataclasses.replace(_candidate("parabolic"), seconds=100.0),
+            dataclasses.replace(_candidate("resnet"), seconds=200.0)]
+    assert first_look_seeds(pool, VerdictOptions(min_seeds=3)) == (3, 300.0)  # no budget
+    assert first_look_seeds(pool, VerdictOptions(min_seeds=3, max_seconds=1000)) == (3, 300.0)
+    assert first_look_seeds(pool, VerdictOptions(min_seeds=3, max_seconds=700)) == (2, 300.0)
+    with pytest.raises(InputError, match=r"^--max-seconds: got 500; allowed: at least 600 \(the "
+                                         r"first look's 2 seeds of the 2 candidates"):
+        first_look_seeds(pool, VerdictOptions(min_seeds=3, max_seconds=500))
+    unknown = [pool[0], _candidate("resnet")]  # a candidate not from a run: no prediction
+    assert first_look_seeds(unknown, VerdictOptions(min_seeds=3, max_seconds=1)) == (3, None)
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +216,8 @@ def test_compare_verdict_writes_json_report_and_plots(tiny_run: Path, capsys: py
     assert report.index("## Estimand") < report.index("## Verdict") < report.index("## Families")
     assert "search this space with budget B, then select on validation" in report
     assert f"**{data['sentence']}**" in report and "It stopped because the budget in seeds was spent" in report
+    # the synthetic trials took 1 + number seconds: #2, #6 and #11 (the best within 3 trials)
+    assert "The candidates' search trials predicted 44 s for the first look (2 seeds); it took" in report
     assert "## Expected best accuracy against the number of trials" in report
     for name in ("verdict.png", "verdict_cost.png", "expected_max.png"):
         assert f"]({name})" in report
@@ -223,6 +247,11 @@ def test_compare_verdict_refuses_bad_options_with_one_line(tiny_run: Path, capsy
     assert "--cost-levels: got 'cheap'; allowed: auto, or numbers" in capsys.readouterr().err
     assert main(["compare", str(tiny_run), str(tiny_run), "--verdict"]) == 2
     assert "--verdict compares the families of one run" in capsys.readouterr().err
+    # 2 seeds of the candidates #2, #6 and #11, at the 3 + 7 + 12 s their search trials took
+    assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--budget", "trials",
+                 "--max-seconds", "40", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--max-seconds: got 40; allowed: at least 44 (" in error
     assert not out.exists()
 
 

@@ -19,7 +19,7 @@ from pdenas.compare._report import cost_text, markdown_table, write_plots, write
 from pdenas.compare._retrain import format_retrain, retrain_summary
 from pdenas.compare._retrain import retrain_top as retrain_families
 from pdenas.compare._verdict import Verdict, VerdictOptions
-from pdenas.compare._verdict_report import give_verdict
+from pdenas.compare._verdict_report import check_first_look, give_verdict
 from pdenas.errors import InputError
 from pdenas.results import export_trials, load_run, load_trials, parquet_available, split_skipped
 
@@ -114,6 +114,8 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         from pdenas.study import StudyConfig
 
         data = load_data(StudyConfig.from_stored(info["config"]).data, device=dev)  # fail early
+    if options is not None:
+        check_first_look(run_dir, info, trials, options)
     out = Path(out) if out else run_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
 

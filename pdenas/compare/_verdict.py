@@ -33,7 +33,7 @@ from pdenas.errors import InputError
 from pdenas.results import family_order, fully_trained
 
 __all__ = ["BUDGETS", "BASELINE", "Candidate", "CostVerdict", "Verdict", "VerdictOptions", "decide",
-           "format_verdict_tables", "look_schedule", "retrain_network", "retrain_seeds",
+           "first_look_seeds", "format_verdict_tables", "look_schedule", "retrain_network", "retrain_seeds",
            "run_verdict", "select_candidates", "verdict_sentence"]
 
 BASELINE = "resnet"
@@ -54,8 +54,10 @@ class VerdictOptions:
             with more than one, the bootstrap redraws the search among them.
         min_seeds: Seeds of the first look.
         max_seeds: The most seeds (the budget in seeds).
-        max_seconds: The budget in seconds of retraining (None: no limit); a look's seeds are
-            started only when the time measured so far says they fit.
+        max_seconds: The budget in seconds of retraining (None: no limit). The first look's
+            seeds are predicted from the seconds the candidates' search trials took (fewer than
+            ``min_seeds`` where those would not fit; an error where 2 would not); a later look's
+            seeds are started only when the time measured so far says they fit.
         alpha: The family-wise error rate, over all pairs and all looks.
         margin: Two families whose difference lies within ± margin (accuracy, not points) at the
             pairs' level count as settled even though neither is declared better.
@@ -125,6 +127,8 @@ class Candidate:
         train: ``pdenas.train.TrainConfig`` (its epochs are the full budget).
         search_val: The validation accuracy the search measured (the order of selection).
         cost: The run's cost objective for this network (NaN when unknown).
+        seconds: The wall seconds its search trial took (NaN when unknown): with
+            ``--max-seconds``, what the first look is predicted from.
     """
 
     family: str
@@ -133,6 +137,7 @@ class Candidate:
     train: Any
     search_val: float = math.nan
     cost: float = math.nan
+    seconds: float = math.nan
 
 
 def _compute(trials: pd.DataFrame, budget: str, cost: str) -> pd.Series:
@@ -195,12 +200,46 @@ def select_candidates(run_dir: str | Path, trials: pd.DataFrame, per_family: int
                 arch, train = Architecture.from_dict(record["architecture"]), TrainConfig.from_stored(record["train"])
             picked.append(Candidate(family=family, trial=int(trial["number"]), architecture=arch, train=train,
                                     search_val=float(trial["val_accuracy"]),
-                                    cost=float(trial.get(cost, math.nan))))
+                                    cost=float(trial.get(cost, math.nan)),
+                                    seconds=_float(trial.get("seconds"))))
         rows.append({"family": family, "spent": totals[family], "budget": limit,
                      "trials_within": len(within), "finished_within": len(fully_trained(within)),
                      "candidates": ", ".join(f"#{int(n)}" for n in best["number"])})
     return picked, pd.DataFrame(rows, columns=["family", "spent", "budget", "trials_within",
                                                "finished_within", "candidates"])
+
+
+def _float(value: Any) -> float:
+    """A stored number as a float; NaN for a missing or unreadable one."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def first_look_seeds(pool: Sequence[Candidate], options: VerdictOptions
+                     ) -> tuple[int, float | None]:
+    """The seeds of the first look and the seconds a seed of every candidate is predicted to take
+    (the sum of their search trials' seconds; None when one is unknown).
+
+    Without ``max_seconds``, or without a prediction, the first look has ``min_seeds``; with
+    them, as many as fit (fewer than ``min_seeds`` when those would not).
+
+    Raises:
+        InputError: Not even two seeds (the fewest a look has) are predicted to fit.
+    """
+    per_seed = math.fsum(c.seconds for c in pool)
+    if not pool or not per_seed == per_seed or per_seed <= 0:
+        return options.min_seeds, None
+    if options.max_seconds is None:
+        return options.min_seeds, per_seed
+    fits = int(options.max_seconds // per_seed)
+    if fits < 2:
+        raise InputError(
+            f"--max-seconds: got {options.max_seconds:g}; allowed: at least {2 * per_seed:,.0f} "
+            f"(the first look's 2 seeds of the {len(pool)} candidates, at the seconds their "
+            "search trials took), or fewer --candidates")
+    return min(options.min_seeds, fits), per_seed
 
 
 def _correct(model: Any, split: Any, device: Any, batch: int = 1024) -> np.ndarray:
@@ -341,6 +380,10 @@ class Verdict:
             candidates in the order of ``runs``.
         cost: The cost objective's name.
         at_cost: The verdicts at the cost levels asked for (``VerdictOptions.cost_levels``).
+        predicted: The seconds one seed of every candidate was predicted to take, from their
+            search trials (None when unknown).
+        first_seeds: The first look's seeds: ``min_seeds``, or fewer where ``max_seconds``
+            would not fit them by that prediction.
     """
 
     families: pd.DataFrame
@@ -355,6 +398,8 @@ class Verdict:
     correct: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
     cost: str = "flops"
     at_cost: list[CostVerdict] = field(default_factory=list)
+    predicted: float | None = None
+    first_seeds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """What ``verdict.json`` holds: ``families`` (name -> mean, low, high, p_best, seeds),
@@ -519,7 +564,8 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
     weights = np.zeros(len(pool))
     for rows in groups:
         weights[rows] = selection_weights(len(rows))
-    looks = look_schedule(options.min_seeds, options.max_seeds)
+    first_seeds, predicted = first_look_seeds(pool, options)
+    looks = look_schedule(first_seeds, options.max_seeds)
     rows_out: list[dict[str, Any]] = []
     hits: list[list[np.ndarray]] = [[] for _ in pool]  # per candidate, per seed
     start = time.perf_counter()
@@ -573,7 +619,8 @@ def run_verdict(candidates: Sequence[Candidate], data: Any, device: Any, options
     return Verdict(families=families, pairs=pairs,
                    sentence=verdict_sentence(families, pairs, level, cost=cost, data=data_name),
                    stopped=stopped, seeds=seed, seconds=time.perf_counter() - start, level=level,
-                   looks=done, runs=pd.DataFrame(rows_out), correct=correct, cost=cost, at_cost=extra)
+                   looks=done, runs=pd.DataFrame(rows_out), correct=correct, cost=cost, at_cost=extra,
+                   predicted=predicted, first_seeds=first_seeds)
 
 
 STOP_TEXT = {

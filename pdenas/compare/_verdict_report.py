@@ -13,11 +13,12 @@ import pandas as pd
 
 from pdenas.compare._estimand import BUDGET_WORDS
 from pdenas.compare._report import cost_text, markdown_table
-from pdenas.compare._verdict import (STOP_TEXT, Verdict, VerdictOptions, format_verdict_tables,
-                                     look_schedule, run_verdict, select_candidates)
+from pdenas.compare._verdict import (STOP_TEXT, Candidate, Verdict, VerdictOptions,
+                                     first_look_seeds, format_verdict_tables, look_schedule,
+                                     run_verdict, select_candidates)
 from pdenas.results import RunInfo, fully_trained
 
-__all__ = ["give_verdict"]
+__all__ = ["check_first_look", "give_verdict"]
 
 
 def _budget_table(budgets: pd.DataFrame, options: VerdictOptions, cost: str) -> pd.DataFrame:
@@ -39,11 +40,55 @@ def _stacked_text(runs: pd.DataFrame) -> str:
             "epochs can move a network's test accuracy by a few images")
 
 
+def _prediction_text(verdict: Verdict, options: VerdictOptions) -> str:
+    """What the search's trial seconds predicted for the first look, and what it took."""
+    if verdict.predicted is None or not verdict.looks:
+        return ""
+    first = verdict.looks[0]
+    took = verdict.runs["seconds"].iloc[:first * len(verdict.runs) // max(verdict.seeds, 1)].sum()
+    text = (f" The candidates' search trials predicted {verdict.predicted * first:,.0f} s for the "
+            f"first look ({first} seeds); it took {took:,.0f} s")
+    if verdict.first_seeds < options.min_seeds:
+        text += (f"; it was cut from --seeds {options.min_seeds} to {verdict.first_seeds}, as "
+                 f"{options.min_seeds} were predicted to need "
+                 f"{verdict.predicted * options.min_seeds:,.0f} s, more than --max-seconds")
+    return text + "."
+
+
 def _amount(value: float, budget: str) -> str:
     """A search budget in its unit."""
     if budget == "flop_epochs":
         return f"{cost_text('flops', value)} FLOP-epochs"
     return f"{value:,.0f} s" if budget == "seconds" else f"{value:.0f} trials"
+
+
+def _select(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: VerdictOptions
+            ) -> tuple[list[Candidate], pd.DataFrame, list[tuple[float, list[Candidate]]]]:
+    """The verdict's candidates, the families' budgets, and the candidates at each cost level."""
+    cost = info.cost_objective
+    candidates, budgets = select_candidates(run_dir, trials, options.candidates, options.budget, cost)
+    at_cost = [(level, select_candidates(run_dir, trials, options.candidates, options.budget, cost,
+                                         max_cost=level)[0])
+               for level in cost_levels(trials, options.cost_levels, cost)]
+    return candidates, budgets, at_cost
+
+
+def check_first_look(run_dir: Path, info: RunInfo, trials: pd.DataFrame,
+                     options: VerdictOptions) -> None:
+    """Refuses, before anything is written or trained, a ``--max-seconds`` that the first look
+    (2 seeds of every candidate, at their search trials' seconds) would not fit.
+
+    Raises:
+        InputError: As ``first_look_seeds``.
+    """
+    if options.max_seconds is None:
+        return
+    candidates, _, at_cost = _select(run_dir, info, trials, options)
+    pool: list[Candidate] = []
+    for candidate in [*candidates, *(c for _, cands in at_cost for c in cands)]:
+        if candidate not in pool:  # as run_verdict pools them
+            pool.append(candidate)
+    first_look_seeds(pool, options)
 
 
 def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: VerdictOptions,
@@ -58,11 +103,8 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
     from pdenas import plots
 
     cost = info.cost_objective
-    candidates, budgets = select_candidates(run_dir, trials, options.candidates, options.budget, cost)
+    candidates, budgets, at_cost = _select(run_dir, info, trials, options)
     limit = float(budgets["budget"].iloc[0]) if len(budgets) else float("nan")
-    at_cost = [(level, select_candidates(run_dir, trials, options.candidates, options.budget, cost,
-                                         max_cost=level)[0])
-               for level in cost_levels(trials, options.cost_levels, cost)]
     verdict = run_verdict(candidates, data, device, options, cost=cost,
                           data_name=str(info["config"].get("data", {}).get("name", "")), log=log,
                           at_cost=at_cost)
@@ -76,7 +118,8 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
             f"{options.alpha:g} split over the planned looks (Bonferroni), Holm over the pairs "
             f"within a look; margin ± {100 * options.margin:g} points. It stopped because "
             f"{STOP_TEXT[verdict.stopped]}, after {verdict.seconds:,.0f} s of retraining "
-            f"({len(verdict.runs)} networks{_stacked_text(verdict.runs)}).")
+            f"({len(verdict.runs)} networks{_stacked_text(verdict.runs)})."
+            f"{_prediction_text(verdict, options)}")
     method = ("Intervals: a bootstrap over seeds and test images together (both resampled in each "
               "replicate, the same draw for every family, so differences are paired; the seed "
               "level stretched to Student-t width for few seeds, the seed-by-image noise counted "
