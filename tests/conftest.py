@@ -25,6 +25,30 @@ def pytest_configure(config: pytest.Config) -> None:
     # Two timed forward passes per latency, not ten: the tests read latencies, never compare
     # them closely (the study key became PDENAS_LATENCY_REPEATS; children inherit it).
     os.environ.setdefault("PDENAS_LATENCY_REPEATS", "2")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each pytest-xdist worker (one per core) trains on one thread, and so do the processes
+        # it starts: one torch thread per core in every worker would put two threads on each
+        # core, where OpenMP's waiting threads stall one another for minutes.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups the tests for pytest-xdist (``-n auto --dist loadgroup``, in ``pyproject.toml``):
+    every test of one service on one worker (the Ray tests share one local Ray runtime per
+    machine, and a ``ray.init`` or ``pdenas search --backend ray`` beside it would join it; the
+    PostgreSQL tests share one server), and every other test with its module, so that a module's
+    fixtures (a search run once for all its tests) are built once."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if item.get_closest_marker("ray") or "ray_address" in names:
+            group = "ray"
+        elif item.get_closest_marker("postgres") or "postgres_url" in names:
+            group = "postgres"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
