@@ -42,12 +42,19 @@ if TYPE_CHECKING:
     from pdenas.backends._base import TrialRunner
     from pdenas.data import DataSplits
 
-__all__ = ["TrialHooks", "TrialLife", "now"]
+__all__ = ["Abandoned", "TrialHooks", "TrialLife", "now"]
 
 
 def now() -> str:
     """The current time, ISO 8601 in UTC (what records store)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class Abandoned(BaseException):
+    """Raised by a hook when the trial's thread is ended from outside (Ray Tune stops a trial by
+    ending its thread at a report, for its scheduler or at Ctrl-C): the trial writes nothing
+    more, its record stays as its last epoch wrote it ("running"), and the backend decides what
+    it became (Ray's driver: stopped by the scheduler, or left to a rerun to train again)."""
 
 
 class TrialHooks:
@@ -102,6 +109,7 @@ class TrialLife:
         self.progress = FitResult()  # fit fills it in place: the watchdog reads the best weights
         self.observers: list[Any] = []
         self.watchdog: Watchdog | None = None
+        self.abandoned = False
 
     # --- the phases ----------------------------------------------------------------------------
     def run(self) -> TrialRecord:
@@ -140,6 +148,9 @@ class TrialLife:
                           f"out of host memory: MemoryError {str(error)[:160]}".rstrip())
         except InputError as error:  # the candidate's params describe no network that can run
             self._outcome(TrialStatus.FAILED, f"cannot build the candidate: {error}")
+        except Abandoned:
+            self.abandoned = True
+            raise
         except BaseException as error:  # Ctrl-C, or a bug in pdenas: not the candidate's doing
             self.record.status = TrialStatus.INTERRUPTED
             self.record.failure_reason = (
@@ -218,6 +229,10 @@ class TrialLife:
         the trial as hung (then its record stands)."""
         from pdenas.tracking import notify
 
+        if self.abandoned:  # the backend finishes the record (see Abandoned)
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            return
         if self.watchdog is None or self.watchdog.stop():
             if self.record.status.final:
                 self.record.finished_at = now()

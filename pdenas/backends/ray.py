@@ -23,10 +23,10 @@ Layout of a Ray run folder::
                              epoch (status "running") and at the end
 
 Every epoch is reported with ``ray.tune.report`` together with a checkpoint of the trial folder.
-When the scheduler stops a trial, the runner ends it as "stopped" with the rule's reason and its
-best weights, and its thread returns (so the actor can take the next trial); a driver-side callback
-turns a record still "running" (an actor that died first) into "stopped". A stopped trial keeps
-the epochs it trained and is never ranked as a fully trained trial (Ray's OptunaSearch would tell Optuna such a trial COMPLETED with its low,
+When the scheduler stops a trial, its thread ends at its report without writing more (so that the
+actor can take the next trial), and a driver-side callback then turns the record's "running" into
+"stopped"; a trial ended by Ctrl-C stays "running", and a rerun trains it again. A stopped trial
+keeps the epochs it trained and is never ranked as a fully trained trial (Ray's OptunaSearch would tell Optuna such a trial COMPLETED with its low,
 early values; this backend tells Optuna it was PRUNED instead, and failed candidates FAILED).
 
 Rerunning the same command restores the latest experiment (``Tuner.restore(...,
@@ -71,6 +71,7 @@ from ray.tune.search.optuna import OptunaSearch
 from pdenas.backends._base import (SKIPS_BEFORE_FITTING_DRAW, Backend, Progress, TrialHooks,
                                    TrialRunner, finished_summary)
 from pdenas.backends._codec import encode
+from pdenas.backends._lifecycle import Abandoned
 from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stop_reason, stops
 from pdenas.backends._ray_options import RayOptions
 from pdenas.backends._registry import register_backend
@@ -547,13 +548,10 @@ def _report(folder: Path, metrics: Mapping[str, Any]) -> None:
 
 class _Hooks(TrialHooks):
     """What a Ray trial reports of its run: each epoch but the last (with a checkpoint of the
-    trial folder) for the scheduler; the last one once the final record and weights are saved.
-    When Tune stops the trial (its scheduler, or the end of the experiment), the trial ends as the
-    Optuna backend's pruned trials do: stopped with the rule's reason, its best weights saved."""
+    trial folder) for the scheduler; the last one once the final record and weights are saved."""
 
-    def __init__(self, folder: Path, objectives: tuple[str, ...], rule: str) -> None:
-        self.folder, self.objectives, self.rule = folder, objectives, rule
-        self.stopped_by_tune = False
+    def __init__(self, folder: Path, objectives: tuple[str, ...]) -> None:
+        self.folder, self.objectives = folder, objectives
 
     def on_epoch(self, record: TrialRecord, metrics: Mapping[str, float]) -> bool:
         epoch = record.epochs_trained
@@ -568,13 +566,11 @@ class _Hooks(TrialHooks):
         try:
             _report(self.folder, view)
         except SystemExit:
-            # Tune stopped the trial and ends its thread this way. The runner finishes it instead
-            # (best weights, final record) and the thread returns, so that the actor can take the
-            # next trial (reuse_actors: Tune waits TUNE_FUNCTION_THREAD_TIMEOUT_S for the thread).
-            # Nothing more is reported: the session no longer reads reports (see _run_trial).
-            self.stopped_by_tune = True
-            record.failure_reason = stop_reason(self.rule, epoch, record.epochs_planned)
-            return True
+            # Tune ended the trial: its scheduler stopped it, or the experiment was interrupted.
+            # Only the driver knows which: the record stays "running" (the driver makes it
+            # "stopped", or a rerun trains it again), and the thread ends without writing more,
+            # so that the actor can take the next trial (reuse_actors).
+            raise Abandoned from None
         return False
 
 
@@ -586,10 +582,6 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
     from pdenas.data import load_data
 
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # per checkpoint
-    # A reused actor waits this long (Ray's default: 2 s) for the thread of the trial Tune stopped
-    # to save its record and weights; past it, Tune fails the next trial ("Could not re-use
-    # actor"). Read by Ray in this process, at the next trial's start.
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "300")
     config = runner.config
     number = int(trial_config[NUMBER_KEY])
     params = {k: v for k, v in trial_config.items() if k != NUMBER_KEY}
@@ -609,13 +601,13 @@ def _run_trial(trial_config: dict[str, Any], *, runner: TrialRunner, gpus: float
     data = load_data(config.data, device=device)
 
     time_left = None if deadline is None else deadline - time.time()
-    hooks = _Hooks(folder.path, config.objectives, config.early_stop.rule)
-    record = runner.run(number, arch, train, data=data, device=device, params=params,
-                        hooks=hooks, time_left=time_left)
-    if hooks.stopped_by_tune:
-        # How Tune's own report ends a stopped trial's thread: returning would report once more
-        # (Ray's wrapper does), and wait for ever for a session that no longer reads.
-        raise SystemExit(0)
+    try:
+        record = runner.run(number, arch, train, data=data, device=device, params=params,
+                            hooks=_Hooks(folder.path, config.objectives), time_left=time_left)
+    except Abandoned:
+        # Ended as Tune's own report ends a stopped trial's thread: returning would report once
+        # more (Ray's wrapper does) and wait for ever for a session that no longer reads.
+        raise SystemExit(0) from None
     _report(folder.path, _metrics(record, config.objectives, max(record.epochs_trained, 1)))
 
 
