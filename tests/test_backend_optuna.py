@@ -4,6 +4,7 @@ attributes, and early stopping within each family of a balanced study."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -376,8 +377,15 @@ def test_a_sampler_that_proposes_only_what_cannot_fit_still_trains_what_can(
     trained = [r for r in records if r.status is TrialStatus.COMPLETED]
     skipped = [r for r in records if r.status is TrialStatus.SKIPPED]
     assert len(trained) >= 2 and {r.train["epochs"] for r in trained} == {2}, records
-    assert len(skipped) >= 3 and {r.train["epochs"] for r in skipped} == {4000}
-    assert all(not r.history for r in skipped)
+    long = [r for r in skipped if r.train["epochs"] == 4000]
+    assert len(long) >= 3 and all(not r.history for r in skipped)
+    # A draw that fits is skipped only at the end, when the search has less time left than it
+    # needs (on a loaded machine).
+    for record in skipped:
+        if record.train["epochs"] == 2:
+            left = float(re.search(r"the search has left \(([\d,.]+) s\)",
+                                   record.failure_reason).group(1).replace(",", ""))
+            assert left < 0.5 * 30, record.failure_reason
     assert len(trained) + len(skipped) == len(records)
     assert elapsed >= 0.7 * 30, elapsed  # it went on until the time was spent
 
