@@ -33,22 +33,39 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def is_ray_test(nodeid: str) -> bool:
+    """Whether a test belongs to the Ray group of ``pytest_xdist_make_scheduler``: its id says
+    "ray" (the collection hook below holds every Ray test to that)."""
+    return "ray" in nodeid.lower()
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist (``-n auto`` in ``pyproject.toml``) hands out the tests in units: every Ray
+    test in one (they share one local Ray runtime, and a second runtime of 2 CPUs beside it on a
+    2-core machine would starve the time-budget tests), and every other test with its module, so
+    that a module's fixtures (a search run once for all its tests) are built once.
+
+    By the test's id, because the controller sees ids only: xdist's own ``--dist loadgroup``
+    marks do not reach it under pytest 9.2 (xdist 3.8 suffixes ``item._nodeid``, which pytest
+    no longer reads), which ran the Ray tests on both workers."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByServiceOrModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if is_ray_test(nodeid) else nodeid.split("::", 1)[0]
+
+    return ByServiceOrModule(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups the tests for pytest-xdist (``-n auto --dist loadgroup``, in ``pyproject.toml``):
-    every test of one service on one worker (the Ray tests share one local Ray runtime per
-    machine, and a ``ray.init`` or ``pdenas search --backend ray`` beside it would join it; the
-    PostgreSQL tests share one server), and every other test with its module, so that a module's
-    fixtures (a search run once for all its tests) are built once."""
+    """Every test that uses Ray (its mark or the ``ray_address`` runtime) says so in its id, so
+    that the scheduler above keeps it in the Ray group."""
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if item.get_closest_marker("ray") or "ray_address" in names:
-            group = "ray"
-        elif item.get_closest_marker("postgres") or "postgres_url" in names:
-            group = "postgres"
-        else:
-            group = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        uses_ray = item.get_closest_marker("ray") or "ray_address" in getattr(item, "fixturenames", ())
+        if uses_ray and not is_ray_test(item.nodeid):
+            raise pytest.UsageError(f"{item.nodeid}: uses Ray but its name does not say 'ray' "
+                                    "(tests/conftest.py groups the Ray tests by name)")
 
 
 @pytest.fixture
