@@ -338,3 +338,27 @@ def test_a_failure_of_the_candidate_is_its_status(tmp_path: Path, monkeypatch) -
                            torch.device("cpu"), tmp_path)
     assert record.status == "failed" and record.status.uses_budget
     assert record.failure_reason == "failed: the candidate's step raised"
+
+
+def test_a_trial_abandoned_by_its_backend_writes_nothing_more(tmp_path: Path) -> None:
+    """A hook that raises ``Abandoned`` (Ray Tune ended the trial's thread: its scheduler or
+    Ctrl-C) ends the trial where it is: the record stays as the epoch wrote it ("running"), no
+    weights are saved, and the exception reaches the backend, which decides what it became."""
+    from pdenas.backends._lifecycle import Abandoned
+
+    class EndedAfterOneEpoch(TrialHooks):
+        def on_epoch(self, record, metrics) -> bool:
+            raise Abandoned
+
+    data = _tiny_data()
+    runner = TrialRunner(StudyConfig(name="t", latency_repeats=1), None, RunFolder(tmp_path),
+                         DataShape.of(data))
+    arch = Architecture("parabolic", (8, 8, 8), (1, 1), 0.5, in_channels=1)
+    train = TrainConfig.from_dict({"epochs": 3, "batch_size": 64})
+    with pytest.raises(Abandoned):
+        runner.run(0, arch, train, data=data, device=torch.device("cpu"),
+                   hooks=EndedAfterOneEpoch())
+    folder = RunFolder(tmp_path).trial(0)
+    record = folder.read_record()
+    assert record.status == "running" and record.epochs_trained == 1 and len(record.history) == 1
+    assert record.finished_at is None and not (folder.path / "model.pt").exists()
