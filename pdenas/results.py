@@ -29,7 +29,6 @@ __all__ = [
     "check_table_path",
     "comparable",
     "export_trials",
-    "split_skipped",
     "family_order",
     "format_leaderboard",
     "format_predictions",
@@ -42,6 +41,7 @@ __all__ = [
     "load_trials",
     "parquet_available",
     "pareto_ranks",
+    "split_skipped",
     "trained_gain",
     "trial_row",
 ]

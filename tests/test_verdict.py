@@ -224,6 +224,18 @@ def test_compare_verdict_writes_json_report_and_plots(tiny_run: Path, capsys: py
         assert imread(out / name)[..., :3].std() > 0.05
 
 
+def test_a_first_look_cut_to_the_seconds_is_reported_as_planned(tiny_run: Path) -> None:
+    """--seeds 3 with --max-seconds 60: the candidates' search trials (22 s a seed) fit 2 seeds,
+    so the first look has 2 and the report plans its looks from there."""
+    out = tiny_run / "cut"
+    assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--seeds", "3",
+                 "--max-seeds", "3", "--max-seconds", "60", "--device", "cpu", "--budget",
+                 "trials"]) == 0
+    report = (out / "report.md").read_text()
+    assert "looks at 2" in report and "of the planned 2, 3 (budget: 3 seeds, 60 s)" in report
+    assert "it was cut from --seeds 3 to 2, as 3 were predicted to need 66 s" in report
+
+
 def test_the_verdict_at_the_users_cost(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tiny_run / "at_cost"
     assert main(["compare", str(tiny_run), "--out", str(out), "--verdict", "--seeds", "2", "--max-seeds",

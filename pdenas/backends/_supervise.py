@@ -68,12 +68,9 @@ def worker_count(workers: int | str, device: str, threads: int | None, backend: 
         return 1
     if workers != "auto":
         return int(workers)
-    import torch
-
     from pdenas.study import MAX_WORKERS
 
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if threads is None or not on_cpu:
+    if threads is None or not _on_cpu(device):
         return 1
     return max(1, min(MAX_WORKERS, _cpu_cores() // threads))
 
@@ -83,12 +80,16 @@ def worker_threads(workers: int, device: str, threads: int | None) -> int | None
     workers train on the CPU, this process's cores shared among them (torch's default of one
     thread per core in each would put two threads on each core, where OpenMP's waiting threads
     stall one another; under CI, a tiny network's calibration then predicted 15 s an epoch)."""
-    import torch
-
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if threads is not None or workers <= 1 or not on_cpu:
+    if threads is not None or workers <= 1 or not _on_cpu(device):
         return threads
     return max(1, _cpu_cores() // workers)
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether a study's device ("auto", "cpu" or "cuda") trains on the CPU here."""
+    import torch
+
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def worker_command(run_path: str | Path, *, quiet: bool, storage: str | None = None) -> list[str]:

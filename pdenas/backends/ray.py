@@ -26,8 +26,9 @@ Every epoch is reported with ``ray.tune.report`` together with a checkpoint of t
 When the scheduler stops a trial, its thread ends at its report without writing more (so that the
 actor can take the next trial), and a driver-side callback then turns the record's "running" into
 "stopped"; a trial ended by Ctrl-C stays "running", and a rerun trains it again. A stopped trial
-keeps the epochs it trained and is never ranked as a fully trained trial (Ray's OptunaSearch would tell Optuna such a trial COMPLETED with its low,
-early values; this backend tells Optuna it was PRUNED instead, and failed candidates FAILED).
+keeps the epochs it trained and is never ranked as a fully trained trial (Ray's OptunaSearch
+would tell Optuna such a trial COMPLETED with its low, early values; this backend tells Optuna
+it was PRUNED instead, and failed candidates FAILED).
 
 Rerunning the same command restores the latest experiment (``Tuner.restore(...,
 resume_errored=True)``): finished trials stay, interrupted ones start again from their last
@@ -71,8 +72,8 @@ from ray.tune.search.optuna import OptunaSearch
 from pdenas.backends._base import (SKIPS_BEFORE_FITTING_DRAW, Backend, Progress, TrialHooks,
                                    TrialRunner, finished_summary)
 from pdenas.backends._codec import encode
-from pdenas.backends._lifecycle import Abandoned
 from pdenas.backends._early_stop import MIN_TRIALS, Curve, max_epochs, stop_reason, stops
+from pdenas.backends._lifecycle import Abandoned
 from pdenas.backends._ray_options import RayOptions
 from pdenas.backends._registry import register_backend
 from pdenas.backends._sampling import check_options, make_sampler

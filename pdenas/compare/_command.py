@@ -19,7 +19,7 @@ from pdenas.compare._report import cost_text, markdown_table, write_plots, write
 from pdenas.compare._retrain import format_retrain, retrain_summary
 from pdenas.compare._retrain import retrain_top as retrain_families
 from pdenas.compare._verdict import Verdict, VerdictOptions
-from pdenas.compare._verdict_report import check_first_look, give_verdict
+from pdenas.compare._verdict_report import give_verdict, select_for_verdict
 from pdenas.errors import InputError
 from pdenas.results import export_trials, load_run, load_trials, parquet_available, split_skipped
 
@@ -114,8 +114,7 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
         from pdenas.study import StudyConfig
 
         data = load_data(StudyConfig.from_stored(info["config"]).data, device=dev)  # fail early
-    if options is not None:
-        check_first_look(run_dir, info, trials, options)
+    selection = select_for_verdict(run_dir, info, trials, options) if options else None
     out = Path(out) if out else run_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -147,7 +146,7 @@ def compare_run(run_dir: str | Path, *, out: str | Path | None = None, retrain_t
     sections = [("Estimand", estimand_text(trials, info, options))]
     if options is not None:
         the_verdict, verdict_sections, verdict_figures = give_verdict(
-            run_dir, info, trials, options, dev, data, out, say,
+            run_dir, info, trials, options, selection, dev, data, out, say,
             log=lambda line: echo and sys.stderr.write(line + "\n"))
         sections += verdict_sections
     sections += [("Families", markdown_table(format_family_table(table)) + "\n\n" + budget_line),

@@ -33,8 +33,8 @@ from pdenas.errors import InputError
 from pdenas.results import family_order, fully_trained
 
 __all__ = ["BUDGETS", "BASELINE", "Candidate", "CostVerdict", "Verdict", "VerdictOptions", "decide",
-           "first_look_seeds", "format_verdict_tables", "look_schedule", "retrain_network", "retrain_seeds",
-           "run_verdict", "select_candidates", "verdict_sentence"]
+           "first_look_seeds", "format_verdict_tables", "look_schedule", "pooled", "retrain_network",
+           "retrain_seeds", "run_verdict", "select_candidates", "verdict_sentence"]
 
 BASELINE = "resnet"
 """The family every other is also compared with."""
@@ -215,6 +215,16 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def pooled(*candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Every distinct candidate of the lists, each once (a candidate of the verdict that is also
+    one at a cost level is trained once)."""
+    pool: list[Candidate] = []
+    for candidate in (c for group in candidates for c in group):
+        if candidate not in pool:
+            pool.append(candidate)
+    return pool
 
 
 def first_look_seeds(pool: Sequence[Candidate], options: VerdictOptions

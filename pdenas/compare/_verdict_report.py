@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -15,10 +15,10 @@ from pdenas.compare._estimand import BUDGET_WORDS
 from pdenas.compare._report import cost_text, markdown_table
 from pdenas.compare._verdict import (STOP_TEXT, Candidate, Verdict, VerdictOptions,
                                      first_look_seeds, format_verdict_tables, look_schedule,
-                                     run_verdict, select_candidates)
+                                     pooled, run_verdict, select_candidates)
 from pdenas.results import RunInfo, fully_trained
 
-__all__ = ["check_first_look", "give_verdict"]
+__all__ = ["VerdictSelection", "give_verdict", "select_for_verdict"]
 
 
 def _budget_table(budgets: pd.DataFrame, options: VerdictOptions, cost: str) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def _prediction_text(verdict: Verdict, options: VerdictOptions) -> str:
     if verdict.predicted is None or not verdict.looks:
         return ""
     first = verdict.looks[0]
-    took = verdict.runs["seconds"].iloc[:first * len(verdict.runs) // max(verdict.seeds, 1)].sum()
+    took = verdict.runs.loc[verdict.runs["seed"] < first, "seconds"].sum()
     text = (f" The candidates' search trials predicted {verdict.predicted * first:,.0f} s for the "
             f"first look ({first} seeds); it took {took:,.0f} s")
     if verdict.first_seeds < options.min_seeds:
@@ -62,37 +62,36 @@ def _amount(value: float, budget: str) -> str:
     return f"{value:,.0f} s" if budget == "seconds" else f"{value:.0f} trials"
 
 
-def _select(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: VerdictOptions
-            ) -> tuple[list[Candidate], pd.DataFrame, list[tuple[float, list[Candidate]]]]:
-    """The verdict's candidates, the families' budgets, and the candidates at each cost level."""
+class VerdictSelection(NamedTuple):
+    """What the verdict retrains: the candidates, the families' budgets (``select_candidates``)
+    and the candidates at each cost level."""
+
+    candidates: list[Candidate]
+    budgets: pd.DataFrame
+    at_cost: list[tuple[float, list[Candidate]]]
+
+
+def select_for_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame,
+                       options: VerdictOptions) -> VerdictSelection:
+    """The verdict's candidates, chosen before anything is written or trained; a
+    ``--max-seconds`` that their first look (2 seeds of every candidate, at their search trials'
+    seconds) would not fit is refused here.
+
+    Raises:
+        InputError: As ``first_look_seeds``.
+    """
     cost = info.cost_objective
     candidates, budgets = select_candidates(run_dir, trials, options.candidates, options.budget, cost)
     at_cost = [(level, select_candidates(run_dir, trials, options.candidates, options.budget, cost,
                                          max_cost=level)[0])
                for level in cost_levels(trials, options.cost_levels, cost)]
-    return candidates, budgets, at_cost
-
-
-def check_first_look(run_dir: Path, info: RunInfo, trials: pd.DataFrame,
-                     options: VerdictOptions) -> None:
-    """Refuses, before anything is written or trained, a ``--max-seconds`` that the first look
-    (2 seeds of every candidate, at their search trials' seconds) would not fit.
-
-    Raises:
-        InputError: As ``first_look_seeds``.
-    """
-    if options.max_seconds is None:
-        return
-    candidates, _, at_cost = _select(run_dir, info, trials, options)
-    pool: list[Candidate] = []
-    for candidate in [*candidates, *(c for _, cands in at_cost for c in cands)]:
-        if candidate not in pool:  # as run_verdict pools them
-            pool.append(candidate)
-    first_look_seeds(pool, options)
+    first_look_seeds(pooled(candidates, [c for _, cands in at_cost for c in cands]), options)
+    return VerdictSelection(candidates, budgets, at_cost)
 
 
 def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: VerdictOptions,
-                 device: Any, data: Any, out: Path, say: Callable[[str], None],
+                 selection: VerdictSelection, device: Any, data: Any, out: Path,
+                 say: Callable[[str], None],
                  log: Callable[[str], Any] | None = None
                  ) -> tuple[Verdict, list[tuple[str, str]], dict[str, Path]]:
     """Runs the verdict on a run and writes it into ``out``.
@@ -103,7 +102,7 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
     from pdenas import plots
 
     cost = info.cost_objective
-    candidates, budgets, at_cost = _select(run_dir, info, trials, options)
+    candidates, budgets, at_cost = selection
     limit = float(budgets["budget"].iloc[0]) if len(budgets) else float("nan")
     verdict = run_verdict(candidates, data, device, options, cost=cost,
                           data_name=str(info["config"].get("data", {}).get("name", "")), log=log,
@@ -113,7 +112,7 @@ def give_verdict(run_dir: Path, info: RunInfo, trials: pd.DataFrame, options: Ve
     budget_table = _budget_table(budgets, options, cost)
     looks = ", ".join(str(n) for n in verdict.looks)
     rule = (f"Sequential rule: looks at {looks} seed(s) of the planned "
-            f"{', '.join(str(n) for n in look_schedule(options.min_seeds, options.max_seeds))} (budget: {options.max_seeds} seeds"
+            f"{', '.join(str(n) for n in look_schedule(verdict.first_seeds or options.min_seeds, options.max_seeds))} (budget: {options.max_seeds} seeds"
             f"{f', {options.max_seconds:,.0f} s' if options.max_seconds else ''}); alpha "
             f"{options.alpha:g} split over the planned looks (Bonferroni), Holm over the pairs "
             f"within a look; margin ± {100 * options.margin:g} points. It stopped because "
