@@ -199,6 +199,7 @@ def one_run(minutes: float, seed: int, busy: bool, keep: Path | None) -> dict:
         plain_log.touch()
         run = keep if keep is not None else folder / "pdenas-run"
         neighbour = plain = None
+        load_before = os.getloadavg()[0]
         started = time.time()
         try:
             if busy:
@@ -223,7 +224,10 @@ def one_run(minutes: float, seed: int, busy: bool, keep: Path | None) -> dict:
     theirs = [r for r in logged if not r.get("pruned")]
     return {"seed": seed, "busy": busy, "budget_s": minutes * 60, "ours": ours, "theirs": theirs,
             "ours_end": ours_end, "theirs_end": max((r["finished_at_s"] for r in logged), default=None),
-            "ours_rc": ours_rc, "plain_rc": plain_rc, "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+            "ours_rc": ours_rc, "plain_rc": plain_rc,
+            # The 1-minute load average just before the run and at its end (both searches, and the
+            # busy loop, count in the second: about 2 alone, 3 beside it, on an otherwise idle machine).
+            "load": [round(load_before, 2), round(os.getloadavg()[0], 2)], "when": time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
             + time.strftime("-%H:%M")}
 
 
@@ -344,6 +348,9 @@ def _details(i: int, result: dict) -> list[str]:
         lines += ["", f"pdenas's chosen trial: {a['chosen']}", f"plain script's: {b['chosen']}"]
     if result["ours_rc"] or result["plain_rc"]:
         lines += ["", f"Exit statuses: pdenas {result['ours_rc']}, plain script {result['plain_rc']}."]
+    if "load" in result:
+        lines += ["", "Load average (1 min) before the run and at its end: "
+                  f"{result['load'][0]:.2f}, {result['load'][1]:.2f}."]
     lines += ["", "Every finished trial (val / test accuracy, when it finished):", ""]
     for name, rows in (("pdenas", result["ours"]), ("plain", result["theirs"])):
         lines.append(f"- {name}: " + (", ".join(
@@ -363,11 +370,16 @@ def main() -> None:
     parser.add_argument("--out", help="also write the printed report to this file")
     parser.add_argument("--keep", help="keep pdenas's run folders under this folder, one per run "
                                        "(for pdenas compare); a fresh one: pdenas resumes a run folder")
+    parser.add_argument("--report", help="print the report of the runs saved in this JSON file (--out "
+                                         "FILE saves them in FILE.json after each run) and exit")
     parser.add_argument("--plain-only", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_only:
         plain_search(args.minutes, Path(args.plain_only), args.started, args.seed)
+        return
+    if args.report:
+        print(_report(json.loads(Path(args.report).read_text())))
         return
     if args.runs < 1 or args.minutes <= 0:
         parser.error("--runs must be at least 1 and --minutes above 0")
@@ -379,20 +391,30 @@ def main() -> None:
             seed = args.seed + i
             keep = (Path(args.keep) / f"seed{seed}-{'busy' if busy else 'alone'}") if args.keep else None
             results.append(one_run(args.minutes, seed, busy, keep))
-    command = (f"python benchmarks/search_budget.py --minutes {args.minutes:g} --runs {args.runs} "
-               f"--busy {args.busy} --seed {args.seed}")
-    lines = [f"`{command}`, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+            if args.out:  # each run as it ends, so that a stopped benchmark keeps the runs it made
+                Path(args.out + ".json").write_text(json.dumps(results))
+    text = _report(results)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+def _report(results: list[dict]) -> str:
+    """The printed report of ``results``: the summary table, the criteria, then each run."""
+    minutes = results[0]["budget_s"] / 60
+    seeds = sorted({r["seed"] for r in results})
+    busy = {r["busy"] for r in results}
+    command = (f"python benchmarks/search_budget.py --minutes {minutes:g} --runs {len(seeds)} "
+               f"--busy {'both' if len(busy) == 2 else 'yes' if True in busy else 'no'} --seed {seeds[0]}")
+    lines = [f"`{command}`, {results[0]['when'][:10]}, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores; in each run both searches side by side on one torch thread each"
-             + (", and in the busy runs a one-thread matrix-product loop beside them" if args.busy != "no" else "")
-             + f"; budget {args.minutes:g} min per side. Budget used: when the side's last trial ended, over "
+             + (", and in the busy runs a one-thread matrix-product loop beside them" if True in busy else "")
+             + f"; budget {minutes:g} min per side. Budget used: when the side's last trial ended, over "
              "the budget. Time ratio: when pdenas first reached the plain script's final best validation "
              "accuracy, over when the script reached it.", "", *_table(results), "", *_criteria(results), ""]
     for i, result in enumerate(results):
         lines += _details(i, result)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
