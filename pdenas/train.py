@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -574,8 +575,8 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
     """Predicts the wall seconds of ``fit(model, data, config, device)`` from a short calibration.
 
     Runs ``steps`` real training steps (the run's optimiser, regulariser, clipping and precision)
-    on a copy of the model after one untimed warm-up step, and times one validation batch; the
-    prediction scales them to the whole run (plus, with ``config.compile``, the warm-up's
+    on a copy of the model after one untimed warm-up step, each timed alone, and times one
+    validation batch; the prediction scales the median step and the batch to the whole run (plus, with ``config.compile``, the warm-up's
     compilation, which the run repeats). The model is left as it was.
 
     Returns:
@@ -595,10 +596,13 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
     batch = (data.train.x[:size], data.train.y[:size])
     step.epoch([batch], 1)  # warm-up: allocator, kernels, lazy state
     _sync(device)
-    start = time.perf_counter()
-    step.epoch([batch] * steps, 1)
-    _sync(device)
-    per_step = (time.perf_counter() - start) / steps
+    times = []
+    for _ in range(steps):  # the median step: one stall (another process, a page fault) is not
+        start = time.perf_counter()  # taken for the network's speed
+        step.epoch([batch], 1)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    per_step = statistics.median(times)
     val_size = min(_EVAL_BATCH, len(data.val.y))
     start = time.perf_counter()
     evaluate(probe, type(data.val)(data.val.x[:val_size], data.val.y[:val_size]), device,
