@@ -186,12 +186,14 @@ class TrialRunner:
     def skip_reason(self, arch: Architecture, train: TrainConfig, time_left: float | None,
                     device: torch.device | str) -> TooLong | None:
         """Why a drawn candidate is not even built: predicted, from its architecture and the
-        trials measured so far, to need more than the time left; None to build it."""
+        trials measured so far, to need more than the time left; None to build it. Until a trial
+        has trained, a candidate as cheap as the space's cheapest is built unless it was measured
+        itself (a calibration alone is too weak to give up on the space: its own decides)."""
         if time_left is None:
             return None
         model = self.time_model(device)
         upper = model.upper(arch, train)
-        if upper is None or upper <= time_left:
+        if upper is None or upper <= time_left or self._unsettled(model, arch, train):
             return None
         return TooLong(f"predicted to need {upper:,.0f} s (before building it, from "
                        f"{model.count} measured trials), more than the search has left "
@@ -210,32 +212,57 @@ class TrialRunner:
 
     def nothing_fits(self, time_left: float, device: torch.device | str) -> bool:
         """Whether even the space's cheapest candidate is predicted not to fit in ``time_left``
-        (then ``out_of_time`` is set); False while no trial is measured."""
-        from pdenas.backends._time_model import cheapest
-
+        (then ``out_of_time`` is set); False while no trial is measured, and while the prediction
+        rests on calibrations alone and the cheapest was not measured itself (it is tried: see
+        ``skip_reason``)."""
         model = self.time_model(device)
         if not model.count:
             return False
-        params, _ = cheapest(lambda trial: self._build(self.space.suggest, trial), model)
+        params, _ = self._cheapest(model)
         arch, train = self.replay(params)
         upper = model.upper(arch, train)
-        self.out_of_time = upper is not None and upper > time_left
+        self.out_of_time = (upper is not None and upper > time_left
+                            and not self._unsettled(model, arch, train))
         return self.out_of_time
 
     def fitting_params(self, time_left: float, device: torch.device | str,
                        seed: int) -> dict[str, Any] | None:
         """Params of a candidate drawn from the part of the space predicted to fit in
         ``time_left`` (``_time_model.fitting_draw``), or None when none fits; then, if even the
-        cheapest candidate is predicted not to fit, ``out_of_time`` is set."""
+        cheapest candidate is predicted not to fit, ``out_of_time`` is set. While the prediction
+        rests on calibrations alone, the space's cheapest candidate instead, unless it was
+        measured itself (its own calibration decides)."""
         from pdenas.backends._time_model import fitting_draw
 
         model = self.time_model(device)
         if not model.count:
             return None
-        params = fitting_draw(lambda trial: self._build(self.space.suggest, trial), model,
-                              time_left, seed)
+        params = fitting_draw(self._suggested, model, time_left, seed)
+        if params is None:
+            low, _ = self._cheapest(model)
+            if self._unsettled(model, *self.replay(low)):
+                return low
         self.out_of_time = params is None
         return params
+
+    def _suggested(self, trial: Any) -> tuple[Architecture, TrainConfig]:
+        return self._build(self.space.suggest, trial)
+
+    def _cheapest(self, model: TimeModel) -> tuple[dict[str, Any], float]:
+        from pdenas.backends._time_model import cheapest
+
+        return cheapest(self._suggested, model)
+
+    def _unsettled(self, model: TimeModel, arch: Architecture, train: TrainConfig) -> bool:
+        """Whether the search may not yet give up on a candidate predicted not to fit: no trial
+        has trained (the model rests on calibrations, where one stall made a tiny network seem
+        to need 15 s an epoch), the candidate is as cheap as the space's cheapest, and it was
+        not measured itself."""
+        if model.trained or model.measured(arch):
+            return False
+        _, low = self._cheapest(model)
+        predicted = model.predict(arch, train)
+        return predicted is not None and predicted <= low * (1 + 1e-9)
 
     def refusal(self, record: TrialRecord, time_left: float | None) -> str | None:
         """Why a measured candidate is not trained (a cost limit, or its predicted time), or

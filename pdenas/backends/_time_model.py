@@ -18,6 +18,11 @@ trained (refused after its calibration steps) counts with its calibration's pred
 one trial is measured there is no prediction: the first candidate is built and calibrated as
 always, and the calibration then only confirms the model.
 
+A few calibration steps are weaker evidence than trained epochs (one stall, and a tiny network
+seemed to need 15 s an epoch), so until a trial has trained (``TimeModel.trained``) a candidate
+as cheap as the space's cheapest is not skipped before it is built unless it was measured
+itself: its own calibration decides (``TrialRunner.skip_reason``, ``nothing_fits``).
+
 ``cheapest`` finds the space's cheapest candidate by coordinate descent on the predicted
 seconds; ``fitting_draw`` draws at random (the non-cost dimensions stay free) and moves the
 cost-driving params one by one to the cheapest's values until the draw fits. The search ends
@@ -82,6 +87,8 @@ class _Observation:
     flops: float
     epoch_seconds: float
     setup: float | None
+    trained: bool
+    """Measured from trained epochs (else from a calibration's prediction)."""
 
 
 def _observe(record: TrialRecord) -> _Observation | None:
@@ -96,10 +103,11 @@ def _observe(record: TrialRecord) -> _Observation | None:
         setup = None
         if record.status.final and record.seconds:
             setup = max(0.0, float(record.seconds) - sum(epochs))
-        return _Observation(family, float(flops), float(statistics.median(epochs)), setup)
+        return _Observation(family, float(flops), float(statistics.median(epochs)), setup, True)
     predicted = (record.cost or {}).get("predicted_seconds")
     if predicted and record.epochs_planned:  # refused after calibration: its prediction
-        return _Observation(family, float(flops), float(predicted) / record.epochs_planned, None)
+        return _Observation(family, float(flops), float(predicted) / record.epochs_planned, None,
+                            False)
     return None
 
 
@@ -122,6 +130,9 @@ class TimeModel:
         observed = [o for o in map(_observe, mine) if o is not None][-RECENT:]
         self.image_size = tuple(int(s) for s in image_size)
         self.count = len(observed)
+        self.trained = sum(o.trained for o in observed)
+        """Of the ``count`` observations, those from trained epochs (not a calibration alone)."""
+        self._measured = {(o.family, o.flops) for o in observed}
         self.slope, self.intercept, self.spread = 1.0, 0.0, 0.0
         self.setup, self.family_factor = 0.0, {}
         if observed:
@@ -155,6 +166,10 @@ class TimeModel:
         flops = flops_per_image(arch, self.image_size)
         per_epoch = math.exp(self.intercept + self.slope * math.log(max(flops, 1)))
         return self.setup + train.epochs * per_epoch * self.family_factor.get(arch.family, 1.0)
+
+    def measured(self, arch: Architecture) -> bool:
+        """Whether a trial of this family and FLOPs (any step size or epochs) was measured."""
+        return (arch.family, float(flops_per_image(arch, self.image_size))) in self._measured
 
     def upper(self, arch: Architecture, train: TrainConfig) -> float | None:
         """A prediction the candidate's time stays under in most cases: ``predict`` times the
