@@ -4,6 +4,7 @@ attributes, and early stopping within each family of a balanced study."""
 
 from __future__ import annotations
 
+import collections
 import re
 from pathlib import Path
 
@@ -332,8 +333,8 @@ def test_a_search_out_of_time_stops_when_its_cheapest_candidate_cannot_finish(
         tiny_study, tmp_path: Path) -> None:
     """With 30 s left and every candidate needing many minutes (5,000 epochs), the first is
     measured and skipped with the prediction in its reason, and the search stops before its
-    time is up: even the space's cheapest candidate would not fit, which its own calibration
-    confirmed (one calibration of another candidate is not enough to give up on the space).
+    time is up: even the space's cheapest candidate would not fit, which two calibrations of
+    its own confirmed (one calibration is not enough to give up on the space).
     A skipped trial uses none of the budget, and the sampler is told through a violated
     constraint."""
     import time
@@ -350,12 +351,13 @@ def test_a_search_out_of_time_stops_when_its_cheapest_candidate_cannot_finish(
     assert all("more than the search has left" in r.failure_reason for r in records)
     assert all(r.epochs_trained == 0 and not r.history for r in records)
     built = [r for r in records if r.cost and "predicted_seconds" in r.cost]  # calibrated
-    assert 1 <= len(built) <= 2 and built[0].number == 0, records
-    lowest = min(r.cost["flops"] for r in built)
+    # Both families cost the same FLOPs here, so each is as cheap as the space's cheapest.
+    assert 2 <= len(built) <= 4 and built[0].number == 0, records
     cheapest = min(flops_per_image(Architecture.from_dict({**records[0].architecture,
                                                            "family": family}), (8, 8))
                    for family in ("parabolic", "resnet"))  # the space's two candidates' costs
-    assert lowest == cheapest, built  # the space's cheapest was calibrated itself
+    calibrations = collections.Counter((r.architecture["family"], r.cost["flops"]) for r in built)
+    assert any(n >= 2 and flops == cheapest for (_, flops), n in calibrations.items()), built
     stored = optuna.load_study(study_name=run.config.name,
                                storage=f"sqlite:///{run.path / 'study.db'}").trials
     assert [t.state for t in stored] == [TrialState.PRUNED] * len(records)

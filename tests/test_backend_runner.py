@@ -306,9 +306,10 @@ def test_a_candidate_too_long_for_the_time_left_is_skipped_and_predicted_before_
 def test_a_stalled_calibration_alone_does_not_end_the_search(tmp_path: Path,
                                                             monkeypatch) -> None:
     """One calibration that stalled (here: 10,000 s for 50 epochs of a tiny network; two
-    workers' OpenMP threads on 2 cores once gave 15 s an epoch) predicts that nothing fits; with no trained trial that is
-    not enough to give up: the space's cheapest candidate is not skipped before building but
-    drawn and calibrated itself, and the search ends only once its own calibration says so."""
+    workers' OpenMP threads on 2 cores once gave 15 s an epoch) predicts that nothing fits.
+    With no trained trial that is not enough to give up: the space's cheapest candidate is
+    not skipped before building but drawn and calibrated itself, twice, and the search ends
+    only once both its calibrations say so; when one says it fits, it trains."""
     from pdenas import train as train_module
     from pdenas.space import SearchSpace
 
@@ -317,34 +318,32 @@ def test_a_stalled_calibration_alone_does_not_end_the_search(tmp_path: Path,
     space = SearchSpace.from_dict({"families": ["parabolic"], "num_units": 2, "depth": 1,
                                    "width": {"base": [8, 16], "growth": 1, "last": "same"},
                                    "step_size": 0.5, "norm": "tv", "train": {"epochs": [1, 50]}})
-    runner = TrialRunner(config, space, RunFolder(tmp_path), DataShape.of(data))
     cpu = torch.device("cpu")
     wide = Architecture("parabolic", (16, 16, 16), (1, 1), 0.5, in_channels=1)
+    long = TrainConfig.from_dict({"epochs": 50})
     real = train_module.estimate_seconds
     monkeypatch.setattr(train_module, "estimate_seconds", lambda *a, **k: 1e4)  # the stall
-    stalled = runner.run(0, wide, TrainConfig.from_dict({"epochs": 50}), data=data, device=cpu,
-                         time_left=60)
+    runner = TrialRunner(config, space, RunFolder(tmp_path / "a"), DataShape.of(data))
+    stalled = runner.run(0, wide, long, data=data, device=cpu, time_left=60)
     assert stalled.status == "skipped" and stalled.cost["predicted_seconds"] >= 1e4
     low = runner.fitting_params(60, cpu, seed=0)
     assert low == {"family": "parabolic", "width_base": 8, "epochs": 1}  # the cheapest, whole
     arch, quick = runner.replay(low)
     assert runner.time_model(cpu).upper(arch, quick) > 60  # predicted not to fit ...
-    assert not runner.nothing_fits(60, cpu) and not runner.out_of_time  # ... and not given up on
-    assert runner.skip_reason(arch, quick, 60, cpu) is None  # built: its calibration decides
-    skip = runner.skip_reason(wide, TrainConfig.from_dict({"epochs": 1}), 60, cpu)
-    assert skip is not None  # a dearer candidate is skipped before building, as before
-
-    stalled_again = runner.run(1, arch, quick, data=data, device=cpu, time_left=60)
-    assert stalled_again.status == "skipped"  # its own calibration says it does not fit
-    assert runner.nothing_fits(60, cpu) and runner.out_of_time
+    assert runner.skip_reason(wide, quick, 60, cpu) is not None  # (a dearer one is skipped)
+    for number in (1, 2):
+        assert not runner.nothing_fits(60, cpu) and not runner.out_of_time  # ... not given up on
+        assert runner.skip_reason(arch, quick, 60, cpu) is None  # built: calibrated itself
+        assert runner.fitting_params(60, cpu, seed=0) == low
+        again = runner.run(number, arch, quick, data=data, device=cpu, time_left=60)
+        assert again.status == "skipped"  # its own calibration says it does not fit
+    assert runner.nothing_fits(60, cpu) and runner.out_of_time  # twice: the search ends
+    assert runner.skip_reason(arch, quick, 60, cpu) is not None
     assert runner.fitting_params(60, cpu, seed=0) is None
 
+    fresh = TrialRunner(config, space, RunFolder(tmp_path / "b"), DataShape.of(data))
+    fresh.run(0, wide, long, data=data, device=cpu, time_left=60)
     monkeypatch.setattr(train_module, "estimate_seconds", real)  # the stall is over
-    fresh = TrialRunner(config, space, RunFolder(tmp_path / "fresh"), DataShape.of(data))
-    monkeypatch.setattr(train_module, "estimate_seconds", lambda *a, **k: 1e4)
-    fresh.run(0, wide, TrainConfig.from_dict({"epochs": 50}), data=data, device=cpu,
-              time_left=60)
-    monkeypatch.setattr(train_module, "estimate_seconds", real)
     done = fresh.run(1, *fresh.replay(fresh.fitting_params(60, cpu, seed=0)), data=data,
                      device=cpu, time_left=60)
     assert done.status == "completed"  # the cheapest's own calibration: it fits, and trains

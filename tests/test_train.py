@@ -343,9 +343,9 @@ def test_gradient_clipping_tames_a_huge_learning_rate() -> None:
 
 def test_a_stalled_calibration_step_is_not_taken_for_the_networks_speed(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """``estimate_seconds`` times its steps one by one and scales the median: one step that
+    """``estimate_seconds`` times three groups of steps and scales the median: one group that
     stalls for a second (another process took the core) leaves the prediction of 32 steps far
-    below the 10.7 s that the mean of three steps would give."""
+    below the 3.6 s that the mean of its nine steps would give."""
     import time
 
     calls = []
@@ -353,14 +353,14 @@ def test_a_stalled_calibration_step_is_not_taken_for_the_networks_speed(
 
     def stalling(self, batches, *args, **kwargs):
         calls.append(len(calls))
-        if len(calls) == 2:  # the first timed step (the first call is the warm-up)
+        if len(calls) == 2:  # the first timed group (the first call is the warm-up step)
             time.sleep(1.0)
         return epoch(self, batches, *args, **kwargs)
 
     monkeypatch.setattr(train_module._Step, "epoch", stalling)
     predicted = train_module.estimate_seconds(toy_model(), toy_data(), config(), "cpu")
-    assert len(calls) == 4  # the warm-up and three timed steps
-    assert predicted < 32 * 1.0 / 3, predicted  # 4 epochs of 8 steps
+    assert len(calls) == 4  # the warm-up and three timed groups
+    assert predicted < 32 * 1.0 / 9, predicted  # 4 epochs of 8 steps
 
 
 def test_channels_last_on_cpu_trains_like_contiguous() -> None:

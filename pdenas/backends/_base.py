@@ -187,8 +187,8 @@ class TrialRunner:
                     device: torch.device | str) -> TooLong | None:
         """Why a drawn candidate is not even built: predicted, from its architecture and the
         trials measured so far, to need more than the time left; None to build it. Until a trial
-        has trained, a candidate as cheap as the space's cheapest is built unless it was measured
-        itself (a calibration alone is too weak to give up on the space: its own decides)."""
+        has trained, a candidate as cheap as the space's cheapest is built until it was
+        calibrated twice itself (one calibration is too weak to give up on the space)."""
         if time_left is None:
             return None
         model = self.time_model(device)
@@ -213,8 +213,8 @@ class TrialRunner:
     def nothing_fits(self, time_left: float, device: torch.device | str) -> bool:
         """Whether even the space's cheapest candidate is predicted not to fit in ``time_left``
         (then ``out_of_time`` is set); False while no trial is measured, and while the prediction
-        rests on calibrations alone and the cheapest was not measured itself (it is tried: see
-        ``skip_reason``)."""
+        rests on calibrations alone and the cheapest was not calibrated twice itself (it is tried:
+        see ``skip_reason``)."""
         model = self.time_model(device)
         if not model.count:
             return False
@@ -230,8 +230,8 @@ class TrialRunner:
         """Params of a candidate drawn from the part of the space predicted to fit in
         ``time_left`` (``_time_model.fitting_draw``), or None when none fits; then, if even the
         cheapest candidate is predicted not to fit, ``out_of_time`` is set. While the prediction
-        rests on calibrations alone, the space's cheapest candidate instead, unless it was
-        measured itself (its own calibration decides)."""
+        rests on calibrations alone, the space's cheapest candidate instead, until it was
+        calibrated twice itself."""
         from pdenas.backends._time_model import fitting_draw
 
         model = self.time_model(device)
@@ -257,8 +257,8 @@ class TrialRunner:
         """Whether the search may not yet give up on a candidate predicted not to fit: no trial
         has trained (the model rests on calibrations, where one stall made a tiny network seem
         to need 15 s an epoch), the candidate is as cheap as the space's cheapest, and it was
-        not measured itself."""
-        if model.trained or model.measured(arch):
+        not calibrated twice itself."""
+        if model.trained or model.measured(arch) >= 2:
             return False
         _, low = self._cheapest(model)
         predicted = model.predict(arch, train)

@@ -19,18 +19,21 @@ one trial is measured there is no prediction: the first candidate is built and c
 always, and the calibration then only confirms the model.
 
 A few calibration steps are weaker evidence than trained epochs (one stall, and a tiny network
-seemed to need 15 s an epoch), so until a trial has trained (``TimeModel.trained``) a candidate
-as cheap as the space's cheapest is not skipped before it is built unless it was measured
-itself: its own calibration decides (``TrialRunner.skip_reason``, ``nothing_fits``).
+seemed to need 15 s an epoch), so until a trial has trained (``TimeModel.trained``) the search
+does not give up on the space before its cheapest candidate was calibrated twice itself: a
+candidate as cheap as that is built rather than skipped, and drawn when nothing else fits
+(``TrialRunner.skip_reason``, ``fitting_params``, ``nothing_fits``).
 
 ``cheapest`` finds the space's cheapest candidate by coordinate descent on the predicted
 seconds; ``fitting_draw`` draws at random (the non-cost dimensions stay free) and moves the
 cost-driving params one by one to the cheapest's values until the draw fits. The search ends
-only when the cheapest candidate is predicted not to fit.
+only when the cheapest candidate is predicted not to fit (and, before any trial has trained,
+its own two calibrations said so).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import math
@@ -132,7 +135,7 @@ class TimeModel:
         self.count = len(observed)
         self.trained = sum(o.trained for o in observed)
         """Of the ``count`` observations, those from trained epochs (not a calibration alone)."""
-        self._measured = {(o.family, o.flops) for o in observed}
+        self._measured = collections.Counter((o.family, o.flops) for o in observed)
         self.slope, self.intercept, self.spread = 1.0, 0.0, 0.0
         self.setup, self.family_factor = 0.0, {}
         if observed:
@@ -167,9 +170,9 @@ class TimeModel:
         per_epoch = math.exp(self.intercept + self.slope * math.log(max(flops, 1)))
         return self.setup + train.epochs * per_epoch * self.family_factor.get(arch.family, 1.0)
 
-    def measured(self, arch: Architecture) -> bool:
-        """Whether a trial of this family and FLOPs (any step size or epochs) was measured."""
-        return (arch.family, float(flops_per_image(arch, self.image_size))) in self._measured
+    def measured(self, arch: Architecture) -> int:
+        """How many trials of this family and FLOPs (any step size or epochs) were measured."""
+        return self._measured[arch.family, float(flops_per_image(arch, self.image_size))]
 
     def upper(self, arch: Architecture, train: TrainConfig) -> float | None:
         """A prediction the candidate's time stays under in most cases: ``predict`` times the
