@@ -580,6 +580,9 @@ def estimate_seconds(model: nn.Module, data: Splits, config: TrainConfig,
     whole run (plus, with ``config.compile``, the warm-up's
     compilation, which the run repeats). The model is left as it was.
 
+    Args:
+        steps: Training steps in each of the three timed groups.
+
     Returns:
         The predicted seconds (training steps plus validation passes, all epochs).
     """

@@ -51,13 +51,19 @@ if TYPE_CHECKING:
     from pdenas.space import SearchSpace
     from pdenas.tracking import TrialObserver
 
-__all__ = ["Backend", "DataShape", "Progress", "SKIPS_BEFORE_FITTING_DRAW", "TooLong",
-           "TrialHooks", "TrialRunner", "finished_summary", "now"]
+__all__ = ["Backend", "CALIBRATIONS_BEFORE_GIVING_UP", "DataShape", "Progress",
+           "SKIPS_BEFORE_FITTING_DRAW", "TooLong", "TrialHooks", "TrialRunner", "finished_summary",
+           "now"]
 
 SKIPS_BEFORE_FITTING_DRAW = 3
 """Draws skipped in a row as too long for the time left before the search draws one itself from
 the part of the space that fits (``TrialRunner.fitting_params``) instead of asking the sampler
 again (the sampler has been told of each skipped draw, as a violated constraint)."""
+
+CALIBRATIONS_BEFORE_GIVING_UP = 2
+"""Until a trial has trained, how often the space's cheapest candidate is calibrated itself
+before its prediction may end the search: one calibration can stall (another process on the
+core), and in a space of equal FLOPs the first, stalled, one is already the cheapest's."""
 
 
 class TooLong(str):
@@ -257,8 +263,8 @@ class TrialRunner:
         """Whether the search may not yet give up on a candidate predicted not to fit: no trial
         has trained (the model rests on calibrations, where one stall made a tiny network seem
         to need 15 s an epoch), the candidate is as cheap as the space's cheapest, and it was
-        not calibrated twice itself."""
-        if model.trained or model.measured(arch) >= 2:
+        not calibrated ``CALIBRATIONS_BEFORE_GIVING_UP`` times itself."""
+        if model.trained or model.measured(arch) >= CALIBRATIONS_BEFORE_GIVING_UP:
             return False
         _, low = self._cheapest(model)
         predicted = model.predict(arch, train)
